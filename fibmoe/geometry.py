@@ -15,6 +15,12 @@ class Geometry:
     hidden_size: int
     intermediate_size: int
 
+    @classmethod
+    def from_definition(cls, definition) -> "Geometry":
+        """The geometry of any flashinfer-bench definition of this operator, from its constant axes."""
+        axes = definition.const_axes
+        return cls(axes["num_experts"], axes["num_local_experts"], axes["hidden_size"], axes["intermediate_size"])
+
     @property
     def name(self) -> str:
         return (

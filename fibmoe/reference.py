@@ -49,7 +49,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run(
+def forward(
     routing_logits,
     routing_bias,
     hidden_states,
@@ -83,4 +83,31 @@ def run(
         c = torch.nn.functional.silu(g1[:, inter:]) * g1[:, :inter]  # silu on the SECOND half
         o = c @ dequantize(gemm2_weights[e], gemm2_weights_scale[e]).t()
         out.index_add_(0, tokens, o * w_tok[:, None])
-    return out.to(torch.bfloat16)
+    return out
+
+
+def run(
+    routing_logits,
+    routing_bias,
+    hidden_states,
+    hidden_states_scale,
+    gemm1_weights,
+    gemm1_weights_scale,
+    gemm2_weights,
+    gemm2_weights_scale,
+    local_expert_offset,
+    routed_scaling_factor,
+):
+    """The definition's entry: the fp32 result of `forward`, cast to bf16 at the end."""
+    return forward(
+        routing_logits,
+        routing_bias,
+        hidden_states,
+        hidden_states_scale,
+        gemm1_weights,
+        gemm1_weights_scale,
+        gemm2_weights,
+        gemm2_weights_scale,
+        local_expert_offset,
+        routed_scaling_factor,
+    ).to(torch.bfloat16)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tomllib
 from pathlib import Path
 from typing import Literal, Optional
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import FibmoeError
@@ -214,3 +214,26 @@ def build(solution, definition):
 def module_of(runnable):
     """The imported entry module of a built Python/Triton solution (for optional hooks like `route`)."""
     return sys.modules.get(runnable.metadata.misc.get("module_name", ""))
+
+
+def write_starter_kit(solution, folder: Path) -> None:
+    """A submission repository in the starter kit's shape: config.toml, solution/<language>/...,
+    and packed_solution.json (which the kit's runner prefers over the sources when present)."""
+    lang = solution.spec.language.value
+    folder.mkdir(parents=True, exist_ok=True)
+    config = (
+        "[solution]\n"
+        f"name = {json.dumps(solution.name)}\n"
+        f"definition = {json.dumps(solution.definition)}\n"
+        f"author = {json.dumps(solution.author)}\n\n"
+        "[build]\n"
+        f"language = {json.dumps(lang)}\n"
+        f"entry_point = {json.dumps(solution.spec.entry_point)}\n"
+        f"destination_passing_style = {str(solution.spec.destination_passing_style).lower()}\n"
+    )
+    (folder / "config.toml").write_text(config)
+    src_dir = folder / "solution" / lang
+    src_dir.mkdir(parents=True, exist_ok=True)
+    for src in solution.sources:
+        (src_dir / src.path).write_text(src.content)
+    (folder / "packed_solution.json").write_text(solution_json(solution))
