@@ -76,7 +76,9 @@ def run_bench(
     built = {}
     for v in chosen:
         reason = skip_reason(v, ds, device)
-        built[v.name] = (None, reason) if reason else (variants.build(variants.pack(v, ds.definition.name), ds.definition), "")
+        built[v.name] = (
+            (None, reason) if reason else (variants.build(variants.pack(v, ds.definition.name), ds.definition), "")
+        )
 
     records = []
     for w in workloads:
@@ -157,9 +159,7 @@ def _add_previous_rung_speedups(records: list[dict]) -> None:
             lower = [p for p in rows if p["rung"] and r["rung"] and p["rung"] < r["rung"] and p["latency_ms"]]
             prev = max(lower, key=lambda p: p["rung"]) if lower else None
             r["previous_variant"] = prev["variant"] if prev else None
-            r["speedup_vs_previous"] = (
-                prev["latency_ms"] / r["latency_ms"] if (prev and r["latency_ms"]) else None
-            )
+            r["speedup_vs_previous"] = prev["latency_ms"] / r["latency_ms"] if (prev and r["latency_ms"]) else None
 
 
 def summary(records: list[dict]) -> dict:

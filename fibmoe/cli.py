@@ -25,7 +25,7 @@ variants_app = typer.Typer(help="The ladder of variants.", invoke_without_comman
 app.add_typer(variants_app, name="variants")
 
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
 
 
 def guarded(fn):
@@ -167,7 +167,11 @@ def check(
     cases = check_mod.run_check(chosen, ds, workloads, device, trials, style, progress)
     records = [c.to_dict() for c in cases]
     if save:
-        path = results.write_results("check", device, {"provenance": results.provenance(device), "definition": ds.definition.name, "records": records})
+        path = results.write_results(
+            "check",
+            device,
+            {"provenance": results.provenance(device), "definition": ds.definition.name, "records": records},
+        )
         err.print(f"wrote {path}")
     if as_json:
         print(json.dumps(records, indent=2))
@@ -177,8 +181,14 @@ def check(
             table.add_column(col)
         for r in records:
             table.add_row(
-                r["variant"], str(r["seq_len"]), r["uuid"][:8], _status(r["status"]), _fmt(r["max_abs_error"]),
-                _fmt(r["rel_l2_error"], ".2e"), _fmt(r["matched_ratio"], ".4f"), _fmt(r["routing_agreement"], ".3f"),
+                r["variant"],
+                str(r["seq_len"]),
+                r["uuid"][:8],
+                _status(r["status"]),
+                _fmt(r["max_abs_error"]),
+                _fmt(r["rel_l2_error"], ".2e"),
+                _fmt(r["matched_ratio"], ".4f"),
+                _fmt(r["routing_agreement"], ".3f"),
                 r["message"][:60],
             )
         out.print(table)
@@ -245,13 +255,31 @@ def bench(
 def _print_bench(payload: dict, device: str) -> None:
     timer = payload["provenance"]["timer"]
     table = Table(title=f"bench: {payload['definition']} on {payload['provenance']['device_name']} ({timer})")
-    for col in ("variant", "T", "workload", "status", "latency ms", "ref ms", "x ref", "x prev", "floor ms", "of floor"):
+    for col in (
+        "variant",
+        "T",
+        "workload",
+        "status",
+        "latency ms",
+        "ref ms",
+        "x ref",
+        "x prev",
+        "floor ms",
+        "of floor",
+    ):
         table.add_column(col)
     for r in payload["records"]:
         table.add_row(
-            r["variant"], str(r["seq_len"]), r["uuid"][:8], _status(r["status"]), _fmt(r["latency_ms"], ".4f"),
-            _fmt(r["reference_ms"], ".3f"), _fmt(r["speedup_vs_reference"], ".1f"), _fmt(r["speedup_vs_previous"], ".2f"),
-            _fmt(r["floor_ms"], ".4f"), _fmt(r["fraction_of_floor"], ".0%"),
+            r["variant"],
+            str(r["seq_len"]),
+            r["uuid"][:8],
+            _status(r["status"]),
+            _fmt(r["latency_ms"], ".4f"),
+            _fmt(r["reference_ms"], ".3f"),
+            _fmt(r["speedup_vs_reference"], ".1f"),
+            _fmt(r["speedup_vs_previous"], ".2f"),
+            _fmt(r["floor_ms"], ".4f"),
+            _fmt(r["fraction_of_floor"], ".0%"),
         )
     out.print(table)
     for name, s in payload["summary"].items():
@@ -260,7 +288,9 @@ def _print_bench(payload: dict, device: str) -> None:
             f"{s['mean_speedup_vs_reference']:.2f}x, mean fraction of floor {_fmt(s['mean_fraction_of_floor'], '.0%')}"
         )
     if not device.startswith("cuda"):
-        out.print("[yellow]CPU wall-clock figures: not comparable with GPU timings; no roofline floor for a CPU[/yellow]")
+        out.print(
+            "[yellow]CPU wall-clock figures: not comparable with GPU timings; no roofline floor for a CPU[/yellow]"
+        )
 
 
 # ---- pack / unpack ---------------------------------------------------------------------------
@@ -272,7 +302,9 @@ def pack(
     name: str = typer.Argument(..., help="variant to pack"),
     output: Path = typer.Option(Path("solution.json"), "--output", "-o", help="Solution JSON to write"),
     definition: str = typer.Option("contest", "--definition", "-d", help="contest or small"),
-    starter_kit: Optional[Path] = typer.Option(None, "--starter-kit", help="also write a starter-kit submission repo here"),
+    starter_kit: Optional[Path] = typer.Option(
+        None, "--starter-kit", help="also write a starter-kit submission repo here"
+    ),
 ):
     """Pack a variant into a flashinfer-bench Solution (validated by flashinfer-bench before writing)."""
     from . import dataset as dataset_mod

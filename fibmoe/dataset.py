@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -135,23 +136,62 @@ def _seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def synthetic_routing(g: Geometry, seq_len: int, seed: int) -> dict[str, torch.Tensor]:
-    """Routing tensors with the statistics of the captured ones: bf16-grid logits, two bias values."""
+# Local rows (token, local-expert pairs) that the captured routing gives (TRACK_A.md section 2);
+# between these T, the ratio rows/T is interpolated in log T. Uniform routing would give about T
+# rows, and none at all for T=1 on most ranks, which would leave that workload testing nothing.
+CAPTURED_LOCAL_ROWS = {1: 3, 7: 7, 32: 36, 80: 109, 901: 1331, 11948: 10416, 14107: 16099}
+
+
+def target_local_rows(seq_len: int) -> int:
+    if seq_len in CAPTURED_LOCAL_ROWS:
+        return CAPTURED_LOCAL_ROWS[seq_len]
+    known = sorted(CAPTURED_LOCAL_ROWS)
+    lo = max([t for t in known if t < seq_len], default=known[0])
+    hi = min([t for t in known if t > seq_len], default=known[-1])
+    r_lo, r_hi = CAPTURED_LOCAL_ROWS[lo] / lo, CAPTURED_LOCAL_ROWS[hi] / hi
+    f = 0.0 if hi == lo else (math.log(seq_len) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return max(1, round(seq_len * (r_lo + f * (r_hi - r_lo))))
+
+
+def synthetic_routing(g: Geometry, seq_len: int, offset: int, seed: int) -> dict[str, torch.Tensor]:
+    """Routing tensors with the statistics of the captured ones: logits ~ N(-1.67, 0.66) on the
+    bf16 grid, bias 4.9375 or 4.96875; this rank's experts get a common logit shift, found by
+    bisection, so that the local rows match the captured count for this T."""
+    from .reference import route
+
     gen = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(seq_len, g.num_experts, generator=gen) * LOGIT_STD + LOGIT_MEAN)
-    logits = logits.to(torch.bfloat16).float()
+    noise = torch.randn(seq_len, g.num_experts, generator=gen) * LOGIT_STD + LOGIT_MEAN
     high = torch.randperm(g.num_experts, generator=gen)[: round(HIGH_BIAS_FRACTION * g.num_experts)]
     bias = torch.full((g.num_experts,), BIAS_LOW)
     bias[high] = BIAS_HIGH
-    return {"routing_logits": logits.contiguous(), "routing_bias": bias.to(torch.bfloat16)}
+    bias = bias.to(torch.bfloat16)
+    is_local = torch.zeros(g.num_experts)
+    is_local[offset : offset + g.num_local_experts] = 1.0
+    target = target_local_rows(seq_len)
+
+    def logits_and_rows(shift: float):
+        logits = (noise + shift * is_local).to(torch.bfloat16).float()
+        local = route(logits, bias, 1.0)[0] - offset
+        return logits, int(((local >= 0) & (local < g.num_local_experts)).sum())
+
+    lo, hi = -3.0, 3.0
+    best = None
+    for _ in range(40):  # rows grow with the shift: bisect, keep the closest
+        mid = (lo + hi) / 2
+        logits, rows = logits_and_rows(mid)
+        if best is None or abs(rows - target) < abs(best[1] - target):
+            best = (logits, rows)
+        if rows == target:
+            break
+        lo, hi = (mid, hi) if rows < target else (lo, mid)
+    return {"routing_logits": best[0].contiguous(), "routing_bias": bias}
 
 
 def workload_specs(g: Geometry) -> list[tuple[str, int, int]]:
     if g == CONTEST:
         return CONTEST_WORKLOADS
     return [
-        (str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"fibmoe/{g.name}/{t}/{off}")), t, off)
-        for t, off in SMALL_WORKLOADS
+        (str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"fibmoe/{g.name}/{t}/{off}")), t, off) for t, off in SMALL_WORKLOADS
     ]
 
 
@@ -173,7 +213,7 @@ def generate(root: Path = BUNDLED) -> None:
             old.unlink()
         lines = []
         for uuid, seq_len, offset in workload_specs(g):
-            tensors = synthetic_routing(g, seq_len, _seed(uuid))
+            tensors = synthetic_routing(g, seq_len, offset, _seed(uuid))
             blob = blob_dir / f"{g.name}_{uuid.replace('-', '')[:16]}.safetensors"
             safetensors.torch.save_file(tensors, str(blob))
             rel = "./" + str(blob.relative_to(root))

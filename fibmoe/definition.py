@@ -36,9 +36,7 @@ def build_definition(g: Geometry):
         "gemm1_weights": t(["num_local_experts", "gemm1_out_size", "hidden_size"], "float8_e4m3fn"),
         "gemm1_weights_scale": t(["num_local_experts", "num_gemm1_out_blocks", "num_hidden_blocks"], "float32"),
         "gemm2_weights": t(["num_local_experts", "hidden_size", "intermediate_size"], "float8_e4m3fn"),
-        "gemm2_weights_scale": t(
-            ["num_local_experts", "num_hidden_blocks", "num_intermediate_blocks"], "float32"
-        ),
+        "gemm2_weights_scale": t(["num_local_experts", "num_hidden_blocks", "num_intermediate_blocks"], "float32"),
         "local_expert_offset": t(None, "int32", "global id of this rank's first expert"),
         "routed_scaling_factor": t(None, "float32"),
     }

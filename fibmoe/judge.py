@@ -77,4 +77,4 @@ def routing_agreement(experts: torch.Tensor, ref_experts: torch.Tensor) -> float
     if experts.shape != ref_experts.shape:
         return 0.0
     same = (experts.sort(1).values.to(ref_experts.device) == ref_experts.sort(1).values).all(1)
-    return same.float().mean().item() if same.numel() else 1.0
+    return same.double().mean().item() if same.numel() else 1.0

@@ -67,8 +67,7 @@ def forward(
 
     # hidden_states_scale is block-major [H/128, T]: transpose before broadcasting over a block.
     x = (
-        hidden_states.float().view(n_tokens, hidden // BLOCK, BLOCK)
-        * hidden_states_scale.float().t()[:, :, None]
+        hidden_states.float().view(n_tokens, hidden // BLOCK, BLOCK) * hidden_states_scale.float().t()[:, :, None]
     ).view(n_tokens, hidden)
 
     experts, weights = route(routing_logits, routing_bias, routed_scaling_factor)

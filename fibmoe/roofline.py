@@ -35,9 +35,7 @@ def hardware_for(device_name: str, bandwidth: float | None = None, fp8_rate: flo
         return Hardware(device_name, bandwidth, fp8_rate, "given on the command line")
     if bandwidth is None and fp8_rate is None:
         return base
-    return Hardware(
-        base.name, bandwidth or base.bandwidth, fp8_rate or base.fp8_rate, "overridden on the command line"
-    )
+    return Hardware(base.name, bandwidth or base.bandwidth, fp8_rate or base.fp8_rate, "overridden on the command line")
 
 
 @dataclass(frozen=True)

@@ -92,13 +92,14 @@ def load_variant(folder: Path) -> Variant:
     return Variant(spec=load_spec(spec_path), path=folder)
 
 
-def discover(variants_dir: Path = VARIANTS_DIR) -> list[Variant]:
-    """Every variant under `variants_dir`, ordered by rung then name."""
+def discover(variants_dir: Path | None = None) -> list[Variant]:
+    """Every variant under `variants_dir` (default: the repository's variants/), by rung then name."""
+    variants_dir = variants_dir or VARIANTS_DIR
     found = [load_variant(p.parent) for p in sorted(variants_dir.glob(f"*/{SPEC_FILE}"))]
     return sorted(found, key=lambda v: (v.spec.rung is None, v.spec.rung or 0, v.name))
 
 
-def resolve(names: list[str], variants_dir: Path = VARIANTS_DIR) -> list[Variant]:
+def resolve(names: list[str], variants_dir: Path | None = None) -> list[Variant]:
     """Variants by name or folder path; all of them when `names` is empty."""
     if not names:
         return discover(variants_dir)
@@ -185,9 +186,9 @@ def spec_toml(spec: VariantSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def scaffold(name: str, source: Variant, variants_dir: Path = VARIANTS_DIR) -> Variant:
+def scaffold(name: str, source: Variant, variants_dir: Path | None = None) -> Variant:
     """A new variant folder copied from `source`, renamed, with no place on the ladder yet."""
-    folder = variants_dir / name.replace("-", "_")
+    folder = (variants_dir or VARIANTS_DIR) / name.replace("-", "_")
     if folder.exists():
         raise FibmoeError(f"{folder} already exists")
     try:
@@ -207,7 +208,9 @@ def build(solution, definition):
     try:
         runnable = BuilderRegistry.get_instance().build(definition, solution)
     except Exception as e:  # a build error is the solution's fault: report it, do not crash
-        raise FibmoeError(f"{solution.name}: build failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise FibmoeError(
+            f"{solution.name}: build failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     return runnable
 
 
