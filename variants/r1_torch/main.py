@@ -29,8 +29,7 @@ def run(
     bounds = bounds.tolist()  # the call's one host sync: which experts have rows, and where
 
     x = (
-        hidden_states.float().view(n_tokens, hidden // BLOCK, BLOCK)
-        * hidden_states_scale.float().t()[:, :, None]
+        hidden_states.float().view(n_tokens, hidden // BLOCK, BLOCK) * hidden_states_scale.float().t()[:, :, None]
     ).view(n_tokens, hidden)
     acc = torch.zeros(n_tokens, hidden, dtype=torch.float32, device=hidden_states.device)
     for e in range(n_local):
