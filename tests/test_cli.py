@@ -99,8 +99,11 @@ def test_dataset_env_var_is_honoured(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "body,status",
     [
-        (f"import torch\ndef run({ARGS}):\n    return torch.zeros(hs.shape[0], hs.shape[1] + 1, dtype=torch.bfloat16)\n",
-         "INCORRECT_SHAPE"),
+        (
+            f"import torch\ndef run({ARGS}):\n"
+            "    return torch.zeros(hs.shape[0], hs.shape[1] + 1, dtype=torch.bfloat16)\n",
+            "INCORRECT_SHAPE",
+        ),
         (f"import torch\ndef run({ARGS}):\n    return torch.zeros(hs.shape[0], hs.shape[1])\n", "INCORRECT_DTYPE"),
         (f"def run({ARGS}):\n    raise ValueError('boom')\n", "RUNTIME_ERROR"),
     ],
