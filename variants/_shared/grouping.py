@@ -17,8 +17,7 @@ def group_by_local_expert(experts, weights, local_expert_offset: int, n_local: i
     top_k = experts.shape[1]
     local = experts.flatten() - local_expert_offset
     local = torch.where((local >= 0) & (local < n_local), local, n_local)
-    order = torch.argsort(local, stable=True)
-    counts = torch.bincount(local, minlength=n_local + 1)[:n_local]
-    bounds = torch.zeros(n_local + 1, dtype=torch.int64, device=experts.device)
-    bounds[1:] = torch.cumsum(counts, 0)
+    sorted_local, order = torch.sort(local, stable=True)
+    # searchsorted, not bincount: bincount reads its size back to the host on CUDA (a sync)
+    bounds = torch.searchsorted(sorted_local, torch.arange(n_local + 1, device=experts.device))
     return torch.div(order, top_k, rounding_mode="floor"), weights.flatten()[order], bounds
