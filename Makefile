@@ -20,7 +20,7 @@ setup:
 ci: lint test
 
 lint:
-	$(BIN)/ruff check fibmoe variants tests
+	$(BIN)/ruff check fibmoe variants tests examples scripts
 
 test:
 	$(BIN)/python -m pytest -q

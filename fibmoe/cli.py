@@ -163,8 +163,7 @@ def check(
 
     device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
     chosen = variants.resolve(names or [])
-    progress = None if as_json else (lambda msg: err.print(f"  {msg}", style="dim", highlight=False))
-    cases = check_mod.run_check(chosen, ds, workloads, device, trials, style, progress)
+    cases = check_mod.run_check(chosen, ds, workloads, device, trials, style, _progress(as_json))
     records = [c.to_dict() for c in cases]
     if save:
         path = results.write_results(
@@ -219,22 +218,32 @@ def bench(
     fp8_rate: Optional[float] = typer.Option(None, "--fp8-rate", help="override dense FP8 rate, TFLOP/s"),
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="where results/<gpu>/ goes"),
     as_json: bool = JsonOpt,
+    official: bool = typer.Option(
+        False, "--official", help="run flashinfer-bench's own Benchmark with the contest's MoE settings (GPU)"
+    ),
+    remote: Optional[str] = typer.Option(
+        None, "--remote", help="run the official path on Modal: b200, h100, h200 or any Modal GPU string"
+    ),
+    parallel: bool = typer.Option(
+        False, "--parallel", help="with --remote: one container per variant (per workload for one variant)"
+    ),
+    baseline: Optional[bool] = typer.Option(
+        None, "--baseline/--no-baseline", help="run the FlashInfer baseline beside (default: where it can run)"
+    ),
 ):
     """Time variants and the reference with the official protocol, beside the roofline floor."""
+    if official or remote:
+        return _bench_official(**locals())  # only the parameters are bound here
     from . import bench as bench_mod
     from . import results, variants
-    from .roofline import hardware_for
 
+    if parallel or baseline is not None:
+        raise FibmoeError("--parallel and --baseline go with --official or --remote")
     device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
     chosen = variants.resolve(names or [])
     settings = bench_mod.Settings(warmup=warmup, iterations=iterations, trials=trials, style=style)
-    hw = hardware_for(
-        results.device_name(device) if device.startswith("cuda") else "cpu",
-        bandwidth * 1e12 if bandwidth else None,
-        fp8_rate * 1e12 if fp8_rate else None,
-    )
-    progress = None if as_json else (lambda msg: err.print(f"  {msg}", style="dim", highlight=False))
-    records = bench_mod.run_bench(chosen, ds, workloads, device, settings, hw, progress)
+    hw = _hardware(device, bandwidth, fp8_rate)
+    records = bench_mod.run_bench(chosen, ds, workloads, device, settings, hw, _progress(as_json))
     payload = {
         "provenance": results.provenance(device, settings),
         "definition": ds.definition.name,
@@ -291,6 +300,284 @@ def _print_bench(payload: dict, device: str) -> None:
         out.print(
             "[yellow]CPU wall-clock figures: not comparable with GPU timings; no roofline floor for a CPU[/yellow]"
         )
+
+
+def _progress(as_json: bool):
+    return None if as_json else (lambda msg: err.print(f"  {msg}", style="dim", highlight=False))
+
+
+def _hardware(device: str, bandwidth: Optional[float] = None, fp8_rate: Optional[float] = None):
+    from . import results
+    from .roofline import hardware_for
+
+    return hardware_for(
+        results.device_name(device) if device.startswith("cuda") else "cpu",
+        bandwidth * 1e12 if bandwidth else None,
+        fp8_rate * 1e12 if fp8_rate else None,
+    )
+
+
+def _bench_official(
+    names, dataset, definition, device, workload, seq_len, warmup, iterations, trials, style, bandwidth, fp8_rate,
+    results_dir, as_json, remote, parallel, baseline, **_,
+):  # fmt: skip
+    """`bench --official` (flashinfer-bench's Benchmark here) and `bench --remote GPU` (the same on Modal)."""
+    from . import dataset as dataset_mod
+    from . import official, results, variants
+    from . import remote as remote_mod
+
+    if style != "contest":
+        raise FibmoeError("--style is for fibmoe's own bench: the official run draws the contest's inputs itself")
+    if parallel and not remote:
+        raise FibmoeError("--parallel fans out over Modal containers: use it with --remote")
+    settings = official.OfficialSettings(warmup=warmup, iterations=iterations, trials=trials)
+    chosen = variants.resolve(names or [])
+    rungs = {v.name: v.spec.rung for v in chosen}
+    slug = None
+    if remote:
+        gpu = remote_mod.resolve_gpu(remote)
+        geometry = dataset_mod.resolve_definition("contest" if definition == "auto" else definition)
+        ds = dataset_mod.load(geometry.name, dataset)  # the local copy: uuids to select and fan out
+        selected = ds.select(workload, seq_len)
+        solutions = [variants.pack(v, geometry.name) for v in chosen]
+        if not as_json:
+            err.print(f"running {len(solutions)} solution(s) on Modal {gpu} ...", highlight=False)
+        payload = remote_mod.run_remote(
+            solutions,
+            geometry.name,
+            gpu,
+            settings,
+            [w.workload.uuid for w in selected] if (workload or seq_len) else None,
+            [w.workload.uuid for w in selected],
+            parallel,
+            baseline,
+            rungs,
+            bandwidth,
+            fp8_rate,
+        )
+        device = "cuda"
+        slug = results.slug_of(payload["provenance"].get("device_name", gpu))
+    else:
+        device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
+        if not device.startswith("cuda"):
+            raise FibmoeError(
+                "--official needs a CUDA GPU (flashinfer-bench's Benchmark refuses to start without one): "
+                "use --remote b200, or plain `fibmoe bench` here"
+            )
+        solutions = [variants.pack(v, ds.definition.name) for v in chosen]
+        payload = official.run(
+            ds,
+            workloads,
+            solutions,
+            device,
+            settings,
+            _hardware(device, bandwidth, fp8_rate),
+            rungs,
+            baseline,
+            progress=_progress(as_json),
+        )
+    path = results.write_results("official", device, payload, results_dir, slug=slug)
+    if as_json:
+        print(json.dumps(payload, indent=2))
+    else:
+        _print_bench(payload, device)
+        _print_official(payload)
+    err.print(f"wrote {path}")
+    if official.any_failed(payload["records"]):
+        raise typer.Exit(1)
+
+
+def _print_official(payload: dict) -> None:
+    for r in payload["records"]:
+        if r["status"] != "PASSED":
+            out.print(f"{r['variant']} T={r['seq_len']} {r['uuid']}: {r['status']}: {r['message']}", highlight=False)
+    info = payload["official"]
+    if not info["official_settings"]:
+        out.print(f"[yellow]not the official settings: {info['settings']}[/yellow]")
+    for name, s in payload["summary"].items():
+        score = s["score_vs_baseline"]
+        shown = f"{score:.3f}" if score is not None else "unavailable"
+        note = f" ({s['score_note']})" if s["score_note"] else ""
+        out.print(
+            f"{name}: official score vs FlashInfer baseline {shown}{note}; "
+            f"mean speedup over the reference {s['mean_speedup_vs_reference']:.2f}x",
+            highlight=False,
+        )
+
+
+# ---- eval / profile / sanitize ----------------------------------------------------------------
+
+TargetArg = typer.Argument(..., help="a kernel file (.py), a Solution JSON, a variant name or folder")
+EntryOpt = typer.Option("run", "--entry", help="entry function of a kernel file")
+ResultsDirOpt = typer.Option(Path("results"), "--results-dir", help="where results/<gpu>/ goes")
+
+
+@app.command("eval")
+@guarded
+def eval_(
+    target: str = TargetArg,
+    dataset: Optional[Path] = DatasetOpt,
+    definition: str = DefinitionOpt,
+    device: str = DeviceOpt,
+    workload: Optional[List[str]] = WorkloadOpt,
+    seq_len: Optional[List[int]] = SeqLenOpt,
+    quick: bool = typer.Option(False, "--quick", help="5 workloads, 1 trial, 3 warm-up and 10 timed calls"),
+    ncu: bool = typer.Option(False, "--ncu", help="add Nsight Compute figures for the hottest kernel"),
+    official: bool = typer.Option(False, "--official", help="time with flashinfer-bench's Benchmark (GPU)"),
+    entry: str = EntryOpt,
+    save: bool = typer.Option(False, "--save", help="also write the result under results/<gpu>/"),
+    results_dir: Path = ResultsDirOpt,
+    as_json: bool = JsonOpt,
+):
+    """Score one candidate for a search loop or an agent: pack, check, bench; one JSON object with --json."""
+    import tempfile
+
+    from . import evaluate, nvtools, results
+
+    device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
+    if quick and not (workload or seq_len):
+        workloads = evaluate.quick_workloads(workloads)
+    if ncu:
+        nvtools.find_tool("ncu", nvtools.NCU_HINT)
+        nvtools.require_cuda(device, "--ncu")
+    with tempfile.TemporaryDirectory(prefix="fibmoe-eval-") as tmp:
+        v = evaluate.load_candidate(target, Path(tmp), entry)
+        res = evaluate.evaluate(
+            v, ds, workloads, device, quick, _hardware(device), official, progress=_progress(as_json), source=target
+        )
+        if ncu:
+            if res["all_passed"]:
+                evaluate.add_ncu(res, v, ds, workloads, device)
+            else:
+                res["ncu"] = {"error": "not profiled: the candidate did not pass"}
+    if save:
+        path = results.write_results("eval", device, {"provenance": results.provenance(device), **res}, results_dir)
+        err.print(f"wrote {path}")
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        _print_eval(res)
+    if not res["all_passed"]:
+        raise typer.Exit(1)
+
+
+def _print_eval(res: dict) -> None:
+    table = Table(title=f"eval: {res['candidate']} ({res['language']}) on {res['device']}, {res['mode']}")
+    for col in ("T", "workload", "status", "latency ms", "x ref", "of floor", "rel L2 err", "matched", "note"):
+        table.add_column(col)
+    for r in res["per_workload"]:
+        table.add_row(
+            str(r["seq_len"]),
+            r["uuid"][:8],
+            _status(r["status"]),
+            _fmt(r["latency_ms"], ".4f"),
+            _fmt(r["speedup_vs_reference"], ".1f"),
+            _fmt(r["fraction_of_floor"], ".0%"),
+            _fmt(r["rel_l2_error"], ".2e"),
+            _fmt(r["matched_ratio"], ".4f"),
+            r["message"][:50],
+        )
+    out.print(table)
+    out.print(f"combined_score {res['combined_score']:.4f} ({res['passed']}/{res['workloads']} passed)")
+    if res["error"]:
+        out.print(f"[red]{res['stage']} failed:[/red] {res['error']}", highlight=False)
+    if "ncu" in res:
+        n = res["ncu"]
+        out.print(
+            f"ncu: {n['error']}" if "error" in n else f"ncu ({n['kernel'][:60]}): {n['reading']}", highlight=False
+        )
+
+
+@app.command()
+@guarded
+def profile(
+    name: str = TargetArg,
+    workload: str = typer.Option(..., "--workload", "-w", help="uuid prefix of the workload to profile"),
+    dataset: Optional[Path] = DatasetOpt,
+    definition: str = DefinitionOpt,
+    device: str = DeviceOpt,
+    section_set: str = typer.Option("full", "--set", help="Nsight Compute section set (full, detailed, basic)"),
+    timeout: int = typer.Option(900, "--timeout", min=1, help="seconds"),
+    entry: str = EntryOpt,
+    results_dir: Path = ResultsDirOpt,
+    as_json: bool = JsonOpt,
+):
+    """Nsight Compute on one call of a variant; the full report is kept under results/<gpu>/."""
+    import tempfile
+
+    from . import evaluate, nvtools
+
+    nvtools.find_tool("ncu", nvtools.NCU_HINT)
+    device, ds, workloads = _setup(dataset, definition, device, [workload], None)
+    with tempfile.TemporaryDirectory(prefix="fibmoe-profile-") as tmp:
+        v = evaluate.load_candidate(name, Path(tmp), entry)
+        payload, path = nvtools.profile_variant(v, ds, workloads[0], device, results_dir, section_set, timeout)
+    if as_json:
+        print(json.dumps(payload, indent=2))
+    else:
+        n = payload["ncu"]
+        table = Table(
+            title=f"profile: {v.name} T={payload['seq_len']} {payload['uuid'][:8]}, {n['kernels']} kernels, "
+            f"{n['gpu_time_us']:.1f} us on the GPU"
+        )
+        for col in ("kernel", "us", "SM %", "DRAM %", "occupancy %"):
+            table.add_column(col)
+        for k in n["top"]:
+            table.add_row(
+                k["name"][:70],
+                _fmt(k["duration_us"], ".1f"),
+                _fmt(k["sm_throughput_pct"], ".0f"),
+                _fmt(k["dram_throughput_pct"], ".0f"),
+                _fmt(k["achieved_occupancy_pct"], ".0f"),
+            )
+        out.print(table)
+        out.print(f"hottest kernel: {n['reading']}", highlight=False)
+        out.print(f"full report: {n['report']}", highlight=False)
+    err.print(f"wrote {path}")
+
+
+@app.command()
+@guarded
+def sanitize(
+    name: str = TargetArg,
+    workload: Optional[str] = typer.Option(None, "--workload", "-w", help="uuid prefix (default: the smallest T)"),
+    tool: Optional[List[str]] = typer.Option(
+        None, "--tool", help="memcheck, racecheck, initcheck or synccheck (repeatable; default: all four)"
+    ),
+    dataset: Optional[Path] = DatasetOpt,
+    definition: str = DefinitionOpt,
+    device: str = DeviceOpt,
+    timeout: int = typer.Option(900, "--timeout", min=1, help="seconds per tool"),
+    entry: str = EntryOpt,
+    results_dir: Path = ResultsDirOpt,
+    as_json: bool = JsonOpt,
+):
+    """compute-sanitizer (memcheck, racecheck, initcheck, synccheck) on one call; logs kept under results/<gpu>/."""
+    import tempfile
+
+    from . import evaluate, nvtools
+
+    nvtools.find_tool("compute-sanitizer", nvtools.SANITIZER_HINT)
+    device, ds, workloads = _setup(dataset, definition, device, [workload] if workload else None, None)
+    trace = workloads[0] if workload else min(workloads, key=lambda w: w.workload.axes["seq_len"])
+    with tempfile.TemporaryDirectory(prefix="fibmoe-sanitize-") as tmp:
+        v = evaluate.load_candidate(name, Path(tmp), entry)
+        payload, path = nvtools.sanitize_variant(
+            v, ds, trace, device, results_dir, tuple(tool or nvtools.SANITIZER_TOOLS), timeout
+        )
+    if as_json:
+        print(json.dumps(payload, indent=2))
+    else:
+        out.print(f"sanitize: {v.name} T={payload['seq_len']} {payload['uuid']}")
+        for c in payload["checks"]:
+            color = "green" if c["status"] == "clean" else "red"
+            errors = "" if c["errors"] is None else f", {c['errors']} error(s)"
+            issue = f": {c['first_issue']}" if c["first_issue"] else ""
+            out.print(f"  {c['tool']:10s} [{color}]{c['status']}[/{color}]{errors}{issue}", highlight=False)
+            out.print(f"  {'':10s} {c['log']}", style="dim", highlight=False)
+    err.print(f"wrote {path}")
+    if not payload["clean"]:
+        raise typer.Exit(1)
 
 
 # ---- pack / unpack ---------------------------------------------------------------------------

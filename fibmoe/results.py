@@ -25,8 +25,12 @@ def device_name(device: str) -> str:
 def results_slug(device: str) -> str:
     if not device.startswith("cuda"):
         return "cpu"
-    name = device_name(device)
-    known = re.search(r"(B200|H200|H100|A100|L40S|GB200)", name)
+    return slug_of(device_name(device))
+
+
+def slug_of(name: str) -> str:
+    """The results/ folder for a GPU by name: 'NVIDIA B200' -> 'b200' (also for a GPU seen remotely)."""
+    known = re.search(r"(B200|H200|H100|A100|L40S|GB200)", name, re.IGNORECASE)
     return (known.group(1) if known else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")).lower()
 
 
@@ -63,11 +67,18 @@ def git_revision() -> str:
         return "unknown"
 
 
-def write_results(kind: str, device: str, payload: dict, results_dir: Path = RESULTS_DIR) -> Path:
-    folder = results_dir / results_slug(device)
+def stamp() -> str:
+    """The UTC time stamp in result file names."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_results(
+    kind: str, device: str, payload: dict, results_dir: Path = RESULTS_DIR, slug: str | None = None
+) -> Path:
+    """results/<gpu>/<kind>-<UTC stamp>.json; `slug` names the GPU folder when the GPU was not local."""
+    folder = results_dir / (slug or results_slug(device))
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = folder / f"{kind}-{stamp}.json"
+    path = folder / f"{kind}-{stamp()}.json"
     path.write_text(json.dumps({"kind": kind, **payload}, indent=2) + "\n")
     return path
 
