@@ -1,0 +1,809 @@
+"""Rung 3: Triton MoE on FP8 tensor cores (tl.dot on float8e4nv operands, fp32 accumulation).
+
+A call is four launches at small T (T <= 128) and five at large T, the same set on every call of a
+workload, none waiting on the host:
+
+1. `_route_kernel`  sigmoid (bit-identical to torch.sigmoid on CUDA: precise expf, IEEE division),
+                    bias, group top-2 sums, top-4 groups, top-8 experts (ties to the lower index, as
+                    the reference), weights; writes the exact zero rows of tokens with no local expert.
+2. `_sort_kernel`   large T only: one program per local expert, its row count and its rows in token
+                    order. At small T each GEMM program derives the same rows from the [T, 8] expert
+                    ids itself (a histogram for the counts, a cumsum for the ranks), so no launch.
+   A "row" is a (token, slot) pair, identified as token * 8 + slot everywhere (C, its scales, the
+   routing weight and the fp32 rows of tokens with several local experts all live at that index).
+3. `_gemm1_kernel`  persistent over (M tile, 128 columns of I, K split). G1 = X[rows] @ W1[e]^T with
+                    the token rows gathered inside the kernel, one fp8 dot per 128-wide K block whose
+                    block scales are applied to the fp32 partial sum; the gate and up tiles of the same
+                    128 columns in one program; epilogue SwiGLU (silu on the SECOND half) and FP8
+                    re-quantization of C with one scale (amax / 448) per row per 128 columns.
+                    Small T: split-K; the last program of a tile (a ticket) sums the partials in split
+                    order and runs the epilogue.
+4. `_gemm2_kernel`  persistent over (M tile, H block). O = C @ W2[e]^T the same way, times the routing
+                    weight. A token with one local expert gets its bf16 output row written here; for a
+                    token with several, each row goes to an fp32 buffer at its (token, slot) index
+                    (REDUCE_MODE "atomic": fp32 atomics into one row per token instead).
+5. `_finalize_kernel` tokens with several local experts: the sum of their rows in slot order
+                    (deterministic), cast to bf16.
+
+Grids: persistent, sized from the SM count and the compiled kernel's occupancy; the loop bound is the
+worst case for T (a shape) and items past the real work (from the counts) are skipped.
+Tile shapes come from a fixed table by T bucket (no autotuning). See NOTES.md for measurements.
+"""
+
+import os
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+try:  # precise expf, as torch's sigmoid uses on CUDA; unusable under the interpreter
+    from triton.language.extra import libdevice
+except Exception:  # pragma: no cover
+    libdevice = None
+
+BLOCK = 128
+N_GROUP = 8
+TOPK_GROUP = 4
+TOP_K = 8
+FP8_MAX = tl.constexpr(448.0)
+
+# Under TRITON_INTERPRET=1 (CPU) Triton converts fp32 -> fp8e4nv wrongly where rounding crosses a
+# power of two and fp32 -> bf16 by truncation; with EXACT the kernels first round the fp32 value to the
+# target grid themselves (round-to-nearest-even, in exact fp32 / integer arithmetic), so that the cast
+# only converts a representable value. On a GPU the hardware casts are right and this is left out.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# "buffer": one fp32 row per (token, slot), summed per token in slot order (deterministic).
+# "atomic": fp32 atomics into one row per token. Only tokens with >= 2 local experts use either.
+REDUCE_MODE = os.environ.get("FIBMOE_R3_REDUCE", "buffer")
+
+# Overrides of the T-bucket table (the device sweep uses them); see `_config`.
+CONFIG_OVERRIDE: dict = {}
+
+INLINE_MAX_T = 128  # up to this T the GEMMs derive their rows from the expert ids (no sort launch)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+# ----------------------------------------------------------------------------------------------
+# device helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _round_to_e4m3(q):
+    """Round fp32 q (|q| <= 448) to the nearest e4m3 value, ties to even, in exact fp32 arithmetic."""
+    bits = q.to(tl.int32, bitcast=True)
+    ex = ((bits >> 23) & 0xFF) - 127
+    ue = tl.maximum(ex, -6) - 3  # exponent of one e4m3 ulp at |q| (subnormals below 2^-6)
+    inv_ulp = ((127 - ue) << 23).to(tl.float32, bitcast=True)
+    ulp = ((127 + ue) << 23).to(tl.float32, bitcast=True)
+    y = q * inv_ulp  # exact: a power-of-two scaling, |y| < 16
+    r = (y + 12582912.0) - 12582912.0  # 1.5 * 2^23: rounds |y| < 2^22 to an integer, ties to even
+    return r * ulp
+
+
+@triton.jit
+def _round_to_bf16(x):
+    """Round fp32 x to the nearest bf16 value (ties to even), as an fp32 value; finite x only."""
+    bits = x.to(tl.int32, bitcast=True)
+    r = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+    return r.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _local_ids(ids_ptr, T, local_off, TP: tl.constexpr, TOPK: tl.constexpr):
+    """[TP, TOPK] local expert index of every (token, slot); out of range where not local."""
+    t = tl.arange(0, TP)
+    k = tl.arange(0, TOPK)
+    return tl.load(ids_ptr + t[:, None] * TOPK + k[None, :], mask=(t < T)[:, None], other=-1) - local_off
+
+
+@triton.jit
+def _counts(ids_ptr, counts_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
+            TOPK: tl.constexpr, INLINE: tl.constexpr):  # fmt: skip
+    """Rows per local expert ([NLP]); inline: a histogram of the expert ids, else the sort's counts."""
+    if INLINE:
+        loc = _local_ids(ids_ptr, T, local_off, TP, TOPK)
+        ok = (loc >= 0) & (loc < NL)
+        c = tl.histogram(tl.reshape(tl.where(ok, loc, 0), (TP * TOPK,)), NLP, mask=tl.reshape(ok, (TP * TOPK,)))
+    else:
+        ex = tl.arange(0, NLP)
+        c = tl.load(counts_ptr + ex, mask=ex < NL, other=0)
+    return c
+
+
+@triton.jit
+def _tile_rows(tile, c, ids_ptr, lists_ptr, T, local_off, BM: tl.constexpr, NLP: tl.constexpr,
+               TP: tl.constexpr, TOPK: tl.constexpr, INLINE: tl.constexpr):  # fmt: skip
+    """Expert, row mask and row ids (token * TOPK + slot, in token order) of M tile `tile`."""
+    ex = tl.arange(0, NLP)
+    ntile = (c + BM - 1) // BM
+    cum = tl.cumsum(ntile, axis=0)
+    e = tl.sum((cum <= tile).to(tl.int32))
+    sel = ex == e
+    cnt = tl.sum(tl.where(sel, c, 0))
+    m0 = (tile - tl.sum(tl.where(sel, cum - ntile, 0))) * BM
+    rows = m0 + tl.arange(0, BM)
+    rmask = rows < cnt
+    if INLINE:
+        loc = _local_ids(ids_ptr, T, local_off, TP, TOPK)
+        k = tl.arange(0, TOPK)
+        hit_k = loc == e
+        hit = tl.max(hit_k.to(tl.int32), axis=1)  # a token selects an expert at most once
+        slot = tl.sum(tl.where(hit_k, k[None, :], 0), axis=1)
+        rank = tl.cumsum(hit, axis=0) - 1
+        t = tl.arange(0, TP)
+        pick = (rank[None, :] == rows[:, None]) & (hit[None, :] > 0)  # [BM, TP]
+        rid = tl.sum(tl.where(pick, (t * TOPK + slot)[None, :], 0), axis=1)
+    else:
+        rid = tl.load(lists_ptr + e * T + rows, mask=rmask, other=0)
+    return e, rmask, rid
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["T", "local_off"])
+def _route_kernel(
+    logits_ptr,
+    bias_ptr,
+    ids_ptr,
+    w_ptr,
+    out_ptr,
+    scratch_ptr,
+    T,
+    local_off,
+    rsf,
+    E: tl.constexpr,
+    NL: tl.constexpr,
+    H: tl.constexpr,
+    NG: tl.constexpr,
+    KG: tl.constexpr,
+    TOPK: tl.constexpr,
+    BT: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr,
+    WRITE_ZEROS: tl.constexpr,
+    ZERO_SCRATCH: tl.constexpr,
+    EXACT: tl.constexpr,
+):
+    EG: tl.constexpr = E // NG
+    pid = tl.program_id(0)
+    t = pid * BT + tl.arange(0, BT)
+    tmask = t < T
+    e = tl.arange(0, E)
+    x = tl.load(logits_ptr + t[:, None] * E + e[None, :], mask=tmask[:, None], other=0.0)
+    # s = 1 / (1 + expf(-x)) with precise expf and IEEE division: what torch.sigmoid computes on CUDA.
+    if USE_LIBDEVICE:
+        ex = libdevice.exp(-x)
+    else:
+        ex = tl.exp(-x)
+    s = tl.math.div_rn(tl.full((BT, E), 1.0, tl.float32), 1.0 + ex)
+    sb = s + tl.load(bias_ptr + e).to(tl.float32)[None, :]
+
+    # group score = sum of the group's two largest sb (the second: the max without the FIRST max)
+    sb3 = tl.reshape(sb, (BT, NG, EG))
+    j3 = tl.arange(0, EG)[None, None, :]
+    m1 = tl.max(sb3, axis=2)
+    first = tl.min(tl.where(sb3 == m1[:, :, None], j3, EG), axis=2)
+    m2 = tl.max(tl.where(j3 == first[:, :, None], float("-inf"), sb3), axis=2)
+    gs = m1 + m2
+
+    # top-KG groups; equal scores go to the lower group index
+    g = tl.arange(0, NG)[None, :]
+    keep = tl.zeros((BT, NG), tl.int32)
+    for _ in tl.static_range(KG):
+        mx = tl.max(gs, axis=1)
+        gi = tl.min(tl.where(gs == mx[:, None], g, NG), axis=1)
+        hit = g == gi[:, None]
+        keep = tl.where(hit, 1, keep)
+        gs = tl.where(hit, float("-inf"), gs)
+    cand = tl.reshape(tl.where(keep[:, :, None] != 0, sb3, float("-inf")), (BT, E))
+
+    # top-TOPK experts among the kept groups; equal values go to the lower expert index
+    k8 = tl.arange(0, TOPK)[None, :]
+    ids = tl.zeros((BT, TOPK), tl.int32)
+    ssel = tl.zeros((BT, TOPK), tl.float32)
+    for k in tl.static_range(TOPK):
+        mx = tl.max(cand, axis=1)
+        ei = tl.min(tl.where(cand == mx[:, None], e[None, :], E), axis=1)
+        hit = e[None, :] == ei[:, None]
+        sk = tl.sum(tl.where(hit, s, 0.0), axis=1)
+        cand = tl.where(hit, float("-inf"), cand)
+        ids = tl.where(k8 == k, ei[:, None], ids)
+        ssel = tl.where(k8 == k, sk[:, None], ssel)
+    ssum = tl.sum(ssel, axis=1)
+    w = tl.math.div_rn(ssel, ssum[:, None] + 1e-20) * rsf
+    out_off = t[:, None] * TOPK + k8
+    tl.store(ids_ptr + out_off, ids, mask=tmask[:, None])
+    tl.store(w_ptr + out_off, w, mask=tmask[:, None])
+
+    if WRITE_ZEROS:
+        loc = ids - local_off
+        nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
+        zmask = tmask & (nloc == 0)  # tokens with no local expert: their output row is exact zeros
+        smask = tmask & (nloc > 1)  # atomic reduction: tokens with several start from zero
+        hb = tl.arange(0, 1024)
+        for h0 in tl.static_range(0, H, 1024):
+            hh = h0 + hb
+            offs = t.to(tl.int64)[:, None] * H + hh[None, :]
+            tl.store(out_ptr + offs, tl.zeros((BT, 1024), tl.bfloat16), mask=zmask[:, None] & (hh < H)[None, :])
+            if ZERO_SCRATCH:
+                tl.store(scratch_ptr + offs, tl.zeros((BT, 1024), tl.float32), mask=smask[:, None] & (hh < H)[None, :])
+
+
+@triton.jit(do_not_specialize=["T", "local_off"])
+def _sort_kernel(
+    ids_ptr,
+    counts_ptr,
+    lists_ptr,
+    T,
+    local_off,
+    TOPK: tl.constexpr,
+    BC: tl.constexpr,
+    NCHUNK: tl.constexpr,
+):
+    """Program e: the rows (token * TOPK + slot) of local expert e in token order, and their count."""
+    e = tl.program_id(0)
+    k = tl.arange(0, TOPK)[None, :]
+    base = 0
+    for ci in range(0, NCHUNK):
+        t = ci * BC + tl.arange(0, BC)
+        tm = t < T
+        loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=tm[:, None], other=-1) - local_off
+        m = loc == e
+        hit = tl.max(m.to(tl.int32), axis=1)  # a token selects an expert at most once
+        slot = tl.sum(tl.where(m, k, 0), axis=1)
+        pos = base + tl.cumsum(hit, axis=0) - hit
+        tl.store(lists_ptr + e * T + pos, t * TOPK + slot, mask=hit > 0)
+        base += tl.sum(hit)
+    tl.store(counts_ptr + e, base)
+
+
+@triton.jit
+def _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, R, I: tl.constexpr, BJ: tl.constexpr,
+                        EXACT: tl.constexpr):  # fmt: skip
+    """up, gate: [BJ, BM] fp32 tiles of G1^T. C = silu(gate) * up, quantized to fp8 per row per 128."""
+    c = gate / (1.0 + tl.exp(-gate)) * up
+    amax = tl.max(tl.abs(c), axis=0)  # [BM]: one scale per row (token) per 128 columns
+    scale = amax / FP8_MAX
+    q = c / tl.where(amax > 0, scale, 1.0)[None, :]  # an all-zero row stays zero, scale 0
+    q = tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX)
+    if EXACT:
+        q = _round_to_e4m3(q)
+    jn = tl.arange(0, BJ)
+    tl.store(cq_ptr + rid.to(tl.int64)[None, :] * I + (jb * BJ + jn)[:, None], q.to(tl.float8e4nv), mask=rmask[None, :])
+    tl.store(cs_ptr + jb * R + rid, scale, mask=rmask)
+
+
+@triton.jit(do_not_specialize=["T", "local_off"])
+def _gemm1_kernel(
+    hs_ptr,
+    hss_ptr,
+    w1_ptr,
+    w1s_ptr,
+    ids_ptr,
+    counts_ptr,
+    lists_ptr,
+    cq_ptr,
+    cs_ptr,
+    part_ptr,
+    ticket_ptr,
+    T,
+    local_off,
+    NL: tl.constexpr,
+    NLP: tl.constexpr,
+    H: tl.constexpr,
+    I: tl.constexpr,
+    TP: tl.constexpr,
+    TOPK: tl.constexpr,
+    BM: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    ITERS: tl.constexpr,
+    TILE_FAST: tl.constexpr,
+    INLINE: tl.constexpr,
+    EXACT: tl.constexpr,
+):
+    BK: tl.constexpr = 128
+    BJ: tl.constexpr = 128
+    NKB: tl.constexpr = H // BK
+    NJ: tl.constexpr = I // BJ
+    KPS: tl.constexpr = NKB // SPLIT_K  # K blocks per split (SPLIT_K divides NKB)
+    R = T * TOPK
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    c = _counts(ids_ptr, counts_ptr, T, local_off, NL, NLP, TP, TOPK, INLINE)
+    n_tiles = tl.sum((c + BM - 1) // BM)
+    n_items = n_tiles * (NJ * SPLIT_K)
+    kk = tl.arange(0, BK)
+    jn = tl.arange(0, BJ)
+    for it in range(0, ITERS):
+        item = pid + it * nprog
+        if item < n_items:
+            if TILE_FAST:  # consecutive programs: tiles of one (column block, split)
+                tile = item % n_tiles
+                r = item // n_tiles
+                sk = r % SPLIT_K
+                jb = r // SPLIT_K
+            else:  # consecutive programs: splits, then column blocks, of one tile
+                sk = item % SPLIT_K
+                r = item // SPLIT_K
+                jb = r % NJ
+                tile = r // NJ
+            tj = tile * NJ + jb
+            e, rmask, rid = _tile_rows(tile, c, ids_ptr, lists_ptr, T, local_off, BM, NLP, TP, TOPK, INLINE)
+            tok = rid // TOPK
+            e64 = e.to(tl.int64)
+            wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[:, None] * H + kk[None, :]
+            wg_ptrs = wu_ptrs + I * H
+            a_ptrs = hs_ptr + tok.to(tl.int64)[None, :] * H + kk[:, None]  # [BK, BM], K contiguous
+            su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB
+            sg_ptr = w1s_ptr + (e * (2 * NJ) + NJ + jb) * NKB
+            acc_u = tl.zeros((BJ, BM), tl.float32)
+            acc_g = tl.zeros((BJ, BM), tl.float32)
+            for ki in range(0, KPS):
+                kb = sk * KPS + ki
+                wu = tl.load(wu_ptrs + kb * BK)
+                wg = tl.load(wg_ptrs + kb * BK)
+                a = tl.load(a_ptrs + kb * BK, mask=rmask[None, :], other=0.0)
+                asc = tl.load(hss_ptr + kb * T + tok, mask=rmask, other=0.0)
+                su = tl.load(su_ptr + kb)
+                sg = tl.load(sg_ptr + kb)
+                # one fp8 dot per 128-wide K block; its block scales applied to the fp32 partial sum
+                pu = tl.dot(wu, a)
+                pg = tl.dot(wg, a)
+                acc_u += pu * (asc[None, :] * su)
+                acc_g += pg * (asc[None, :] * sg)
+            if SPLIT_K == 1:
+                _swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, R, I, BJ, EXACT)
+            else:
+                # split-K: park the fp32 partials; the last program of the tile sums them in split order
+                el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
+                pbase = part_ptr + (tj * SPLIT_K).to(tl.int64) * (2 * BJ * BM)
+                tl.store(pbase + sk * (2 * BJ * BM) + el, acc_u)
+                tl.store(pbase + sk * (2 * BJ * BM) + BJ * BM + el, acc_g)
+                tl.debug_barrier()
+                ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
+                tl.debug_barrier()
+                if ticket == SPLIT_K - 1:
+                    up = tl.zeros((BJ, BM), tl.float32)
+                    gate = tl.zeros((BJ, BM), tl.float32)
+                    for s in tl.static_range(SPLIT_K):
+                        up += tl.load(pbase + s * (2 * BJ * BM) + el, cache_modifier=".cg")
+                        gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el, cache_modifier=".cg")
+                    tl.store(ticket_ptr + tj, 0)  # ready for the next call
+                    _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, R, I, BJ, EXACT)
+
+
+@triton.jit(do_not_specialize=["T", "local_off"])
+def _gemm2_kernel(
+    cq_ptr,
+    cs_ptr,
+    w2_ptr,
+    w2s_ptr,
+    ids_ptr,
+    w_ptr,
+    counts_ptr,
+    lists_ptr,
+    out_ptr,
+    obuf_ptr,
+    T,
+    local_off,
+    NL: tl.constexpr,
+    NLP: tl.constexpr,
+    H: tl.constexpr,
+    I: tl.constexpr,
+    TP: tl.constexpr,
+    TOPK: tl.constexpr,
+    BM: tl.constexpr,
+    BH: tl.constexpr,
+    ITERS: tl.constexpr,
+    TILE_FAST: tl.constexpr,
+    INLINE: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    EXACT: tl.constexpr,
+):
+    BK: tl.constexpr = 128
+    NKB: tl.constexpr = I // BK
+    NHB: tl.constexpr = H // BH
+    R = T * TOPK
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    c = _counts(ids_ptr, counts_ptr, T, local_off, NL, NLP, TP, TOPK, INLINE)
+    n_tiles = tl.sum((c + BM - 1) // BM)
+    n_items = n_tiles * NHB
+    kk = tl.arange(0, BK)
+    hn = tl.arange(0, BH)
+    k8 = tl.arange(0, TOPK)
+    for it in range(0, ITERS):
+        item = pid + it * nprog
+        if item < n_items:
+            if TILE_FAST:  # consecutive programs: tiles of one H block (large T: W2 block shared in L2)
+                tile = item % n_tiles
+                hb = item // n_tiles
+            else:  # consecutive programs: H blocks of one tile (C rows shared in L2)
+                hb = item % NHB
+                tile = item // NHB
+            e, rmask, rid = _tile_rows(tile, c, ids_ptr, lists_ptr, T, local_off, BM, NLP, TP, TOPK, INLINE)
+            tok = rid // TOPK
+            h = hb * BH + hn
+            w_ptrs = w2_ptr + e.to(tl.int64) * (H * I) + h[:, None] * I + kk[None, :]
+            a_ptrs = cq_ptr + rid.to(tl.int64)[None, :] * I + kk[:, None]  # [BK, BM]
+            ws_ptr = w2s_ptr + (e * (H // 128) + (hb * BH) // 128) * NKB
+            acc = tl.zeros((BH, BM), tl.float32)
+            for kb in range(0, NKB):
+                w = tl.load(w_ptrs + kb * BK)
+                a = tl.load(a_ptrs + kb * BK, mask=rmask[None, :], other=0.0)
+                asc = tl.load(cs_ptr + kb * R + rid, mask=rmask, other=0.0)
+                wsc = tl.load(ws_ptr + kb)
+                p = tl.dot(w, a)
+                acc += p * (asc[None, :] * wsc)
+            wrow = tl.load(w_ptr + rid, mask=rmask, other=0.0)
+            acc = acc * wrow[None, :]
+            loc = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1) - local_off
+            nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
+            single = rmask & (nloc == 1)
+            multi = rmask & (nloc > 1)
+            tok64 = tok.to(tl.int64)
+            # a token with exactly one local expert: its output row is this row, written once
+            val = acc
+            if EXACT:
+                val = _round_to_bf16(val)
+            tl.store(out_ptr + tok64[None, :] * H + h[:, None], val.to(tl.bfloat16), mask=single[None, :])
+            # several local experts: park the fp32 row; `_finalize_kernel` sums the token's rows
+            if ATOMIC:
+                tl.atomic_add(obuf_ptr + tok64[None, :] * H + h[:, None], acc,
+                              mask=multi[None, :] & (hn >= 0)[:, None], sem="relaxed")  # fmt: skip
+            else:
+                tl.store(obuf_ptr + rid.to(tl.int64)[None, :] * H + h[:, None], acc, mask=multi[None, :])
+
+
+@triton.jit(do_not_specialize=["T", "local_off"])
+def _finalize_kernel(
+    ids_ptr,
+    obuf_ptr,
+    out_ptr,
+    T,
+    local_off,
+    NL: tl.constexpr,
+    H: tl.constexpr,
+    TOPK: tl.constexpr,
+    BT: tl.constexpr,
+    BH: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    EXACT: tl.constexpr,
+):
+    """Output rows of tokens with several local experts: the sum of their rows, in slot order
+    (atomic: their fp32 row), cast to bf16. Every other token's row is written already."""
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    h = tl.program_id(1) * BH + tl.arange(0, BH)
+    tm = t < T
+    hm = h < H
+    k8 = tl.arange(0, TOPK)
+    loc = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1) - local_off
+    nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
+    need = tm & (nloc > 1)
+    if tl.max(need.to(tl.int32)) > 0:
+        t64 = t.to(tl.int64)
+        if ATOMIC:
+            acc = tl.load(obuf_ptr + t64[:, None] * H + h[None, :], mask=need[:, None] & hm[None, :], other=0.0)
+        else:
+            acc = tl.zeros((BT, BH), tl.float32)
+            for k in tl.static_range(TOPK):
+                lk = tl.load(ids_ptr + t * TOPK + k, mask=need, other=-1) - local_off
+                use = need & (lk >= 0) & (lk < NL)
+                acc += tl.load(obuf_ptr + (t64 * TOPK + k)[:, None] * H + h[None, :], mask=use[:, None] & hm[None, :],
+                               other=0.0)  # fmt: skip
+        if EXACT:
+            acc = _round_to_bf16(acc)
+        tl.store(out_ptr + t64[:, None] * H + h[None, :], acc.to(tl.bfloat16), mask=need[:, None] & hm[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------------------
+
+
+def _config(T: int) -> dict:
+    """Fixed tile shapes by T bucket (no autotuning). bm: M tile (tokens), s1: split-K of GEMM1
+    (small T: few experts are active, so their weights are split over more programs), bh: H block of
+    GEMM2, w/st: warps and pipeline stages, tf: item order (tiles fastest or not)."""
+    if T <= 4:
+        c = dict(bm1=16, s1=2, w1=4, st1=3, bm2=16, bh=64, w2=4, st2=4)
+    elif T <= 128:
+        c = dict(bm1=16, s1=1, w1=4, st1=3, bm2=16, bh=128, w2=4, st2=4)
+    elif T <= 2048:
+        c = dict(bm1=64, s1=1, w1=8, st1=3, bm2=64, bh=128, w2=8, st2=3)
+    else:
+        c = dict(bm1=64, s1=1, w1=8, st1=3, bm2=128, bh=128, w2=8, st2=3)
+    small = T <= INLINE_MAX_T
+    c["tf1"] = T > 2048  # GEMM1 at large T: tiles fastest (W1 blocks shared in L2); else splits/columns
+    c["tf2"] = False  # GEMM2: H blocks fastest (the tile's C rows shared in L2)
+    c["inline"] = small
+    c["bt_route"] = 1 if small else 16
+    c["w_route"] = 1 if small else 8
+    c["bc_sort"] = min(1024, max(16, _next_pow2(T)))
+    c["bt_fin"] = 1 if small else 8
+    c["bh_fin"] = 1024
+    c.update(CONFIG_OVERRIDE)
+    return c
+
+
+def _max_tiles(T: int, n_local: int, bm: int) -> int:
+    """Worst-case number of M tiles over all local experts: sum_e ceil(c_e / bm) where
+    sum_e c_e <= T * min(8, n_local), c_e <= T, and at most min(n_local, rows) experts are hit."""
+    rows = T * min(TOP_K, n_local)
+    hit = min(n_local, rows)
+    return max(1, min(n_local * triton.cdiv(T, bm), (rows + hit * (bm - 1)) // bm))
+
+
+def _sm_count(device) -> int:
+    if INTERPRET or device.type != "cuda":
+        return 2  # the interpreter runs programs one by one: two persistent programs exercise the loop
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+class _Kernel:
+    """One launch of a workspace. Grid and constexprs are fixed, so after the first call (which goes
+    through Triton's JIT dispatcher, compiles, and sizes a persistent grid from the compiled kernel's
+    registers and shared memory) it is relaunched straight through the compiled kernel's C launcher
+    with plain integer pointers: no per-call argument binding, no driver pointer queries. The runtime
+    integers are `do_not_specialize`, and pointer alignment is checked per call (see `run`)."""
+
+    __slots__ = ("fn", "grid", "consts", "opts", "tail", "ck", "persistent_sms", "max_programs", "head", "call")
+
+    def __init__(self, fn, grid, consts, persistent_sms=0, **opts):
+        self.fn = fn
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.consts = consts
+        self.opts = opts
+        names = fn.arg_names[len(fn.arg_names) - len(consts) :]
+        assert sorted(names) == sorted(consts), (fn.__name__, names, sorted(consts))
+        self.tail = tuple(consts[n] for n in names)
+        self.ck = None
+        self.call = None
+        self.head = None
+        self.persistent_sms = persistent_sms  # > 0: a persistent grid over this many SMs
+        self.max_programs = self.grid[0]  # never more programs than work items
+        if persistent_sms:  # a first call uses one program per SM (the loop bound ITERS covers it)
+            self.grid = (min(self.max_programs, persistent_sms), 1, 1)
+
+    def slow(self, *args):
+        ck = self.fn[self.grid](*args, **self.consts, **self.opts)
+        if self.ck is None and not INTERPRET and hasattr(ck, "packed_metadata"):
+            ck._init_handles()
+            if self.persistent_sms:
+                n_threads = 32 * ck.metadata.num_warps
+                by_regs = 65536 // max(1, ck.n_regs * n_threads)
+                props = torch.cuda.get_device_properties(torch.cuda.current_device())
+                smem = getattr(props, "shared_memory_per_multiprocessor", 233472) - 1024
+                by_smem = smem // max(1, ck.metadata.shared + 1024) if ck.metadata.shared else 32
+                occ = max(1, min(by_regs, by_smem, 2048 // n_threads, 8))
+                self.grid = (min(self.max_programs, self.persistent_sms * occ), 1, 1)
+            g = self.grid
+            launcher = ck.run
+            raw = getattr(launcher, "launch", None)
+            if (
+                raw is not None
+                and not getattr(launcher, "global_scratch_size", 1)
+                and not getattr(launcher, "profile_scratch_size", 1)
+                and getattr(launcher, "num_ctas", 1) == 1
+            ):
+                # the C entry point itself: (grid, stream, function, cooperative, pdl, global scratch,
+                # profile scratch, metadata, launch metadata, enter hook, exit hook, *kernel args)
+                self.head = (g[0], g[1], g[2])
+                self.call = (
+                    raw, ck.function, launcher.launch_cooperative_grid, launcher.launch_pdl, ck.packed_metadata
+                )
+            self.ck = ck
+
+    def fast(self, stream, *args):
+        c = self.call
+        if c is not None:
+            g = self.head
+            c[0](g[0], g[1], g[2], stream, c[1], c[2], c[3], None, None, c[4], None, None, None, *args, *self.tail)
+        else:
+            ck = self.ck
+            g = self.grid
+            ck.run(g[0], g[1], g[2], stream, ck.function, ck.packed_metadata, None, None, None, *args, *self.tail)
+
+
+class _Workspace:
+    """Scratch buffers and kernels for one (device, T, geometry), reused across calls."""
+
+    def __init__(self, device, T, E, NL, H, I):
+        c = _config(T)
+        self.cfg = c
+        self.T, self.E, self.w1_shape = T, E, torch.Size((NL, 2 * I, H))
+        self.dev_index, self.get_stream = None, None
+        self.atomic = REDUCE_MODE == "atomic"
+        if H % BLOCK or I % BLOCK or E % N_GROUP:
+            raise ValueError(f"unsupported geometry H={H} I={I} E={E}")
+        while (H // BLOCK) % c["s1"]:  # split-K must divide the K blocks
+            c["s1"] -= 1
+        if H % c["bh"] or (BLOCK % c["bh"] and c["bh"] % BLOCK):
+            raise ValueError("bh must divide H and divide 128 or be a multiple of it")
+        R = T * TOP_K
+        i32 = dict(dtype=torch.int32, device=device)
+        f32 = dict(dtype=torch.float32, device=device)
+        self.ids = torch.empty(T, TOP_K, **i32)
+        self.w = torch.empty(T, TOP_K, **f32)
+        self.counts = torch.empty(NL, **i32)
+        self.lists = torch.empty(1 if c["inline"] else NL * T, **i32)
+        self.cq = torch.empty(R, I, dtype=torch.float8_e4m3fn, device=device)
+        self.cs = torch.empty(I // BLOCK, R, **f32)
+        self.obuf = torch.empty(T if self.atomic else R, H, **f32)
+        nj, nhb, s1 = I // BLOCK, H // c["bh"], c["s1"]
+        tiles1, tiles2 = _max_tiles(T, NL, c["bm1"]), _max_tiles(T, NL, c["bm2"])
+        self.part = torch.empty(tiles1 * nj * s1 * 2 * BLOCK * c["bm1"] if s1 > 1 else 1, **f32)
+        self.ticket = torch.zeros(tiles1 * nj if s1 > 1 else 1, **i32)
+        sms = _sm_count(device)
+        items1, items2 = tiles1 * nj * s1, tiles2 * nhb
+        TP = _next_pow2(T) if c["inline"] else 1
+        NLP = _next_pow2(NL)
+        use_libdevice = (not INTERPRET) and libdevice is not None and device.type == "cuda"
+        self.k_route = _Kernel(
+            _route_kernel, (triton.cdiv(T, c["bt_route"]),),
+            dict(E=E, NL=NL, H=H, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, BT=c["bt_route"],
+                 USE_LIBDEVICE=use_libdevice, WRITE_ZEROS=True, ZERO_SCRATCH=self.atomic, EXACT=INTERPRET),
+            num_warps=c["w_route"],
+        )  # fmt: skip
+        self.k_sort = None
+        if not c["inline"]:
+            self.k_sort = _Kernel(
+                _sort_kernel, (NL,), dict(TOPK=TOP_K, BC=c["bc_sort"], NCHUNK=triton.cdiv(T, c["bc_sort"])),
+                num_warps=4,
+            )
+        self.k_gemm1 = _Kernel(
+            _gemm1_kernel, (items1,),
+            dict(NL=NL, NLP=NLP, H=H, I=I, TP=TP, TOPK=TOP_K, BM=c["bm1"], SPLIT_K=s1,
+                 ITERS=triton.cdiv(items1, min(items1, sms)), TILE_FAST=c["tf1"], INLINE=c["inline"],
+                 EXACT=INTERPRET),
+            persistent_sms=sms, num_warps=c["w1"], num_stages=c["st1"],
+        )  # fmt: skip
+        self.k_gemm2 = _Kernel(
+            _gemm2_kernel, (items2,),
+            dict(NL=NL, NLP=NLP, H=H, I=I, TP=TP, TOPK=TOP_K, BM=c["bm2"], BH=c["bh"],
+                 ITERS=triton.cdiv(items2, min(items2, sms)), TILE_FAST=c["tf2"], INLINE=c["inline"],
+                 ATOMIC=self.atomic, EXACT=INTERPRET),
+            persistent_sms=sms, num_warps=c["w2"], num_stages=c["st2"],
+        )  # fmt: skip
+        self.k_fin = _Kernel(
+            _finalize_kernel, (triton.cdiv(T, c["bt_fin"]), triton.cdiv(H, c["bh_fin"])),
+            dict(NL=NL, H=H, TOPK=TOP_K, BT=c["bt_fin"], BH=c["bh_fin"], ATOMIC=self.atomic, EXACT=INTERPRET),
+            num_warps=4,
+        )  # fmt: skip
+        self.kernels = [k for k in (self.k_route, self.k_sort, self.k_gemm1, self.k_gemm2, self.k_fin) if k]
+        self.scratch_ptrs = None
+        self.fast_ok = True
+
+    def ready(self) -> bool:
+        return all(k.ck is not None for k in self.kernels)
+
+
+_WORKSPACES: dict = {}
+
+
+def _workspace(device, T, E, NL, H, I) -> _Workspace:
+    key = (device, T, E, NL, H, I)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        ws = _WORKSPACES[key] = _Workspace(device, T, E, NL, H, I)
+    return ws
+
+
+def reset_workspaces():
+    """Forget cached scratch buffers and kernels (after changing REDUCE_MODE or CONFIG_OVERRIDE)."""
+    _WORKSPACES.clear()
+    _LAST[0] = None
+
+
+def route(routing_logits, routing_bias, routed_scaling_factor):
+    """The routing kernel alone: ([T, 8] int64 global expert ids, [T, 8] fp32 weights)."""
+    T, E = routing_logits.shape
+    ids = torch.empty(T, TOP_K, dtype=torch.int32, device=routing_logits.device)
+    w = torch.empty(T, TOP_K, dtype=torch.float32, device=routing_logits.device)
+    if T == 0:
+        return ids.long(), w
+    use_libdevice = (not INTERPRET) and libdevice is not None and routing_logits.device.type == "cuda"
+    bt = 1 if T <= INLINE_MAX_T else 16
+    _route_kernel[(triton.cdiv(T, bt),)](
+        routing_logits, routing_bias, ids, w, w, w, T, 0, float(routed_scaling_factor),
+        E=E, NL=1, H=1, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, BT=bt, USE_LIBDEVICE=use_libdevice,
+        WRITE_ZEROS=False, ZERO_SCRATCH=False, EXACT=INTERPRET, num_warps=1 if bt == 1 else 8,
+    )  # fmt: skip
+    return ids.long(), w
+
+
+# Host-side timestamps of the fast path, for the device profile only (None: off).
+HOST_TIMING = None
+_LAST: list = [None]  # the workspace of the last call, once its fast path is ready
+
+
+def run(
+    routing_logits,
+    routing_bias,
+    hidden_states,
+    hidden_states_scale,
+    gemm1_weights,
+    gemm1_weights_scale,
+    gemm2_weights,
+    gemm2_weights_scale,
+    local_expert_offset,
+    routed_scaling_factor,
+    output,
+):
+    ws = _LAST[0]  # the fast path: the same workload as the last call, kernels compiled, pointers aligned
+    if (
+        ws is not None
+        and ws.T == routing_logits.shape[0]
+        and ws.E == routing_logits.shape[1]
+        and ws.w1_shape == gemm1_weights.shape
+        and hidden_states.get_device() == ws.dev_index
+    ):
+        tm = HOST_TIMING
+        if tm is not None:
+            tm.append(("start", time.perf_counter()))
+        p0, p1, p8 = routing_logits.data_ptr(), routing_bias.data_ptr(), output.data_ptr()
+        if not ((p0 | p1 | p8) & 15):  # the compiled kernels assume 16-byte aligned pointers
+            T = ws.T
+            off = int(local_expert_offset)
+            ids, w, counts, lists, cq, cs, part, ticket, obuf = ws.scratch_ptrs
+            stream = ws.get_stream(ws.dev_index)
+            try:
+                ws.k_route.fast(stream, p0, p1, ids, w, p8, obuf, T, off, float(routed_scaling_factor))
+                if tm is not None:
+                    tm.append(("route", time.perf_counter()))
+                p2, p3 = hidden_states.data_ptr(), hidden_states_scale.data_ptr()
+                p4, p5 = gemm1_weights.data_ptr(), gemm1_weights_scale.data_ptr()
+                p6, p7 = gemm2_weights.data_ptr(), gemm2_weights_scale.data_ptr()
+                if not ((p2 | p3 | p4 | p5 | p6 | p7) & 15):
+                    if ws.k_sort is not None:
+                        ws.k_sort.fast(stream, ids, counts, lists, T, off)
+                    ws.k_gemm1.fast(stream, p2, p3, p4, p5, ids, counts, lists, cq, cs, part, ticket, T, off)
+                    if tm is not None:
+                        tm.append(("gemm1", time.perf_counter()))
+                    ws.k_gemm2.fast(stream, cq, cs, p6, p7, ids, w, counts, lists, p8, obuf, T, off)
+                    ws.k_fin.fast(stream, ids, obuf, p8, T, off)
+                    if tm is not None:
+                        tm.append(("end", time.perf_counter()))
+                    return output
+                # a misaligned input (never from the harness): the dispatcher path below redoes the call
+            except TypeError:  # a Triton whose launcher takes other arguments: the dispatcher from now on
+                ws.fast_ok = False
+                ws.scratch_ptrs = None
+                _LAST[0] = None
+    T, E = routing_logits.shape
+    NL, N1, H = gemm1_weights.shape
+    if T == 0:
+        return output
+    ws = _WORKSPACES.get((hidden_states.device, T, E, NL, H, N1 // 2))
+    if ws is None:
+        ws = _workspace(hidden_states.device, T, E, NL, H, N1 // 2)
+    off = int(local_expert_offset)
+    rsf = float(routed_scaling_factor)
+    ws.k_route.slow(routing_logits, routing_bias, ws.ids, ws.w, output, ws.obuf, T, off, rsf)
+    if ws.k_sort is not None:
+        ws.k_sort.slow(ws.ids, ws.counts, ws.lists, T, off)
+    ws.k_gemm1.slow(
+        hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, ws.ids, ws.counts, ws.lists,
+        ws.cq, ws.cs, ws.part, ws.ticket, T, off,
+    )  # fmt: skip
+    ws.k_gemm2.slow(
+        ws.cq, ws.cs, gemm2_weights, gemm2_weights_scale, ws.ids, ws.w, ws.counts, ws.lists, output, ws.obuf, T, off
+    )
+    ws.k_fin.slow(ws.ids, ws.obuf, output, T, off)
+    if not INTERPRET and ws.fast_ok and ws.ready():
+        ws.scratch_ptrs = tuple(
+            t.data_ptr() for t in (ws.ids, ws.w, ws.counts, ws.lists, ws.cq, ws.cs, ws.part, ws.ticket, ws.obuf)
+        )
+        ws.get_stream = triton.runtime.driver.active.get_current_stream
+        ws.dev_index = hidden_states.get_device()
+        _LAST[0] = ws
+    return output
+
