@@ -70,6 +70,7 @@ WorkloadOpt = typer.Option(None, "--workload", "-w", help="uuid prefix (repeatab
 SeqLenOpt = typer.Option(None, "--seq-len", "-t", help="only workloads with this T (repeatable)")
 StyleOpt = typer.Option("contest", "--style", help="contest (as the harness draws inputs) or quantized")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
+ResultsDirOpt = typer.Option(Path("results"), "--results-dir", help="where results/<gpu>/ goes")
 
 
 def _setup(dataset, definition, device, workload, seq_len):
@@ -155,6 +156,7 @@ def check(
     trials: int = typer.Option(3, "--trials", min=1, help="fresh random inputs per workload"),
     style: str = StyleOpt,
     save: bool = typer.Option(False, "--save", help="also write the results under results/<gpu>/"),
+    results_dir: Path = ResultsDirOpt,
     as_json: bool = JsonOpt,
 ):
     """Diff-test variants against the reference with the official rule; exit 0 only if all passed."""
@@ -170,6 +172,7 @@ def check(
             "check",
             device,
             {"provenance": results.provenance(device), "definition": ds.definition.name, "records": records},
+            results_dir,
         )
         err.print(f"wrote {path}")
     if as_json:
@@ -216,7 +219,7 @@ def bench(
     style: str = StyleOpt,
     bandwidth: Optional[float] = typer.Option(None, "--bandwidth", help="override GPU bandwidth, TB/s"),
     fp8_rate: Optional[float] = typer.Option(None, "--fp8-rate", help="override dense FP8 rate, TFLOP/s"),
-    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="where results/<gpu>/ goes"),
+    results_dir: Path = ResultsDirOpt,
     as_json: bool = JsonOpt,
     official: bool = typer.Option(
         False, "--official", help="run flashinfer-bench's own Benchmark with the contest's MoE settings (GPU)"
@@ -409,7 +412,6 @@ def _print_official(payload: dict) -> None:
 
 TargetArg = typer.Argument(..., help="a kernel file (.py), a Solution JSON, a variant name or folder")
 EntryOpt = typer.Option("run", "--entry", help="entry function of a kernel file")
-ResultsDirOpt = typer.Option(Path("results"), "--results-dir", help="where results/<gpu>/ goes")
 
 
 @app.command("eval")

@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# One device call: environment, GPU-only tests, check and bench of the given variants on all 19
-# contest workloads. Usage (device tool, carry .whl): bash scripts/gpu_sweep.sh [VARIANT...]
+# One device call: environment, GPU-only tests, `check` (19 workloads x 3 trials) and `bench` of the
+# given variants with the reference; with OFFICIAL=V also `bench --official V`.
+# Usage (device tool, carry .whl): [OFFICIAL=r3-triton-fp8] bash scripts/gpu_sweep.sh VARIANT...
+# Everything lands in $OUT/res (tarred into $OUT/results.tgz after each step) and $OUT/*.txt.
 set -uo pipefail
 . scripts/device_env.sh || exit 1
-mkdir -p "$OUT"
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c 'import torch,triton;print("torch",torch.__version__,"triton",triton.__version__)'; } 2>&1 | tee "$OUT/env.txt"
-python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu_tests.txt"
-python3 -m fibmoe check "$@" --definition contest --trials 3 --save --json > "$OUT/check.json" 2> "$OUT/check.log"; echo "check rc=$?" | tee -a "$OUT/check.log"
-python3 -m fibmoe bench "$@" --definition contest --results-dir "$OUT/results" > "$OUT/bench.txt" 2>&1; echo "bench rc=$?" | tee -a "$OUT/bench.txt"
-cp results/*/check-*.json "$OUT/" 2>/dev/null
-python3 - "$OUT/check.json" <<'PY'
-import json, sys
-rows = json.load(open(sys.argv[1]))
-for r in rows:
-    print(f"{r['variant']:22s} T={r['seq_len']:6d} {r['uuid'][:8]} {r['status']:20s} relL2={r['rel_l2_error']} matched={r['matched_ratio']} routing={r['routing_agreement']}")
-PY
-tail -30 "$OUT/bench.txt"
+R="$OUT/res"
+mkdir -p "$R"
+pack() { tar czf "$OUT/results.tgz" -C "$R" . ; }
+step() { local name=$1; shift; local t0=$SECONDS; "$@" > "$OUT/$name.txt" 2>&1; echo "$name rc=$? $((SECONDS - t0))s" | tee -a "$OUT/steps.txt"; pack; }
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c 'import torch,triton;print("torch",torch.__version__,"triton",triton.__version__)'; } > "$R/env.txt" 2>&1
+step gpu_tests python3 -m pytest -q -p no:cacheprovider tests/gpu
+step check python3 -m fibmoe check "$@" --definition contest --trials 3 --save --results-dir "$R"
+step bench python3 -m fibmoe bench "$@" --definition contest --results-dir "$R"
+if [ -n "${OFFICIAL:-}" ]; then step official python3 -m fibmoe bench --official "$OFFICIAL" --definition contest --results-dir "$R"; fi
+cat "$OUT/steps.txt"; tail -4 "$OUT/gpu_tests.txt"; tail -28 "$OUT/bench.txt"; tail -4 "$OUT/official.txt" 2>/dev/null
