@@ -367,3 +367,50 @@ def test_sort_path_matches_the_inline_path(ds, built):
     _check_output(sorted_, inp)
     assert not atomic.isnan().any()
     torch.testing.assert_close(atomic.float(), inline.float(), rtol=2**-7, atol=0)
+
+
+def test_unswapped_tiles_bf16_rows_and_fused_routing(ds, built):
+    """Large T runs both GEMMs with the tokens on the MMA's M side (unswapped, BM >= 64) and may park
+    the rows of multi-expert tokens in bf16; tiny T fuses the routing into GEMM1. The unswapped GEMMs
+    give the swapped path's result up to the fp32 summation order (then an fp8 ulp of C at most), bf16
+    rows add one bf16 rounding per row; the fused routing gives the same bits."""
+    fn, mod = built
+    (w,) = [w for w in ds.workloads if w.workload.axes["seq_len"] == 40]
+    torch.manual_seed(6)
+    inp = inputs.generate(ds, w, DEVICE, "contest")
+    base = _call(fn, inp)
+    outs = {}
+    try:
+        for name, ov in (
+            ("unswapped64", dict(inline=False, bm1=64, bm2=64, bt_route=16, w_route=4)),
+            ("unswapped128_bf16rows", dict(inline=False, bm1=128, bm2=128, obf=True, spf1=False, spf2=False, ku2=2)),
+        ):
+            mod.CONFIG_OVERRIDE.clear()
+            mod.CONFIG_OVERRIDE.update(ov)
+            mod.reset_workspaces()
+            assert not mod._config(40)["sw1"] and not mod._config(40)["sw2"]
+            outs[name] = _call(fn, inp)
+    finally:
+        mod.CONFIG_OVERRIDE.clear()
+        mod.reset_workspaces()
+    ref32 = reference.forward(*inp)
+    ref_bf16 = reference.run(*inp)
+    for name, out in outs.items():
+        assert not out.isnan().any(), name
+        _, _, exceeds, matched = compute_error_stats(out.cpu(), ref_bf16.cpu(), OFFICIAL)
+        assert not exceeds, (name, matched)
+        assert _rel_l2(out, ref32) < REL_L2_FP32, name
+        assert _rel_l2(out, base) < 1e-2, name
+    # fused routing (T <= 8 by default) against the routing kernel: the same bits
+    (w7,) = [w for w in ds.workloads if w.workload.axes["seq_len"] == 7]
+    inp7 = inputs.generate(ds, w7, DEVICE, "contest")
+    assert mod._config(7)["fr"]
+    fused = _call(fn, inp7)
+    try:
+        mod.CONFIG_OVERRIDE.update(fr=False)
+        mod.reset_workspaces()
+        unfused = _call(fn, inp7)
+    finally:
+        mod.CONFIG_OVERRIDE.clear()
+        mod.reset_workspaces()
+    assert torch.equal(fused, unfused)

@@ -1,33 +1,38 @@
 """Rung 3: Triton MoE on FP8 tensor cores (tl.dot on float8e4nv operands, fp32 accumulation).
 
-A call is four launches at small T (T <= 128) and five at large T, the same set on every call of a
-workload, none waiting on the host:
+A call is three launches at T <= 8, four up to T = 128 and five above, the same set on every call of
+a workload, none waiting on the host; GEMM1 (after the routing kernel), GEMM2 and the finalize are
+launched with programmatic dependent launch (PDL: each waits in-kernel, `griddepcontrol.wait`, for the
+previous kernel, and GEMM2's programs start in the SM slots that GEMM1's finished programs free):
 
-1. `_route_kernel`  sigmoid (bit-identical to torch.sigmoid on CUDA: precise expf, IEEE division),
-                    bias, group top-2 sums, top-4 groups, top-8 experts (ties to the lower index, as
-                    the reference), weights; writes the exact zero rows of tokens with no local expert.
+1. `_route_kernel`  (T > 8) sigmoid (bit-identical to torch.sigmoid on CUDA: precise expf, IEEE
+                    division), bias, group top-2 sums, top-4 groups, top-8 experts (ties to the lower
+                    index, as the reference), weights; writes the exact zero rows of tokens with no
+                    local expert. At T <= 8 every GEMM1 program runs the same routing itself (no launch).
 2. `_sort_kernel`   large T only: one program per local expert, its row count and its rows in token
                     order. At small T each GEMM program derives the same rows from the [T, 8] expert
                     ids itself (a histogram for the counts, a cumsum for the ranks), so no launch.
    A "row" is a (token, slot) pair, identified as token * 8 + slot everywhere (C, its scales, the
-   routing weight and the fp32 rows of tokens with several local experts all live at that index).
+   routing weight and the rows of tokens with several local experts all live at that index).
 3. `_gemm1_kernel`  persistent over (M tile, 128 columns of I, K split). G1 = X[rows] @ W1[e]^T with
                     the token rows gathered inside the kernel, one fp8 dot per 128-wide K block whose
-                    block scales are applied to the fp32 partial sum; the gate and up tiles of the same
-                    128 columns in one program; epilogue SwiGLU (silu on the SECOND half) and FP8
-                    re-quantization of C with one scale (amax / 448) per row per 128 columns.
-                    Small T: split-K; the last program of a tile (a ticket) sums the partials in split
-                    order and runs the epilogue.
+                    block scales are applied to the fp32 partial sum (the next block's scales loaded one
+                    iteration ahead); the gate and up tiles of the same 128 columns in one program;
+                    epilogue SwiGLU (silu on the SECOND half) and FP8 re-quantization of C with one
+                    scale (amax / 448) per row per 128 columns. T <= 128: swapped operands (the weight
+                    rows on the MMA's M side, BM = 16 tokens on its N side); above, tokens on the M side
+                    (BM 64, or 128 at large T). T <= 4: split-K; the last program of a tile (a ticket)
+                    sums the partials in split order and runs the epilogue.
 4. `_gemm2_kernel`  persistent over (M tile, H block). O = C @ W2[e]^T the same way, times the routing
                     weight. A token with one local expert gets its bf16 output row written here; for a
-                    token with several, each row goes to an fp32 buffer at its (token, slot) index
-                    (REDUCE_MODE "atomic": fp32 atomics into one row per token instead).
-5. `_finalize_kernel` tokens with several local experts: the sum of their rows in slot order
+                    token with several, each row goes to a buffer at its (token, slot) index (fp32, or
+                    bf16 above T = 128; REDUCE_MODE "atomic": fp32 atomics into one row per token).
+5. `_finalize_kernel` tokens with several local experts: the fp32 sum of their rows in slot order
                     (deterministic), cast to bf16.
 
 Grids: persistent, sized from the SM count and the compiled kernel's occupancy; the loop bound is the
 worst case for T (a shape) and items past the real work (from the counts) are skipped.
-Tile shapes come from a fixed table by T bucket (no autotuning). See NOTES.md for measurements.
+Tile shapes come from a fixed table by T bucket and compute capability (no autotuning). See NOTES.md.
 """
 
 import os
@@ -41,6 +46,10 @@ try:  # precise expf, as torch's sigmoid uses on CUDA; unusable under the interp
     from triton.language.extra import libdevice
 except Exception:  # pragma: no cover
     libdevice = None
+try:  # programmatic dependent launch (sm_90+); the kernels call it only when launched with PDL
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except Exception:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
 
 BLOCK = 128
 N_GROUP = 8
@@ -103,11 +112,11 @@ def _local_ids(ids_ptr, T, local_off, TP: tl.constexpr, TOPK: tl.constexpr):
 
 
 @triton.jit
-def _counts(ids_ptr, counts_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
-            TOPK: tl.constexpr, INLINE: tl.constexpr):  # fmt: skip
-    """Rows per local expert ([NLP]); inline: a histogram of the expert ids, else the sort's counts."""
+def _counts(loc, counts_ptr, NL: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr,
+            INLINE: tl.constexpr):  # fmt: skip
+    """Rows per local expert ([NLP]); inline: a histogram of the [TP, TOPK] local ids `loc`, else the
+    sort's counts."""
     if INLINE:
-        loc = _local_ids(ids_ptr, T, local_off, TP, TOPK)
         ok = (loc >= 0) & (loc < NL)
         c = tl.histogram(tl.reshape(tl.where(ok, loc, 0), (TP * TOPK,)), NLP, mask=tl.reshape(ok, (TP * TOPK,)))
     else:
@@ -117,9 +126,17 @@ def _counts(ids_ptr, counts_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constex
 
 
 @triton.jit
-def _tile_rows(tile, c, ids_ptr, lists_ptr, T, local_off, BM: tl.constexpr, NLP: tl.constexpr,
-               TP: tl.constexpr, TOPK: tl.constexpr, INLINE: tl.constexpr):  # fmt: skip
-    """Expert, row mask and row ids (token * TOPK + slot, in token order) of M tile `tile`."""
+def _tile_expert(tile, c, BM: tl.constexpr):
+    """Local expert of M tile `tile` (tiles are numbered expert by expert)."""
+    cum = tl.cumsum((c + BM - 1) // BM, axis=0)
+    return tl.sum((cum <= tile).to(tl.int32))
+
+
+@triton.jit
+def _tile_rows(tile, c, loc, lists_ptr, T, BM: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
+               TOPK: tl.constexpr, INLINE: tl.constexpr):  # fmt: skip
+    """Expert, row mask and row ids (token * TOPK + slot, in token order) of M tile `tile`. Rows past
+    the tile's count get row id 0 (a valid address; their tiles are masked)."""
     ex = tl.arange(0, NLP)
     ntile = (c + BM - 1) // BM
     cum = tl.cumsum(ntile, axis=0)
@@ -130,7 +147,6 @@ def _tile_rows(tile, c, ids_ptr, lists_ptr, T, local_off, BM: tl.constexpr, NLP:
     rows = m0 + tl.arange(0, BM)
     rmask = rows < cnt
     if INLINE:
-        loc = _local_ids(ids_ptr, T, local_off, TP, TOPK)
         k = tl.arange(0, TOPK)
         hit_k = loc == e
         hit = tl.max(hit_k.to(tl.int32), axis=1)  # a token selects an expert at most once
@@ -144,38 +160,13 @@ def _tile_rows(tile, c, ids_ptr, lists_ptr, T, local_off, BM: tl.constexpr, NLP:
     return e, rmask, rid
 
 
-# ----------------------------------------------------------------------------------------------
-# kernels
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit(do_not_specialize=["T", "local_off"])
-def _route_kernel(
-    logits_ptr,
-    bias_ptr,
-    ids_ptr,
-    w_ptr,
-    out_ptr,
-    scratch_ptr,
-    T,
-    local_off,
-    rsf,
-    E: tl.constexpr,
-    NL: tl.constexpr,
-    H: tl.constexpr,
-    NG: tl.constexpr,
-    KG: tl.constexpr,
-    TOPK: tl.constexpr,
-    BT: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr,
-    WRITE_ZEROS: tl.constexpr,
-    ZERO_SCRATCH: tl.constexpr,
-    EXACT: tl.constexpr,
-):
+@triton.jit
+def _route_block(logits_ptr, bias_ptr, t, tmask, rsf, E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr,
+                 TOPK: tl.constexpr, BT: tl.constexpr, USE_LIBDEVICE: tl.constexpr):  # fmt: skip
+    """Routing of the tokens `t` ([BT]): ([BT, TOPK] global expert ids, [BT, TOPK] weights), as the
+    reference: sigmoid, + bias, top-KG groups by their top-2 sums, top-TOPK experts, ties to the lower
+    index, weights = s / sum(s) * rsf over all TOPK selected experts."""
     EG: tl.constexpr = E // NG
-    pid = tl.program_id(0)
-    t = pid * BT + tl.arange(0, BT)
-    tmask = t < T
     e = tl.arange(0, E)
     x = tl.load(logits_ptr + t[:, None] * E + e[None, :], mask=tmask[:, None], other=0.0)
     # s = 1 / (1 + expf(-x)) with precise expf and IEEE division: what torch.sigmoid computes on CUDA.
@@ -219,22 +210,63 @@ def _route_kernel(
         ssel = tl.where(k8 == k, sk[:, None], ssel)
     ssum = tl.sum(ssel, axis=1)
     w = tl.math.div_rn(ssel, ssum[:, None] + 1e-20) * rsf
-    out_off = t[:, None] * TOPK + k8
+    return ids, w
+
+
+@triton.jit
+def _zero_rows(ids, t, zmask, out_ptr, scratch_ptr, local_off, NL: tl.constexpr, H: tl.constexpr,
+               BT: tl.constexpr, ZERO_SCRATCH: tl.constexpr):  # fmt: skip
+    """Exact zero output rows for the tokens (of `t`, where zmask) with no local expert; atomic
+    reduction: zero fp32 rows for the tokens with several."""
+    loc = ids - local_off
+    nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
+    zm = zmask & (nloc == 0)
+    sm = zmask & (nloc > 1)
+    hb = tl.arange(0, 1024)
+    for h0 in tl.static_range(0, H, 1024):
+        hh = h0 + hb
+        offs = t.to(tl.int64)[:, None] * H + hh[None, :]
+        tl.store(out_ptr + offs, tl.zeros((BT, 1024), tl.bfloat16), mask=zm[:, None] & (hh < H)[None, :])
+        if ZERO_SCRATCH:
+            tl.store(scratch_ptr + offs, tl.zeros((BT, 1024), tl.float32), mask=sm[:, None] & (hh < H)[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["T", "local_off"])
+def _route_kernel(
+    logits_ptr,
+    bias_ptr,
+    ids_ptr,
+    w_ptr,
+    out_ptr,
+    scratch_ptr,
+    T,
+    local_off,
+    rsf,
+    E: tl.constexpr,
+    NL: tl.constexpr,
+    H: tl.constexpr,
+    NG: tl.constexpr,
+    KG: tl.constexpr,
+    TOPK: tl.constexpr,
+    BT: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr,
+    WRITE_ZEROS: tl.constexpr,
+    ZERO_SCRATCH: tl.constexpr,
+    EXACT: tl.constexpr,
+):
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    tmask = t < T
+    ids, w = _route_block(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, BT, USE_LIBDEVICE)
+    out_off = t[:, None] * TOPK + tl.arange(0, TOPK)[None, :]
     tl.store(ids_ptr + out_off, ids, mask=tmask[:, None])
     tl.store(w_ptr + out_off, w, mask=tmask[:, None])
-
     if WRITE_ZEROS:
-        loc = ids - local_off
-        nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
-        zmask = tmask & (nloc == 0)  # tokens with no local expert: their output row is exact zeros
-        smask = tmask & (nloc > 1)  # atomic reduction: tokens with several start from zero
-        hb = tl.arange(0, 1024)
-        for h0 in tl.static_range(0, H, 1024):
-            hh = h0 + hb
-            offs = t.to(tl.int64)[:, None] * H + hh[None, :]
-            tl.store(out_ptr + offs, tl.zeros((BT, 1024), tl.bfloat16), mask=zmask[:, None] & (hh < H)[None, :])
-            if ZERO_SCRATCH:
-                tl.store(scratch_ptr + offs, tl.zeros((BT, 1024), tl.float32), mask=smask[:, None] & (hh < H)[None, :])
+        _zero_rows(ids, t, tmask, out_ptr, scratch_ptr, local_off, NL, H, BT, ZERO_SCRATCH)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -266,23 +298,60 @@ def _sort_kernel(
 
 
 @triton.jit
+def _gdc_wait(PDL: tl.constexpr):
+    """Programmatic dependent launch: wait until the previous kernel of the stream has completed and
+    its writes are visible (a no-op when the kernel was launched without PDL)."""
+    if PDL:
+        gdc_wait()
+
+
+@triton.jit
+def _gdc_launch_dependents(PDL: tl.constexpr):
+    """Let the next kernel of the stream (launched with PDL) start its CTAs in the SM slots that this
+    kernel's finished CTAs free; that kernel still waits for this one to complete before it reads."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """Ask the L2 to fetch the 128-byte lines at `ptrs` (no register result, no wait)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, R, I: tl.constexpr, BJ: tl.constexpr,
-                        EXACT: tl.constexpr):  # fmt: skip
-    """up, gate: [BJ, BM] fp32 tiles of G1^T. C = silu(gate) * up, quantized to fp8 per row per 128."""
+                        EXACT: tl.constexpr, SWAP: tl.constexpr):  # fmt: skip
+    """C = silu(gate) * up, quantized to fp8 with one scale (amax / 448) per row per 128 columns.
+    SWAP: up, gate are [BJ, BM] tiles of G1^T (columns x rows); else [BM, BJ] tiles of G1."""
     c = gate / (1.0 + tl.exp(-gate)) * up
-    amax = tl.max(tl.abs(c), axis=0)  # [BM]: one scale per row (token) per 128 columns
-    scale = amax / FP8_MAX
-    q = c / tl.where(amax > 0, scale, 1.0)[None, :]  # an all-zero row stays zero, scale 0
+    jn = tl.arange(0, BJ)
+    if SWAP:
+        amax = tl.max(tl.abs(c), axis=0)  # [BM]
+        scale = amax / FP8_MAX
+        q = c / tl.where(amax > 0, scale, 1.0)[None, :]  # an all-zero row stays zero, scale 0
+    else:
+        amax = tl.max(tl.abs(c), axis=1)  # [BM]
+        scale = amax / FP8_MAX
+        q = c / tl.where(amax > 0, scale, 1.0)[:, None]
     q = tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX)
     if EXACT:
         q = _round_to_e4m3(q)
-    jn = tl.arange(0, BJ)
-    tl.store(cq_ptr + rid.to(tl.int64)[None, :] * I + (jb * BJ + jn)[:, None], q.to(tl.float8e4nv), mask=rmask[None, :])
+    if SWAP:
+        offs = rid.to(tl.int64)[None, :] * I + (jb * BJ + jn)[:, None]
+        tl.store(cq_ptr + offs, q.to(tl.float8e4nv), mask=rmask[None, :])
+    else:
+        offs = rid.to(tl.int64)[:, None] * I + (jb * BJ + jn)[None, :]
+        tl.store(cq_ptr + offs, q.to(tl.float8e4nv), mask=rmask[:, None])
     tl.store(cs_ptr + jb * R + rid, scale, mask=rmask)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
 def _gemm1_kernel(
+    logits_ptr,
+    bias_ptr,
+    wts_ptr,
+    out_ptr,
     hs_ptr,
     hss_ptr,
     w1_ptr,
@@ -294,8 +363,13 @@ def _gemm1_kernel(
     cs_ptr,
     part_ptr,
     ticket_ptr,
+    obuf_ptr,
     T,
     local_off,
+    rsf,
+    E: tl.constexpr,
+    NG: tl.constexpr,
+    KG: tl.constexpr,
     NL: tl.constexpr,
     NLP: tl.constexpr,
     H: tl.constexpr,
@@ -308,7 +382,22 @@ def _gemm1_kernel(
     TILE_FAST: tl.constexpr,
     INLINE: tl.constexpr,
     EXACT: tl.constexpr,
+    SWAP: tl.constexpr,
+    SPF: tl.constexpr,
+    PDL: tl.constexpr,
+    TRIGGER: tl.constexpr,
+    FUSE_ROUTE: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr,
+    ZERO_SCRATCH: tl.constexpr,
+    KU: tl.constexpr,
 ):
+    """G1 = X[rows] @ W1[e]^T for (M tile, 128 columns of I, K split) items; SwiGLU + FP8 epilogue.
+    SWAP (small T): the 2 x 128 weight rows are the MMA's M side and the BM tokens its N side (the
+    accumulators are G1^T tiles); else the tokens are the M side (per-row token scales, BM = 128).
+    FUSE_ROUTE (tiny T, inline rows): every program routes all T tokens itself (no routing launch);
+    program 0 stores the expert ids and weights for GEMM2, program t % nprog token t's zero row.
+    PDL: launched with programmatic dependent launch (waits for the routing / sort kernel); TRIGGER:
+    lets GEMM2 (launched with PDL) start in the SM slots of this kernel's finished programs."""
     BK: tl.constexpr = 128
     BJ: tl.constexpr = 128
     NKB: tl.constexpr = H // BK
@@ -317,7 +406,25 @@ def _gemm1_kernel(
     R = T * TOPK
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    c = _counts(ids_ptr, counts_ptr, T, local_off, NL, NLP, TP, TOPK, INLINE)
+    if FUSE_ROUTE:
+        t = tl.arange(0, TP)
+        tmask = t < T
+        gids, gw = _route_block(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, TP, USE_LIBDEVICE)
+        loc = tl.where(tmask[:, None], gids - local_off, -1)
+        out_off = t[:, None] * TOPK + tl.arange(0, TOPK)[None, :]
+        first = pid == 0
+        tl.store(ids_ptr + out_off, gids, mask=tmask[:, None] & first)
+        tl.store(wts_ptr + out_off, gw, mask=tmask[:, None] & first)
+        _zero_rows(gids, t, tmask & (t % nprog == pid), out_ptr, obuf_ptr, local_off, NL, H, TP, ZERO_SCRATCH)
+        _gdc_launch_dependents(TRIGGER)
+    else:
+        _gdc_wait(PDL)  # the routing (and sort) results
+        _gdc_launch_dependents(TRIGGER)  # GEMM2's CTAs may take the SM slots of finished programs
+        if INLINE:
+            loc = _local_ids(ids_ptr, T, local_off, TP, TOPK)
+        else:
+            loc = None
+    c = _counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
     n_tiles = tl.sum((c + BM - 1) // BM)
     n_items = n_tiles * (NJ * SPLIT_K)
     kk = tl.arange(0, BK)
@@ -336,34 +443,63 @@ def _gemm1_kernel(
                 jb = r % NJ
                 tile = r // NJ
             tj = tile * NJ + jb
-            e, rmask, rid = _tile_rows(tile, c, ids_ptr, lists_ptr, T, local_off, BM, NLP, TP, TOPK, INLINE)
-            tok = rid // TOPK
+            e, rmask, rid = _tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
+            tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked tiles
             e64 = e.to(tl.int64)
-            wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[:, None] * H + kk[None, :]
-            wg_ptrs = wu_ptrs + I * H
-            a_ptrs = hs_ptr + tok.to(tl.int64)[None, :] * H + kk[:, None]  # [BK, BM], K contiguous
             su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB
             sg_ptr = w1s_ptr + (e * (2 * NJ) + NJ + jb) * NKB
-            acc_u = tl.zeros((BJ, BM), tl.float32)
-            acc_g = tl.zeros((BJ, BM), tl.float32)
-            for ki in range(0, KPS):
-                kb = sk * KPS + ki
-                wu = tl.load(wu_ptrs + kb * BK)
-                wg = tl.load(wg_ptrs + kb * BK)
-                a = tl.load(a_ptrs + kb * BK, mask=rmask[None, :], other=0.0)
-                asc = tl.load(hss_ptr + kb * T + tok, mask=rmask, other=0.0)
-                su = tl.load(su_ptr + kb)
-                sg = tl.load(sg_ptr + kb)
-                # one fp8 dot per 128-wide K block; its block scales applied to the fp32 partial sum
-                pu = tl.dot(wu, a)
-                pg = tl.dot(wg, a)
-                acc_u += pu * (asc[None, :] * su)
-                acc_g += pg * (asc[None, :] * sg)
+            if SWAP:
+                wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[:, None] * H + kk[None, :]  # [BJ, BK]
+                a_ptrs = hs_ptr + tok.to(tl.int64)[None, :] * H + kk[:, None]  # [BK, BM], K contiguous
+                amask = rmask[None, :]
+                acc_u = tl.zeros((BJ, BM), tl.float32)
+                acc_g = tl.zeros((BJ, BM), tl.float32)
+            else:
+                wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[None, :] * H + kk[:, None]  # [BK, BJ]
+                a_ptrs = hs_ptr + tok.to(tl.int64)[:, None] * H + kk[None, :]  # [BM, BK]
+                amask = rmask[:, None]
+                acc_u = tl.zeros((BM, BJ), tl.float32)
+                acc_g = tl.zeros((BM, BJ), tl.float32)
+            wg_ptrs = wu_ptrs + I * H
+            kb0 = sk * KPS
+            # SPF: the block scales of the next K block are loaded one iteration ahead, so that their
+            # latency is off each iteration's critical path (the tiles themselves are pipelined)
+            asc_n = tl.load(hss_ptr + kb0 * T + tok)
+            su_n = tl.load(su_ptr + kb0)
+            sg_n = tl.load(sg_ptr + kb0)
+            for ki in range(0, KPS // KU):  # KU K blocks per iteration: their tiles load together
+                for u in tl.static_range(KU):
+                    kb = kb0 + ki * KU + u
+                    if SPF:
+                        asc = asc_n
+                        su = su_n
+                        sg = sg_n
+                        kn = tl.minimum(kb + 1, NKB - 1)
+                        asc_n = tl.load(hss_ptr + kn * T + tok)
+                        su_n = tl.load(su_ptr + kn)
+                        sg_n = tl.load(sg_ptr + kn)
+                    else:
+                        asc = tl.load(hss_ptr + kb * T + tok)
+                        su = tl.load(su_ptr + kb)
+                        sg = tl.load(sg_ptr + kb)
+                    a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
+                    wu = tl.load(wu_ptrs + kb * BK)
+                    wg = tl.load(wg_ptrs + kb * BK)
+                    # one fp8 dot per 128-wide K block; its block scales applied to the fp32 partial sum
+                    if SWAP:
+                        acc_u += tl.dot(wu, a) * (asc * su)[None, :]
+                        acc_g += tl.dot(wg, a) * (asc * sg)[None, :]
+                    else:
+                        acc_u += tl.dot(a, wu) * (asc * su)[:, None]
+                        acc_g += tl.dot(a, wg) * (asc * sg)[:, None]
             if SPLIT_K == 1:
-                _swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, R, I, BJ, EXACT)
+                _swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, R, I, BJ, EXACT, SWAP)
             else:
                 # split-K: park the fp32 partials; the last program of the tile sums them in split order
-                el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
+                if SWAP:
+                    el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
+                else:
+                    el = tl.arange(0, BM)[:, None] * BJ + jn[None, :]
                 pbase = part_ptr + (tj * SPLIT_K).to(tl.int64) * (2 * BJ * BM)
                 tl.store(pbase + sk * (2 * BJ * BM) + el, acc_u)
                 tl.store(pbase + sk * (2 * BJ * BM) + BJ * BM + el, acc_g)
@@ -371,13 +507,13 @@ def _gemm1_kernel(
                 ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
                 tl.debug_barrier()
                 if ticket == SPLIT_K - 1:
-                    up = tl.zeros((BJ, BM), tl.float32)
-                    gate = tl.zeros((BJ, BM), tl.float32)
+                    up = tl.zeros(acc_u.shape, tl.float32)
+                    gate = tl.zeros(acc_g.shape, tl.float32)
                     for s in tl.static_range(SPLIT_K):
                         up += tl.load(pbase + s * (2 * BJ * BM) + el, cache_modifier=".cg")
                         gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el, cache_modifier=".cg")
                     tl.store(ticket_ptr + tj, 0)  # ready for the next call
-                    _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, R, I, BJ, EXACT)
+                    _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, R, I, BJ, EXACT, SWAP)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -407,19 +543,54 @@ def _gemm2_kernel(
     INLINE: tl.constexpr,
     ATOMIC: tl.constexpr,
     EXACT: tl.constexpr,
+    SWAP: tl.constexpr,
+    SPF: tl.constexpr,
+    PDL: tl.constexpr,
+    PF_LINES: tl.constexpr,
+    OBUF_BF16: tl.constexpr,
+    IDS_LATE: tl.constexpr,
+    KU: tl.constexpr,
 ):
+    """O = C[rows] @ W2[e]^T for (M tile, H block) items, times the routing weight; single-expert
+    tokens' bf16 rows written here, the others parked for `_finalize_kernel`. SWAP as in GEMM1.
+    PDL: launched while GEMM1 runs; before waiting for it, a program asks the L2 for the first
+    PF_LINES x 128 bytes of each W2 row of its first item (weights do not depend on GEMM1).
+    IDS_LATE: the expert ids come from GEMM1 itself (fused routing): read only after the wait."""
     BK: tl.constexpr = 128
     NKB: tl.constexpr = I // BK
     NHB: tl.constexpr = H // BH
     R = T * TOPK
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    c = _counts(ids_ptr, counts_ptr, T, local_off, NL, NLP, TP, TOPK, INLINE)
+    # the expert ids / counts / lists were complete before GEMM1 (which waited for them) let this
+    # kernel launch, so (unless GEMM1 routed) the schedule is computed before waiting for GEMM1's C
+    if IDS_LATE:
+        _gdc_wait(PDL)
+    if INLINE:
+        loc = _local_ids(ids_ptr, T, local_off, TP, TOPK)
+    else:
+        loc = None
+    c = _counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
     n_tiles = tl.sum((c + BM - 1) // BM)
     n_items = n_tiles * NHB
     kk = tl.arange(0, BK)
     hn = tl.arange(0, BH)
     k8 = tl.arange(0, TOPK)
+    if PF_LINES > 0:
+        if pid < n_items:
+            if TILE_FAST:
+                tile0 = pid % n_tiles
+                hb0 = pid // n_tiles
+            else:
+                hb0 = pid % NHB
+                tile0 = pid // NHB
+            e0 = _tile_expert(tile0, c, BM)
+            lines = tl.arange(0, PF_LINES) * 128
+            pf = w2_ptr + e0.to(tl.int64) * (H * I) + (hb0 * BH + hn)[:, None] * I + lines[None, :]
+            _prefetch_l2(pf)
+    if not IDS_LATE:
+        _gdc_wait(PDL)  # GEMM1's C and its scales
+    _gdc_launch_dependents(PDL)
     for it in range(0, ITERS):
         item = pid + it * nprog
         if item < n_items:
@@ -429,38 +600,75 @@ def _gemm2_kernel(
             else:  # consecutive programs: H blocks of one tile (C rows shared in L2)
                 hb = item % NHB
                 tile = item // NHB
-            e, rmask, rid = _tile_rows(tile, c, ids_ptr, lists_ptr, T, local_off, BM, NLP, TP, TOPK, INLINE)
+            e, rmask, rid = _tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
             tok = rid // TOPK
             h = hb * BH + hn
-            w_ptrs = w2_ptr + e.to(tl.int64) * (H * I) + h[:, None] * I + kk[None, :]
-            a_ptrs = cq_ptr + rid.to(tl.int64)[None, :] * I + kk[:, None]  # [BK, BM]
             ws_ptr = w2s_ptr + (e * (H // 128) + (hb * BH) // 128) * NKB
-            acc = tl.zeros((BH, BM), tl.float32)
-            for kb in range(0, NKB):
-                w = tl.load(w_ptrs + kb * BK)
-                a = tl.load(a_ptrs + kb * BK, mask=rmask[None, :], other=0.0)
-                asc = tl.load(cs_ptr + kb * R + rid, mask=rmask, other=0.0)
-                wsc = tl.load(ws_ptr + kb)
-                p = tl.dot(w, a)
-                acc += p * (asc[None, :] * wsc)
+            if SWAP:
+                w_ptrs = w2_ptr + e.to(tl.int64) * (H * I) + h[:, None] * I + kk[None, :]  # [BH, BK]
+                a_ptrs = cq_ptr + rid.to(tl.int64)[None, :] * I + kk[:, None]  # [BK, BM]
+                amask = rmask[None, :]
+                acc = tl.zeros((BH, BM), tl.float32)
+            else:
+                w_ptrs = w2_ptr + e.to(tl.int64) * (H * I) + h[None, :] * I + kk[:, None]  # [BK, BH]
+                a_ptrs = cq_ptr + rid.to(tl.int64)[:, None] * I + kk[None, :]  # [BM, BK]
+                amask = rmask[:, None]
+                acc = tl.zeros((BM, BH), tl.float32)
+            asc_n = tl.load(cs_ptr + rid)
+            wsc_n = tl.load(ws_ptr)
+            for ki in range(0, NKB // KU):  # KU K blocks per iteration: their tiles load together
+                for u in tl.static_range(KU):
+                    kb = ki * KU + u
+                    if SPF:
+                        asc = asc_n
+                        wsc = wsc_n
+                        kn = tl.minimum(kb + 1, NKB - 1)
+                        asc_n = tl.load(cs_ptr + kn * R + rid)
+                        wsc_n = tl.load(ws_ptr + kn)
+                    else:
+                        asc = tl.load(cs_ptr + kb * R + rid)
+                        wsc = tl.load(ws_ptr + kb)
+                    w = tl.load(w_ptrs + kb * BK)
+                    a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
+                    if SWAP:
+                        acc += tl.dot(w, a) * (asc * wsc)[None, :]
+                    else:
+                        acc += tl.dot(a, w) * (asc * wsc)[:, None]
             wrow = tl.load(w_ptr + rid, mask=rmask, other=0.0)
-            acc = acc * wrow[None, :]
-            loc = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1) - local_off
-            nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
+            lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1) - local_off
+            nloc = tl.sum(((lt >= 0) & (lt < NL)).to(tl.int32), axis=1)
             single = rmask & (nloc == 1)
             multi = rmask & (nloc > 1)
             tok64 = tok.to(tl.int64)
+            rid64 = rid.to(tl.int64)
+            if SWAP:
+                acc = acc * wrow[None, :]
+                o_offs = tok64[None, :] * H + h[:, None]
+                b_offs = rid64[None, :] * H + h[:, None]
+                a_offs = o_offs
+                smask = single[None, :]
+                mmask = multi[None, :]
+                amask2 = multi[None, :] & (hn >= 0)[:, None]
+            else:
+                acc = acc * wrow[:, None]
+                o_offs = tok64[:, None] * H + h[None, :]
+                b_offs = rid64[:, None] * H + h[None, :]
+                a_offs = o_offs
+                smask = single[:, None]
+                mmask = multi[:, None]
+                amask2 = multi[:, None] & (hn >= 0)[None, :]
             # a token with exactly one local expert: its output row is this row, written once
             val = acc
             if EXACT:
                 val = _round_to_bf16(val)
-            tl.store(out_ptr + tok64[None, :] * H + h[:, None], val.to(tl.bfloat16), mask=single[None, :])
-            # several local experts: park the fp32 row; `_finalize_kernel` sums the token's rows
+            tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)
+            # several local experts: park the row; `_finalize_kernel` sums the token's rows
             if ATOMIC:
-                tl.atomic_add(obuf_ptr + tok64[None, :] * H + h[:, None], acc,
-                              mask=multi[None, :] & (hn >= 0)[:, None], sem="relaxed")  # fmt: skip
+                tl.atomic_add(obuf_ptr + a_offs, acc, mask=amask2, sem="relaxed")
+            elif OBUF_BF16:
+                tl.store(obuf_ptr.to(tl.pointer_type(tl.bfloat16)) + b_offs, val.to(tl.bfloat16), mask=mmask)
             else:
-                tl.store(obuf_ptr + rid.to(tl.int64)[None, :] * H + h[:, None], acc, mask=multi[None, :])
+                tl.store(obuf_ptr + b_offs, acc, mask=mmask)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -477,9 +685,12 @@ def _finalize_kernel(
     BH: tl.constexpr,
     ATOMIC: tl.constexpr,
     EXACT: tl.constexpr,
+    PDL: tl.constexpr,
+    OBUF_BF16: tl.constexpr,
 ):
-    """Output rows of tokens with several local experts: the sum of their rows, in slot order
-    (atomic: their fp32 row), cast to bf16. Every other token's row is written already."""
+    """Output rows of tokens with several local experts: the sum of their rows in fp32, in slot
+    order (atomic: their fp32 row), cast to bf16. Every other token's row is written already."""
+    _gdc_wait(PDL)  # GEMM2's rows
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     h = tl.program_id(1) * BH + tl.arange(0, BH)
     tm = t < T
@@ -497,8 +708,12 @@ def _finalize_kernel(
             for k in tl.static_range(TOPK):
                 lk = tl.load(ids_ptr + t * TOPK + k, mask=need, other=-1) - local_off
                 use = need & (lk >= 0) & (lk < NL)
-                acc += tl.load(obuf_ptr + (t64 * TOPK + k)[:, None] * H + h[None, :], mask=use[:, None] & hm[None, :],
-                               other=0.0)  # fmt: skip
+                offs = (t64 * TOPK + k)[:, None] * H + h[None, :]
+                m2 = use[:, None] & hm[None, :]
+                if OBUF_BF16:
+                    acc += tl.load(obuf_ptr.to(tl.pointer_type(tl.bfloat16)) + offs, mask=m2, other=0.0).to(tl.float32)
+                else:
+                    acc += tl.load(obuf_ptr + offs, mask=m2, other=0.0)
         if EXACT:
             acc = _round_to_bf16(acc)
         tl.store(out_ptr + t64[:, None] * H + h[None, :], acc.to(tl.bfloat16), mask=need[:, None] & hm[None, :])
@@ -509,19 +724,33 @@ def _finalize_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _config(T: int) -> dict:
+def _config(T: int, cap: int = 90) -> dict:
     """Fixed tile shapes by T bucket (no autotuning). bm: M tile (tokens), s1: split-K of GEMM1
     (small T: few experts are active, so their weights are split over more programs), bh: H block of
-    GEMM2, w/st: warps and pipeline stages, tf: item order (tiles fastest or not)."""
+    GEMM2, w/st: warps and pipeline stages, tf: item order (tiles fastest or not), sw: swapped
+    operands (weights on the MMA's M side; small T), spf: scale prefetch, ku: K blocks per pipeline
+    iteration (their tiles are requested together: longer runs per weight row), pdl: programmatic dependent
+    launch of GEMM1 / GEMM2 / finalize, pf: 128-byte lines per W2 row that GEMM2 asks the L2 for
+    before waiting on GEMM1 (pdl only), obf: bf16 rows for the reduction, fr: routing fused into
+    GEMM1 (inline rows only)."""
     if T <= 4:
-        c = dict(bm1=16, s1=2, w1=4, st1=3, bm2=16, bh=64, w2=4, st2=4)
+        c = dict(bm1=16, s1=2, w1=4, st1=3, bm2=16, bh=64, w2=4, st2=4, pf=0)
     elif T <= 128:
-        c = dict(bm1=16, s1=1, w1=4, st1=3, bm2=16, bh=128, w2=4, st2=4)
+        c = dict(bm1=16, s1=1, w1=4, st1=3, bm2=16, bh=128, w2=4, st2=4, pf=4)
     elif T <= 2048:
-        c = dict(bm1=64, s1=1, w1=8, st1=3, bm2=64, bh=128, w2=8, st2=3)
-    else:
-        c = dict(bm1=64, s1=1, w1=8, st1=3, bm2=128, bh=128, w2=8, st2=3)
+        c = dict(bm1=64, s1=1, w1=8, st1=3, bm2=64, bh=128, w2=8, st2=3, pf=0)
+    else:  # GEMM1 at BM 128 spills on sm_100 (its accumulators pass through registers there too)
+        c = dict(bm1=128 if cap < 100 else 64, s1=1, w1=8, st1=3, bm2=128, bh=128, w2=8, st2=3, pf=0)
     small = T <= INLINE_MAX_T
+    c["spf1"] = True
+    c["spf2"] = not (16 < T <= INLINE_MAX_T)  # mid T: 175 instead of 162 registers cost GEMM2 a CTA per SM
+    # two K blocks per GEMM1 iteration (1 CTA of 204 KB per SM): measured (v6, H100) -3.3% at T=56/80,
+    # -3% at T=7; on sm_100 it spills 24-64 B (offline compile) and is unmeasured: one block there
+    c["ku1"] = 2 if (cap < 100 and (4 < T <= 8 or 16 < T <= INLINE_MAX_T)) else 1
+    c["ku2"] = 1
+    c["pdl"] = True
+    c["obf"] = T > INLINE_MAX_T  # measured: -7% at T=14107, -6% at T=11948 (v5), -6.4% at T=901 (v6)
+    c["fr"] = T <= 8  # routing fused into GEMM1 (each program routes all T tokens; no routing launch)
     c["tf1"] = T > 2048  # GEMM1 at large T: tiles fastest (W1 blocks shared in L2); else splits/columns
     c["tf2"] = False  # GEMM2: H blocks fastest (the tile's C rows shared in L2)
     c["inline"] = small
@@ -531,6 +760,15 @@ def _config(T: int) -> dict:
     c["bt_fin"] = 1 if small else 8
     c["bh_fin"] = 1024
     c.update(CONFIG_OVERRIDE)
+    # swapped operands only where the tokens cannot fill the MMA's M = 64
+    c.setdefault("sw1", c["bm1"] < 64)
+    c.setdefault("sw2", c["bm2"] < 64)
+    if INTERPRET:  # no inline PTX in the interpreter; it runs the kernels one after the other anyway
+        c["pdl"], c["pf"] = False, 0
+    if not c["pdl"]:
+        c["pf"] = 0
+    if not c["inline"]:
+        c["fr"] = False
     return c
 
 
@@ -613,11 +851,19 @@ class _Kernel:
             ck.run(g[0], g[1], g[2], stream, ck.function, ck.packed_metadata, None, None, None, *args, *self.tail)
 
 
-class _Workspace:
-    """Scratch buffers and kernels for one (device, T, geometry), reused across calls."""
+def _capability(device) -> int:
+    if INTERPRET or device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
-    def __init__(self, device, T, E, NL, H, I):
-        c = _config(T)
+
+class _Workspace:
+    """Scratch buffers and kernels for one (device, T, geometry), reused across calls. `cap` (compute
+    capability x 10) only for offline compile checks on the "meta" device."""
+
+    def __init__(self, device, T, E, NL, H, I, cap=None):
+        c = _config(T, cap or _capability(device))
         self.cfg = c
         self.T, self.E, self.w1_shape = T, E, torch.Size((NL, 2 * I, H))
         self.dev_index, self.get_stream = None, None
@@ -626,6 +872,10 @@ class _Workspace:
             raise ValueError(f"unsupported geometry H={H} I={I} E={E}")
         while (H // BLOCK) % c["s1"]:  # split-K must divide the K blocks
             c["s1"] -= 1
+        while (H // BLOCK // c["s1"]) % c["ku1"]:  # and so must the K blocks per iteration
+            c["ku1"] -= 1
+        while (I // BLOCK) % c["ku2"]:
+            c["ku2"] -= 1
         if H % c["bh"] or (BLOCK % c["bh"] and c["bh"] % BLOCK):
             raise ValueError("bh must divide H and divide 128 or be a multiple of it")
         R = T * TOP_K
@@ -647,12 +897,16 @@ class _Workspace:
         TP = _next_pow2(T) if c["inline"] else 1
         NLP = _next_pow2(NL)
         use_libdevice = (not INTERPRET) and libdevice is not None and device.type == "cuda"
-        self.k_route = _Kernel(
-            _route_kernel, (triton.cdiv(T, c["bt_route"]),),
-            dict(E=E, NL=NL, H=H, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, BT=c["bt_route"],
-                 USE_LIBDEVICE=use_libdevice, WRITE_ZEROS=True, ZERO_SCRATCH=self.atomic, EXACT=INTERPRET),
-            num_warps=c["w_route"],
-        )  # fmt: skip
+        pdl = dict(launch_pdl=True) if c["pdl"] else {}
+        self.fused_route = c["fr"]
+        self.k_route = None
+        if not self.fused_route:
+            self.k_route = _Kernel(
+                _route_kernel, (triton.cdiv(T, c["bt_route"]),),
+                dict(E=E, NL=NL, H=H, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, BT=c["bt_route"],
+                     USE_LIBDEVICE=use_libdevice, WRITE_ZEROS=True, ZERO_SCRATCH=self.atomic, EXACT=INTERPRET),
+                num_warps=c["w_route"],
+            )  # fmt: skip
         self.k_sort = None
         if not c["inline"]:
             self.k_sort = _Kernel(
@@ -661,22 +915,26 @@ class _Workspace:
             )
         self.k_gemm1 = _Kernel(
             _gemm1_kernel, (items1,),
-            dict(NL=NL, NLP=NLP, H=H, I=I, TP=TP, TOPK=TOP_K, BM=c["bm1"], SPLIT_K=s1,
-                 ITERS=triton.cdiv(items1, min(items1, sms)), TILE_FAST=c["tf1"], INLINE=c["inline"],
-                 EXACT=INTERPRET),
-            persistent_sms=sms, num_warps=c["w1"], num_stages=c["st1"],
+            dict(E=E, NG=N_GROUP, KG=TOPK_GROUP, NL=NL, NLP=NLP, H=H, I=I, TP=TP, TOPK=TOP_K, BM=c["bm1"],
+                 SPLIT_K=s1, ITERS=triton.cdiv(items1, min(items1, sms)), TILE_FAST=c["tf1"], INLINE=c["inline"],
+                 EXACT=INTERPRET, SWAP=c["sw1"], SPF=c["spf1"], KU=c["ku1"], PDL=c["pdl"] and not self.fused_route,
+                 TRIGGER=c["pdl"], FUSE_ROUTE=self.fused_route, USE_LIBDEVICE=use_libdevice, ZERO_SCRATCH=self.atomic),
+            persistent_sms=sms, num_warps=c["w1"], num_stages=c["st1"], **({} if self.fused_route else pdl),
         )  # fmt: skip
         self.k_gemm2 = _Kernel(
             _gemm2_kernel, (items2,),
             dict(NL=NL, NLP=NLP, H=H, I=I, TP=TP, TOPK=TOP_K, BM=c["bm2"], BH=c["bh"],
                  ITERS=triton.cdiv(items2, min(items2, sms)), TILE_FAST=c["tf2"], INLINE=c["inline"],
-                 ATOMIC=self.atomic, EXACT=INTERPRET),
-            persistent_sms=sms, num_warps=c["w2"], num_stages=c["st2"],
+                 ATOMIC=self.atomic, EXACT=INTERPRET, SWAP=c["sw2"], SPF=c["spf2"], KU=c["ku2"], PDL=c["pdl"],
+                 PF_LINES=c["pf"],
+                 OBUF_BF16=c["obf"] and not self.atomic, IDS_LATE=self.fused_route),
+            persistent_sms=sms, num_warps=c["w2"], num_stages=c["st2"], **pdl,
         )  # fmt: skip
         self.k_fin = _Kernel(
             _finalize_kernel, (triton.cdiv(T, c["bt_fin"]), triton.cdiv(H, c["bh_fin"])),
-            dict(NL=NL, H=H, TOPK=TOP_K, BT=c["bt_fin"], BH=c["bh_fin"], ATOMIC=self.atomic, EXACT=INTERPRET),
-            num_warps=4,
+            dict(NL=NL, H=H, TOPK=TOP_K, BT=c["bt_fin"], BH=c["bh_fin"], ATOMIC=self.atomic, EXACT=INTERPRET,
+                 PDL=c["pdl"], OBUF_BF16=c["obf"] and not self.atomic),
+            num_warps=4, **pdl,
         )  # fmt: skip
         self.kernels = [k for k in (self.k_route, self.k_sort, self.k_gemm1, self.k_gemm2, self.k_fin) if k]
         self.scratch_ptrs = None
@@ -753,19 +1011,24 @@ def run(
         if not ((p0 | p1 | p8) & 15):  # the compiled kernels assume 16-byte aligned pointers
             T = ws.T
             off = int(local_expert_offset)
+            rsf = float(routed_scaling_factor)
             ids, w, counts, lists, cq, cs, part, ticket, obuf = ws.scratch_ptrs
             stream = ws.get_stream(ws.dev_index)
             try:
-                ws.k_route.fast(stream, p0, p1, ids, w, p8, obuf, T, off, float(routed_scaling_factor))
-                if tm is not None:
-                    tm.append(("route", time.perf_counter()))
+                if ws.k_route is not None:  # first, so that the GPU starts while the host goes on
+                    ws.k_route.fast(stream, p0, p1, ids, w, p8, obuf, T, off, rsf)
+                    if tm is not None:
+                        tm.append(("route", time.perf_counter()))
                 p2, p3 = hidden_states.data_ptr(), hidden_states_scale.data_ptr()
                 p4, p5 = gemm1_weights.data_ptr(), gemm1_weights_scale.data_ptr()
                 p6, p7 = gemm2_weights.data_ptr(), gemm2_weights_scale.data_ptr()
                 if not ((p2 | p3 | p4 | p5 | p6 | p7) & 15):
                     if ws.k_sort is not None:
                         ws.k_sort.fast(stream, ids, counts, lists, T, off)
-                    ws.k_gemm1.fast(stream, p2, p3, p4, p5, ids, counts, lists, cq, cs, part, ticket, T, off)
+                    ws.k_gemm1.fast(
+                        stream, p0, p1, w, p8, p2, p3, p4, p5, ids, counts, lists, cq, cs, part, ticket, obuf, T, off,
+                        rsf,
+                    )  # fmt: skip
                     if tm is not None:
                         tm.append(("gemm1", time.perf_counter()))
                     ws.k_gemm2.fast(stream, cq, cs, p6, p7, ids, w, counts, lists, p8, obuf, T, off)
@@ -787,12 +1050,13 @@ def run(
         ws = _workspace(hidden_states.device, T, E, NL, H, N1 // 2)
     off = int(local_expert_offset)
     rsf = float(routed_scaling_factor)
-    ws.k_route.slow(routing_logits, routing_bias, ws.ids, ws.w, output, ws.obuf, T, off, rsf)
+    if ws.k_route is not None:
+        ws.k_route.slow(routing_logits, routing_bias, ws.ids, ws.w, output, ws.obuf, T, off, rsf)
     if ws.k_sort is not None:
         ws.k_sort.slow(ws.ids, ws.counts, ws.lists, T, off)
     ws.k_gemm1.slow(
-        hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, ws.ids, ws.counts, ws.lists,
-        ws.cq, ws.cs, ws.part, ws.ticket, T, off,
+        routing_logits, routing_bias, ws.w, output, hidden_states, hidden_states_scale, gemm1_weights,
+        gemm1_weights_scale, ws.ids, ws.counts, ws.lists, ws.cq, ws.cs, ws.part, ws.ticket, ws.obuf, T, off, rsf,
     )  # fmt: skip
     ws.k_gemm2.slow(
         ws.cq, ws.cs, gemm2_weights, gemm2_weights_scale, ws.ids, ws.w, ws.counts, ws.lists, output, ws.obuf, T, off

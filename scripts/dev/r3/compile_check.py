@@ -1,5 +1,6 @@
-"""Compile rung 3's kernels for sm_90 and sm_100 without a GPU; report registers, spills, shared
-memory and which MMA instructions the SASS holds. Usage: python compile_check.py [90 100]"""
+"""Compile rung 3's kernels for sm_90 and sm_100 without a GPU, exactly as the workspace of each T in
+T_LIST builds them; report registers, spills, shared memory and which MMA instructions the SASS holds.
+Usage: python compile_check.py [90 100] [--T 1,56] [--set bm1=64,sw1=0]"""
 
 import importlib.util
 import os
@@ -14,7 +15,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-spec = importlib.util.spec_from_file_location("r3moe", HERE.parent / "moe.py")
+spec = importlib.util.spec_from_file_location("r3moe", HERE.parents[2] / "variants" / "r3_triton_fp8" / "moe.py")
 moe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(moe)
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -38,6 +39,7 @@ def sig_of(fn, ptrs, ints, floats, consts):
 
 
 def compile_one(label, fn, ptrs, ints, floats, consts, cap, num_warps=4, num_stages=3):
+    floats = set(floats) & set(fn.arg_names)
     sig, attrs = sig_of(fn, ptrs, ints, floats, consts)
     src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
@@ -80,140 +82,68 @@ def compile_one(label, fn, ptrs, ints, floats, consts, cap, num_warps=4, num_sta
     return k
 
 
-def main(caps):
-    for cap in caps:
-        for bt, nw in ((1, 1), (16, 8)):
-            compile_one(
-                f"route_bt{bt}",
-                moe._route_kernel,
-                dict(
-                    logits_ptr="fp32", bias_ptr="bf16", ids_ptr="i32", w_ptr="fp32", out_ptr="bf16", scratch_ptr="fp32"
-                ),
-                {"T", "local_off"},
-                {"rsf"},
-                dict(
-                    E=256,
-                    NL=32,
-                    H=7168,
-                    NG=8,
-                    KG=4,
-                    TOPK=8,
-                    BT=bt,
-                    USE_LIBDEVICE=True,
-                    WRITE_ZEROS=True,
-                    ZERO_SCRATCH=False,
-                    EXACT=False,
-                ),
-                cap,
-                nw,
-            )
+PTR_TYPES = dict(
+    logits_ptr="fp32", bias_ptr="bf16", wts_ptr="fp32", w_ptr="fp32", out_ptr="bf16", scratch_ptr="fp32",
+    hs_ptr="fp8e4nv", hss_ptr="fp32", w1_ptr="fp8e4nv", w1s_ptr="fp32", ids_ptr="i32", counts_ptr="i32",
+    lists_ptr="i32", cq_ptr="fp8e4nv", cs_ptr="fp32", part_ptr="fp32", ticket_ptr="i32", obuf_ptr="fp32",
+    w2_ptr="fp8e4nv", w2s_ptr="fp32",
+)  # fmt: skip
+T_LIST = (1, 7, 16, 56, 901, 14107)
+
+
+def workspace_kernels(T, cap, override=None):
+    """The kernels (fn, constexprs, launch options) that `_Workspace` builds for T on a GPU of
+    capability `cap` (on the "meta" device: nothing is allocated)."""
+    import torch
+
+    moe.CONFIG_OVERRIDE.clear()
+    moe.CONFIG_OVERRIDE.update(override or {})
+    try:
+        ws = moe._Workspace(torch.device("meta"), T, 256, 32, 7168, 2048, cap=cap)
+    finally:
+        moe.CONFIG_OVERRIDE.clear()
+    out = []
+    for k in ws.kernels:
+        consts = dict(k.consts)
+        if "USE_LIBDEVICE" in consts:
+            consts["USE_LIBDEVICE"] = True
+        out.append((k.fn, consts, k.opts))
+    return out
+
+
+def compile_workspace(T, cap, override=None, label=""):
+    for fn, consts, opts in workspace_kernels(T, cap, override):
+        names = [n for n in fn.arg_names if n not in consts]
+        ptrs = {n: PTR_TYPES[n] for n in names if n.endswith("_ptr")}
         compile_one(
-            "sort",
-            moe._sort_kernel,
-            dict(ids_ptr="i32", counts_ptr="i32", lists_ptr="i32"),
-            {"T", "local_off"},
-            set(),
-            dict(TOPK=8, BC=1024, NCHUNK=14),
-            cap,
-        )
-        g1p = dict(
-            hs_ptr="fp8e4nv",
-            hss_ptr="fp32",
-            w1_ptr="fp8e4nv",
-            w1s_ptr="fp32",
-            ids_ptr="i32",
-            counts_ptr="i32",
-            lists_ptr="i32",
-            cq_ptr="fp8e4nv",
-            cs_ptr="fp32",
-            part_ptr="fp32",
-            ticket_ptr="i32",
-        )
-        for bm, s, nw, ns, inl, tp in (
-            (16, 8, 4, 3, True, 1),
-            (16, 4, 4, 3, True, 8),
-            (16, 1, 4, 3, True, 64),
-            (16, 1, 4, 3, True, 128),
-            (64, 1, 8, 3, False, 1),
-        ):
-            compile_one(
-                f"gemm1_bm{bm}_s{s}_tp{tp}",
-                moe._gemm1_kernel,
-                g1p,
-                {"T", "local_off"},
-                set(),
-                dict(
-                    NL=32,
-                    NLP=32,
-                    H=7168,
-                    I=2048,
-                    TP=tp,
-                    TOPK=8,
-                    BM=bm,
-                    SPLIT_K=s,
-                    ITERS=4,
-                    TILE_FAST=not inl,
-                    INLINE=inl,
-                    EXACT=False,
-                ),
-                cap,
-                nw,
-                ns,
-            )
-        g2p = dict(
-            cq_ptr="fp8e4nv",
-            cs_ptr="fp32",
-            w2_ptr="fp8e4nv",
-            w2s_ptr="fp32",
-            ids_ptr="i32",
-            w_ptr="fp32",
-            counts_ptr="i32",
-            lists_ptr="i32",
-            out_ptr="bf16",
-            obuf_ptr="fp32",
-        )
-        for bm, bh, nw, ns, inl, tp, at in (
-            (16, 64, 4, 4, True, 1, False),
-            (16, 128, 4, 4, True, 64, False),
-            (64, 128, 8, 3, False, 1, False),
-            (128, 128, 8, 3, False, 1, False),
-            (16, 128, 4, 4, True, 64, True),
-        ):
-            compile_one(
-                f"gemm2_bm{bm}_bh{bh}_tp{tp}{'_at' if at else ''}",
-                moe._gemm2_kernel,
-                g2p,
-                {"T", "local_off"},
-                set(),
-                dict(
-                    NL=32,
-                    NLP=32,
-                    H=7168,
-                    I=2048,
-                    TP=tp,
-                    TOPK=8,
-                    BM=bm,
-                    BH=bh,
-                    ITERS=4,
-                    TILE_FAST=not inl,
-                    INLINE=inl,
-                    ATOMIC=at,
-                    EXACT=False,
-                ),
-                cap,
-                nw,
-                ns,
-            )
-        compile_one(
-            "finalize",
-            moe._finalize_kernel,
-            dict(ids_ptr="i32", obuf_ptr="fp32", out_ptr="bf16"),
-            {"T", "local_off"},
-            set(),
-            dict(NL=32, H=7168, TOPK=8, BT=8, BH=1024, ATOMIC=False, EXACT=False),
-            cap,
-        )
+            f"T{T}{label}:{fn.__name__.strip('_').replace('_kernel', '')}", fn, ptrs, {"T", "local_off"}, {"rsf"},
+            consts, cap, opts.get("num_warps", 4), opts.get("num_stages", 3),
+        )  # fmt: skip
+
+
+def _parse_override(spec):
+    out = {}
+    for item in filter(None, spec.split(",")):
+        k, v = item.split("=")
+        out[k] = v.lower() in ("1", "true") if k in ("sw1", "sw2", "spf1", "spf2", "pdl", "obf", "fr", "tf1", "tf2") else int(v)
+    return out
+
+
+def main(argv):
+    """compile_check.py [CAP ...] [--T T1,T2] [--set key=val,...] (overrides of `_config`)"""
+    caps, ts, override = [], T_LIST, {}
+    it = iter(argv)
+    for a in it:
+        if a == "--T":
+            ts = [int(x) for x in next(it).split(",")]
+        elif a == "--set":
+            override = _parse_override(next(it))
+        else:
+            caps.append(int(a))
+    for cap in caps or [90]:
+        for T in ts:
+            compile_workspace(T, cap, override, f"[{','.join(f'{k}={v}' for k, v in override.items())}]" if override else "")
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [90])
+    main(sys.argv[1:])
