@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import re
 import subprocess
@@ -59,6 +60,9 @@ def provenance(device: str, settings=None, extra: dict | None = None) -> dict:
 
 
 def git_revision() -> str:
+    """The checkout's revision; a copy without .git (the device machine's) passes it in FIBMOE_GIT_REVISION."""
+    if os.environ.get("FIBMOE_GIT_REVISION"):
+        return os.environ["FIBMOE_GIT_REVISION"]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)

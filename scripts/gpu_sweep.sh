@@ -5,6 +5,7 @@
 # Everything lands in $OUT/res (tarred into $OUT/results.tgz after each step) and $OUT/*.txt.
 set -uo pipefail
 . scripts/device_env.sh || exit 1
+: "${FIBMOE_GIT_REVISION:?pass the commit (git rev-parse --short HEAD, run locally): the device copy has no .git}"
 R="$OUT/res"
 mkdir -p "$R"
 pack() { tar czf "$OUT/results.tgz" -C "$R" . ; }

@@ -3,6 +3,7 @@
 # profile, sanitize, on one variant. Usage (device tool, carry .whl): bash scripts/gpu_tools.sh VARIANT
 set -uo pipefail
 . scripts/device_env.sh || exit 1
+: "${FIBMOE_GIT_REVISION:?pass the commit (git rev-parse --short HEAD, run locally): the device copy has no .git}"
 V=${1:-r3-triton-fp8}
 R="$OUT/res"
 mkdir -p "$R"
