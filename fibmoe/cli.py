@@ -343,8 +343,6 @@ def _bench_official(
         ds = dataset_mod.load(geometry.name, dataset)  # the local copy: uuids to select and fan out
         selected = ds.select(workload, seq_len)
         solutions = [variants.pack(v, geometry.name) for v in chosen]
-        if not as_json:
-            err.print(f"running {len(solutions)} solution(s) on Modal {gpu} ...", highlight=False)
         payload = remote_mod.run_remote(
             solutions,
             geometry.name,

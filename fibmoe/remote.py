@@ -333,6 +333,7 @@ def modal_executor(gpu: str, requests: list[dict]) -> list[dict]:
         raise FibmoeError(problem)
     from . import modal_app
 
+    print(f"running {len(requests)} container(s) on Modal {gpu} ...", file=sys.stderr)
     try:
         with contextlib.redirect_stdout(sys.stderr), modal.enable_output():  # stdout stays for --json
             with modal_app.app.run():
