@@ -348,13 +348,13 @@ def _bench_official(
             geometry.name,
             gpu,
             settings,
-            [w.workload.uuid for w in selected] if (workload or seq_len) else None,
-            [w.workload.uuid for w in selected],
-            parallel,
-            baseline,
-            rungs,
-            bandwidth,
-            fp8_rate,
+            workload_uuids=[w.workload.uuid for w in selected] if (workload or seq_len) else None,
+            all_uuids=[w.workload.uuid for w in selected],
+            parallel=parallel,
+            baseline=baseline,
+            rungs=rungs,
+            bandwidth=bandwidth,
+            fp8_rate=fp8_rate,
         )
         device = "cuda"
         slug = results.slug_of(payload["provenance"].get("device_name", gpu))

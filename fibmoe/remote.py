@@ -349,36 +349,14 @@ def modal_executor(gpu: str, requests: list[dict]) -> list[dict]:
 
 
 def run_remote(
-    solutions: list,
-    definition: str,
-    gpu: str,
-    settings,
-    workload_uuids: Optional[list[str]] = None,
-    all_uuids: Optional[list[str]] = None,
-    parallel: bool = False,
-    baseline: Optional[bool] = None,
-    rungs: dict | None = None,
-    bandwidth: float | None = None,
-    fp8_rate: float | None = None,
-    executor: Callable | None = None,
+    solutions: list, definition: str, gpu: str, settings, executor: Callable | None = None, **options
 ) -> dict:
-    """Send packed Solutions to Modal, run them officially there, and return the merged payload."""
+    """Send packed Solutions to Modal, run them officially there, and return the merged payload.
+    `options` are `make_requests`'s (workload_uuids, all_uuids, parallel, baseline, rungs, bandwidth, fp8_rate)."""
     from . import results, variants
 
     gpu = resolve_gpu(gpu)
-    requests = make_requests(
-        [variants.solution_json(s) for s in solutions],
-        definition,
-        gpu,
-        settings,
-        workload_uuids,
-        all_uuids,
-        parallel,
-        baseline,
-        rungs,
-        bandwidth,
-        fp8_rate,
-        results.git_revision(),
-    )
+    solution_jsons = [variants.solution_json(s) for s in solutions]
+    requests = make_requests(solution_jsons, definition, gpu, settings, git_revision=results.git_revision(), **options)
     responses = (executor or modal_executor)(gpu, requests)
     return merge(list(responses))

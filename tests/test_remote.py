@@ -243,7 +243,7 @@ def test_run_remote_over_containers_merges_in_workload_order(monkeypatch, volume
     sols = [variants.pack(v, SMALL_NAME) for v in chosen]
     uuids = [w.workload.uuid for w in dataset.load(SMALL_NAME, volume).workloads]
     out = remote.run_remote(
-        sols, SMALL_NAME, "b200", official.OfficialSettings(), None, uuids, parallel=True, executor=executor
+        sols, SMALL_NAME, "b200", official.OfficialSettings(), all_uuids=uuids, parallel=True, executor=executor
     )
     assert seen == [("B200", 6)] and out["provenance"]["containers"] == 6
     assert [r["uuid"] for r in out["records"]] == uuids
