@@ -373,8 +373,8 @@ def _bench_official(
             device,
             settings,
             _hardware(device, bandwidth, fp8_rate),
-            rungs,
-            baseline,
+            rungs=rungs,
+            baseline=baseline,
             progress=_progress(as_json),
         )
     path = results.write_results("official", device, payload, results_dir, slug=slug)

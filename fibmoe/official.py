@@ -403,19 +403,14 @@ def run(
     device: str,
     settings: OfficialSettings = OfficialSettings(),
     hw=None,
-    rungs: dict | None = None,
-    baseline: Optional[bool] = None,
-    capability=None,
-    benchmark_factory: Callable | None = None,
-    progress=None,
     extra_provenance: dict | None = None,
+    **options,
 ) -> dict:
-    """`run_official` and its payload with provenance: the one entry used locally and on Modal."""
+    """`run_official` and its payload with provenance: the one entry used locally and on Modal.
+    `options` are `run_official`'s (rungs, baseline, capability, benchmark_factory, progress)."""
     from . import results
 
-    records, info = run_official(
-        ds, workloads, solutions, settings, hw, rungs, baseline, capability, benchmark_factory, progress
-    )
+    records, info = run_official(ds, workloads, solutions, settings, hw, **options)
     prov = results.provenance(
         device, settings, {"timer": timer_label(settings), "mode": "official", **(extra_provenance or {})}
     )
