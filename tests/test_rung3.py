@@ -9,15 +9,19 @@ the interpreter is fixed, and `test_exact_cast_helpers_match_torch` proves the k
 is torch's round-to-nearest-even.
 
 Tolerances. Rung 3 re-quantizes C = silu(gate) * up to FP8 (per row, per 128 columns) before GEMM2,
-as the FlashInfer baseline does; the fp32 reference does not. An e4m3 rounding error is uniform
-within +-1/16 of a value, and O sums 128..2048 such independent terms, so ||out - ref|| / ||ref||
-is about 0.02-0.025 against the fp32 reference (measured 0.019-0.025): we assert < 0.05.
+as a hi/lo pair of terms (v7): hi = fp8(C / s_hi), s_hi = amax(C) / 448, and lo = fp8(r / s_lo) of the
+fp32 residual r = C - hi * s_hi, s_lo = amax(r) / 448; GEMM2 runs one fp8 dot per term and K block.
+With hi alone (v6, `hl=False`) an e4m3 rounding error is uniform within +-1/16 of a value and O sums
+128..2048 such independent terms: ||out - ref|| / ||ref|| was 0.019-0.025 against the fp32 reference.
+The pair leaves an error of ~2^-4 of the residual (itself ~2^-5 of C), below the final bf16 rounding:
+measured 1.6-1.8e-3 on every workload here (rung 1, C in fp32: 1.7e-3), so we assert < 5e-3, which
+the single term fails (`test_hi_lo_pair_of_c` checks both).
 Against `_fp8_aware_reference` (the same per-128-K-block scaling and the same FP8 quantization of C,
-in torch on the CPU, cast to bf16 at the end) the interpreter's output is bit-identical (measured:
-every element equal on every workload). What may legitimately differ is the fp32 summation order
-(about 1e-6 relative), which can move a C value across an fp8 rounding midpoint: one element of a
-row off by one fp8 ulp (1/8), i.e. that row off by about 0.5% (1/16 / sqrt(128)). So we assert that
-at least 98% of the elements are bitwise equal and the relative L2 error is < 1e-2.
+in torch on the CPU, cast to bf16 at the end) the interpreter's output is bit-identical on most
+workloads (measured: all elements on 9 of 12, >= 99.95% on the others). What may legitimately differ
+is the fp32 summation order (about 1e-6 relative), which can move a C value (or its residual) across
+an fp8 rounding midpoint: one element of a row off by one fp8 ulp. So we assert that at least 98% of
+the elements are bitwise equal and the relative L2 error is < 1e-2 (measured <= 1.4e-4).
 """
 
 import os
@@ -39,7 +43,8 @@ from flashinfer_bench import BenchmarkConfig  # noqa: E402
 from flashinfer_bench.bench.utils import compute_error_stats  # noqa: E402
 
 OFFICIAL = BenchmarkConfig(atol=1.0, rtol=0.3, required_matched_ratio=0.9)
-REL_L2_FP32 = 0.05  # vs the fp32 reference: FP8 re-quantization of C (module docstring)
+REL_L2_FP32 = 5e-3  # vs the fp32 reference: hi/lo FP8 re-quantization of C (module docstring)
+REL_L2_FP32_SINGLE = 0.05  # the same with C as one FP8 term (`hl=False`, v6)
 REL_L2_FP8_AWARE = 1e-2  # vs the reference with the same FP8 quantization of C (module docstring)
 EQUAL_FP8_AWARE = 0.98  # fraction of elements bitwise equal to it (module docstring)
 BLOCK = 128
@@ -71,22 +76,47 @@ def _dq_blocks(q, scale):
     return q.float().view(n, k // BLOCK, BLOCK), scale.float()
 
 
-def _blockwise_matmul(a, a_scale, w, w_scale):
-    """sum over 128-wide K blocks of (a_blk @ w_blk^T) * a_scale[row, blk] * w_scale[n // 128, blk],
-    the way rung 3 scales each fp32 partial sum. a: [M, K] fp32 of fp8 values, a_scale [M, K/128];
+def _blockwise_matmul(terms, w, w_scale):
+    """sum over 128-wide K blocks of (a_blk @ w_blk^T) * a_scale[row, blk] * w_scale[n // 128, blk] for
+    each (a, a_scale) of `terms` in turn within a block, the way rung 3 scales each fp32 partial sum
+    (GEMM2's hi/lo pair: two terms). a: [M, K] fp32 of fp8 values, a_scale [M, K/128];
     w: [N, K] fp32 of fp8 values, w_scale [N/128, K/128]."""
-    m, k = a.shape
+    m, k = terms[0][0].shape
     n = w.shape[0]
     out = torch.zeros(m, n)
     for b in range(k // BLOCK):
-        part = a[:, b * BLOCK : (b + 1) * BLOCK] @ w[:, b * BLOCK : (b + 1) * BLOCK].t()
-        out += part * (a_scale[:, b : b + 1] * w_scale[:, b].repeat_interleave(BLOCK)[None, :])
+        wb = w[:, b * BLOCK : (b + 1) * BLOCK].t()
+        ws = w_scale[:, b].repeat_interleave(BLOCK)[None, :]
+        for a, a_scale in terms:
+            out += (a[:, b * BLOCK : (b + 1) * BLOCK] @ wb) * (a_scale[:, b : b + 1] * ws)
     return out
 
 
-def _fp8_aware_reference(inp):
+def _quant_fp8(x):
+    """[M, NB, 128] fp32 -> (fp8 values as fp32, scale = amax / 448 per [M, NB] block; 0 if all zero)."""
+    amax = x.abs().amax(-1)
+    scale = amax / 448.0
+    q = (x / torch.where(amax > 0, scale, torch.ones_like(scale))[..., None]).clamp(-448.0, 448.0)
+    return q.to(torch.float8_e4m3fn).float(), scale
+
+
+def _quant_c(c, n_terms):
+    """C [M, I] -> the (fp8 values [M, I], scales [M, I/128]) terms rung 3 passes to GEMM2: hi, and with
+    n_terms = 2 lo, the fp8 quantization of the fp32 residual r = C - hi * s_hi with its own scales."""
+    m, inter = c.shape
+    cb = c.view(m, inter // BLOCK, BLOCK)
+    q, s = _quant_fp8(cb)
+    terms = [(q.view(m, inter), s)]
+    if n_terms == 2:
+        ql, sl = _quant_fp8(cb - q * s[..., None])
+        terms.append((ql.view(m, inter), sl))
+    return terms
+
+
+def _fp8_aware_reference(inp, n_terms=2):
     """fp32 result computed as rung 3 computes it: per-128-K-block scaled partials, and C
-    re-quantized to FP8 with scale = amax / 448 per row per 128 columns (torch's RNE cast)."""
+    re-quantized to FP8 (hi, and the lo residual when n_terms = 2) with scale = amax / 448 per row per
+    128 columns (torch's RNE cast)."""
     logits, bias, hs, hs_scale, w1, w1s, w2, w2s, offset, rsf = [x.cpu() if torch.is_tensor(x) else x for x in inp]
     n_tokens, hidden = hs.shape
     n_local, n1, _ = w1.shape
@@ -102,15 +132,10 @@ def _fp8_aware_reference(inp):
         if len(tokens) == 0:
             continue
         w_tok = (weights * hit).sum(1)[tokens]
-        g1 = _blockwise_matmul(x[tokens], xs[tokens], w1[e].float(), w1s[e].float())
+        g1 = _blockwise_matmul([(x[tokens], xs[tokens])], w1[e].float(), w1s[e].float())
         gate, up = g1[:, inter:], g1[:, :inter]
         c = gate / (1.0 + torch.exp(-gate)) * up
-        cb = c.view(len(tokens), inter // BLOCK, BLOCK)
-        amax = cb.abs().amax(-1)
-        scale = amax / 448.0
-        q = (cb / torch.where(amax > 0, scale, torch.ones_like(scale))[..., None]).clamp(-448.0, 448.0)
-        q = q.to(torch.float8_e4m3fn).float().view(len(tokens), inter)
-        o = _blockwise_matmul(q, scale, w2[e].float(), w2s[e].float())
+        o = _blockwise_matmul(_quant_c(c, n_terms), w2[e].float(), w2s[e].float())
         out.index_add_(0, tokens, o * w_tok[:, None])
     return out
 
@@ -414,3 +439,33 @@ def test_unswapped_tiles_bf16_rows_and_fused_routing(ds, built):
         mod.CONFIG_OVERRIDE.clear()
         mod.reset_workspaces()
     assert torch.equal(fused, unfused)
+
+
+def test_hi_lo_pair_of_c(ds, built):
+    """C as a hi/lo pair of FP8 terms (default) against hi alone (`hl=False`, rung 3 up to v6): the
+    single term matches its own FP8-aware reference but misses the 5e-3 bound against the fp32
+    reference by ~4x, which the pair meets; the pair's lo term carries the single term's error."""
+    fn, mod = built
+    (w,) = [w for w in ds.workloads if w.workload.axes["seq_len"] == 16]
+    torch.manual_seed(9)
+    inp = inputs.generate(ds, w, DEVICE, "contest")
+    assert mod._config(16)["hl"]
+    pair = _call(fn, inp)
+    try:
+        mod.CONFIG_OVERRIDE.update(hl=False)
+        mod.reset_workspaces()
+        single = _call(fn, inp)
+    finally:
+        mod.CONFIG_OVERRIDE.clear()
+        mod.reset_workspaces()
+    ref32 = reference.forward(*inp)
+    ref8_single = _fp8_aware_reference(inp, n_terms=1).to(torch.bfloat16)
+    assert not single.isnan().any()
+    assert (single.cpu() == ref8_single).float().mean().item() >= EQUAL_FP8_AWARE
+    assert _rel_l2(single, ref8_single) < REL_L2_FP8_AWARE
+    err_single, err_pair = _rel_l2(single, ref32), _rel_l2(pair, ref32)
+    assert 2 * REL_L2_FP32 < err_single < REL_L2_FP32_SINGLE, err_single
+    assert err_pair < REL_L2_FP32 and err_pair < err_single / 5, (err_pair, err_single)
+    # the bound of `_check_output` rejects the single term
+    with pytest.raises(AssertionError):
+        _check_output(single, inp)

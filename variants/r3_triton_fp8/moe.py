@@ -18,13 +18,16 @@ previous kernel, and GEMM2's programs start in the SM slots that GEMM1's finishe
                     the token rows gathered inside the kernel, one fp8 dot per 128-wide K block whose
                     block scales are applied to the fp32 partial sum (the next block's scales loaded one
                     iteration ahead); the gate and up tiles of the same 128 columns in one program;
-                    epilogue SwiGLU (silu on the SECOND half) and FP8 re-quantization of C with one
-                    scale (amax / 448) per row per 128 columns. T <= 128: swapped operands (the weight
-                    rows on the MMA's M side, BM = 16 tokens on its N side); above, tokens on the M side
+                    epilogue SwiGLU (silu on the SECOND half) and FP8 re-quantization of C as a hi/lo
+                    pair of terms, each with one scale (amax / 448) per row per 128 columns: hi = fp8(C /
+                    s_hi), lo = fp8((C - hi * s_hi) / s_lo) (rel-L2 error ~2e-3, hi alone ~2.3e-2).
+                    T <= 128: swapped operands (the weight rows on the MMA's M side, BM = 16 tokens on
+                    its N side); above, tokens on the M side
                     (BM 64, or 128 at large T). T <= 4: split-K; the last program of a tile (a ticket)
                     sums the partials in split order and runs the epilogue.
-4. `_gemm2_kernel`  persistent over (M tile, H block). O = C @ W2[e]^T the same way, times the routing
-                    weight. A token with one local expert gets its bf16 output row written here; for a
+4. `_gemm2_kernel`  persistent over (M tile, H block). O = C @ W2[e]^T the same way (two fp8 dots per
+                    K block on the same W2 tile, hi and lo, each partial with its own row scale), times
+                    the routing weight. A token with one local expert gets its bf16 output row written here; for a
                     token with several, each row goes to a buffer at its (token, slot) index (fp32, or
                     bf16 above T = 128; REDUCE_MODE "atomic": fp32 atomics into one row per token).
 5. `_finalize_kernel` tokens with several local experts: the fp32 sum of their rows in slot order
@@ -320,12 +323,9 @@ def _prefetch_l2(ptrs):
 
 
 @triton.jit
-def _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, R, I: tl.constexpr, BJ: tl.constexpr,
-                        EXACT: tl.constexpr, SWAP: tl.constexpr):  # fmt: skip
-    """C = silu(gate) * up, quantized to fp8 with one scale (amax / 448) per row per 128 columns.
-    SWAP: up, gate are [BJ, BM] tiles of G1^T (columns x rows); else [BM, BJ] tiles of G1."""
-    c = gate / (1.0 + tl.exp(-gate)) * up
-    jn = tl.arange(0, BJ)
+def _quant_block(c, EXACT: tl.constexpr, SWAP: tl.constexpr):
+    """fp8 values (as fp32, clamped; rounded to the e4m3 grid when EXACT) and scales (amax / 448, 0 for
+    an all-zero row) of the 128-column row blocks of c. SWAP: c is [BJ, BM] (rows on axis 1)."""
     if SWAP:
         amax = tl.max(tl.abs(c), axis=0)  # [BM]
         scale = amax / FP8_MAX
@@ -337,13 +337,40 @@ def _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, R, I: tl.const
     q = tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX)
     if EXACT:
         q = _round_to_e4m3(q)
+    return q, scale
+
+
+@triton.jit
+def _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I: tl.constexpr, BJ: tl.constexpr,
+                        EXACT: tl.constexpr, SWAP: tl.constexpr, NT: tl.constexpr):  # fmt: skip
+    """C = silu(gate) * up, quantized to fp8 with one scale (amax / 448) per row per 128 columns.
+    NT = 2 (hi/lo pair): also the residual r = C - hi * s_hi (fp32), quantized the same way (its own
+    amax / 448 scale), so that C ~ hi * s_hi + lo * s_lo to ~2^-9 of the block's amax.
+    Layout: C row `rid` holds, per 128-column block jb, NT runs of 128 fp8 values (hi, then lo) at
+    rid * NT * I + jb * NT * 128; its scales at cs[rid, jb, 0..NT-1].
+    SWAP: up, gate are [BJ, BM] tiles of G1^T (columns x rows); else [BM, BJ] tiles of G1."""
+    c = gate / (1.0 + tl.exp(-gate)) * up
+    jn = tl.arange(0, BJ)
+    q, scale = _quant_block(c, EXACT, SWAP)
+    q8 = q.to(tl.float8e4nv)
     if SWAP:
-        offs = rid.to(tl.int64)[None, :] * I + (jb * BJ + jn)[:, None]
-        tl.store(cq_ptr + offs, q.to(tl.float8e4nv), mask=rmask[None, :])
+        offs = rid.to(tl.int64)[None, :] * (NT * I) + (jb * (NT * BJ) + jn)[:, None]
+        smask = rmask[None, :]
     else:
-        offs = rid.to(tl.int64)[:, None] * I + (jb * BJ + jn)[None, :]
-        tl.store(cq_ptr + offs, q.to(tl.float8e4nv), mask=rmask[:, None])
-    tl.store(cs_ptr + jb * R + rid, scale, mask=rmask)
+        offs = rid.to(tl.int64)[:, None] * (NT * I) + (jb * (NT * BJ) + jn)[None, :]
+        smask = rmask[:, None]
+    tl.store(cq_ptr + offs, q8, mask=smask)
+    s_offs = rid * (NT * (I // BJ)) + jb * NT
+    tl.store(cs_ptr + s_offs, scale, mask=rmask)
+    if NT == 2:
+        # the residual of the fp8 hi term, in fp32 (q is on the e4m3 grid: q8 converts it exactly)
+        if SWAP:
+            r = c - q8.to(tl.float32) * scale[None, :]
+        else:
+            r = c - q8.to(tl.float32) * scale[:, None]
+        ql, scale_lo = _quant_block(r, EXACT, SWAP)
+        tl.store(cq_ptr + offs + BJ, ql.to(tl.float8e4nv), mask=smask)
+        tl.store(cs_ptr + s_offs + 1, scale_lo, mask=rmask)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -390,6 +417,7 @@ def _gemm1_kernel(
     USE_LIBDEVICE: tl.constexpr,
     ZERO_SCRATCH: tl.constexpr,
     KU: tl.constexpr,
+    NT: tl.constexpr,
 ):
     """G1 = X[rows] @ W1[e]^T for (M tile, 128 columns of I, K split) items; SwiGLU + FP8 epilogue.
     SWAP (small T): the 2 x 128 weight rows are the MMA's M side and the BM tokens its N side (the
@@ -403,7 +431,6 @@ def _gemm1_kernel(
     NKB: tl.constexpr = H // BK
     NJ: tl.constexpr = I // BJ
     KPS: tl.constexpr = NKB // SPLIT_K  # K blocks per split (SPLIT_K divides NKB)
-    R = T * TOPK
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     if FUSE_ROUTE:
@@ -493,7 +520,7 @@ def _gemm1_kernel(
                         acc_u += tl.dot(a, wu) * (asc * su)[:, None]
                         acc_g += tl.dot(a, wg) * (asc * sg)[:, None]
             if SPLIT_K == 1:
-                _swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, R, I, BJ, EXACT, SWAP)
+                _swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             else:
                 # split-K: park the fp32 partials; the last program of the tile sums them in split order
                 if SWAP:
@@ -513,7 +540,7 @@ def _gemm1_kernel(
                         up += tl.load(pbase + s * (2 * BJ * BM) + el, cache_modifier=".cg")
                         gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el, cache_modifier=".cg")
                     tl.store(ticket_ptr + tj, 0)  # ready for the next call
-                    _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, R, I, BJ, EXACT, SWAP)
+                    _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -550,16 +577,19 @@ def _gemm2_kernel(
     OBUF_BF16: tl.constexpr,
     IDS_LATE: tl.constexpr,
     KU: tl.constexpr,
+    NT: tl.constexpr,
 ):
     """O = C[rows] @ W2[e]^T for (M tile, H block) items, times the routing weight; single-expert
     tokens' bf16 rows written here, the others parked for `_finalize_kernel`. SWAP as in GEMM1.
     PDL: launched while GEMM1 runs; before waiting for it, a program asks the L2 for the first
     PF_LINES x 128 bytes of each W2 row of its first item (weights do not depend on GEMM1).
-    IDS_LATE: the expert ids come from GEMM1 itself (fused routing): read only after the wait."""
+    IDS_LATE: the expert ids come from GEMM1 itself (fused routing): read only after the wait.
+    NT = 2: C is a hi/lo pair of fp8 terms (see `_swiglu_quant_store`): two dots per K block on the
+    same W2 tile, each fp32 partial with its own row scale: acc += dot_hi * (s_hi * w_scale), then
+    acc += dot_lo * (s_lo * w_scale)."""
     BK: tl.constexpr = 128
     NKB: tl.constexpr = I // BK
     NHB: tl.constexpr = H // BH
-    R = T * TOPK
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     # the expert ids / counts / lists were complete before GEMM1 (which waited for them) let this
@@ -606,15 +636,18 @@ def _gemm2_kernel(
             ws_ptr = w2s_ptr + (e * (H // 128) + (hb * BH) // 128) * NKB
             if SWAP:
                 w_ptrs = w2_ptr + e.to(tl.int64) * (H * I) + h[:, None] * I + kk[None, :]  # [BH, BK]
-                a_ptrs = cq_ptr + rid.to(tl.int64)[None, :] * I + kk[:, None]  # [BK, BM]
+                a_ptrs = cq_ptr + rid.to(tl.int64)[None, :] * (NT * I) + kk[:, None]  # [BK, BM]
                 amask = rmask[None, :]
                 acc = tl.zeros((BH, BM), tl.float32)
             else:
                 w_ptrs = w2_ptr + e.to(tl.int64) * (H * I) + h[None, :] * I + kk[:, None]  # [BK, BH]
-                a_ptrs = cq_ptr + rid.to(tl.int64)[:, None] * I + kk[None, :]  # [BM, BK]
+                a_ptrs = cq_ptr + rid.to(tl.int64)[:, None] * (NT * I) + kk[None, :]  # [BM, BK]
                 amask = rmask[:, None]
                 acc = tl.zeros((BM, BH), tl.float32)
-            asc_n = tl.load(cs_ptr + rid)
+            s_ptrs = cs_ptr + rid * (NT * NKB)  # scales of row rid: [NKB, NT]
+            asc_n = tl.load(s_ptrs)
+            if NT == 2:
+                asl_n = tl.load(s_ptrs + 1)
             wsc_n = tl.load(ws_ptr)
             for ki in range(0, NKB // KU):  # KU K blocks per iteration: their tiles load together
                 for u in tl.static_range(KU):
@@ -623,17 +656,28 @@ def _gemm2_kernel(
                         asc = asc_n
                         wsc = wsc_n
                         kn = tl.minimum(kb + 1, NKB - 1)
-                        asc_n = tl.load(cs_ptr + kn * R + rid)
+                        asc_n = tl.load(s_ptrs + kn * NT)
+                        if NT == 2:
+                            asl = asl_n
+                            asl_n = tl.load(s_ptrs + kn * NT + 1)
                         wsc_n = tl.load(ws_ptr + kn)
                     else:
-                        asc = tl.load(cs_ptr + kb * R + rid)
+                        asc = tl.load(s_ptrs + kb * NT)
+                        if NT == 2:
+                            asl = tl.load(s_ptrs + kb * NT + 1)
                         wsc = tl.load(ws_ptr + kb)
                     w = tl.load(w_ptrs + kb * BK)
-                    a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
+                    a = tl.load(a_ptrs + kb * (NT * BK), mask=amask, other=0.0)
                     if SWAP:
                         acc += tl.dot(w, a) * (asc * wsc)[None, :]
                     else:
                         acc += tl.dot(a, w) * (asc * wsc)[:, None]
+                    if NT == 2:  # the lo term: a second dot on the same W2 tile
+                        al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0)
+                        if SWAP:
+                            acc += tl.dot(w, al) * (asl * wsc)[None, :]
+                        else:
+                            acc += tl.dot(al, w) * (asl * wsc)[:, None]
             wrow = tl.load(w_ptr + rid, mask=rmask, other=0.0)
             lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1) - local_off
             nloc = tl.sum(((lt >= 0) & (lt < NL)).to(tl.int32), axis=1)
@@ -732,7 +776,7 @@ def _config(T: int, cap: int = 90) -> dict:
     iteration (their tiles are requested together: longer runs per weight row), pdl: programmatic dependent
     launch of GEMM1 / GEMM2 / finalize, pf: 128-byte lines per W2 row that GEMM2 asks the L2 for
     before waiting on GEMM1 (pdl only), obf: bf16 rows for the reduction, fr: routing fused into
-    GEMM1 (inline rows only)."""
+    GEMM1 (inline rows only), hl: C as a hi/lo pair of fp8 terms (False: hi alone, as up to v6)."""
     if T <= 4:
         c = dict(bm1=16, s1=2, w1=4, st1=3, bm2=16, bh=64, w2=4, st2=4, pf=0)
     elif T <= 128:
@@ -750,6 +794,9 @@ def _config(T: int, cap: int = 90) -> dict:
     c["ku2"] = 1
     c["pdl"] = True
     c["obf"] = T > INLINE_MAX_T  # measured: -7% at T=14107, -6% at T=11948 (v5), -6.4% at T=901 (v6)
+    # C as a hi/lo pair of fp8 terms (two GEMM2 dots per K block on the same W2 tile; NOTES.md, v7):
+    # rel-L2 error ~2e-3 instead of ~2.3e-2 (measured on the small definition, CPU interpreter)
+    c["hl"] = True
     c["fr"] = T <= 8  # routing fused into GEMM1 (each program routes all T tokens; no routing launch)
     c["tf1"] = T > 2048  # GEMM1 at large T: tiles fastest (W1 blocks shared in L2); else splits/columns
     c["tf2"] = False  # GEMM2: H blocks fastest (the tile's C rows shared in L2)
@@ -759,6 +806,11 @@ def _config(T: int, cap: int = 90) -> dict:
     c["bc_sort"] = min(1024, max(16, _next_pow2(T)))
     c["bt_fin"] = 1 if small else 8
     c["bh_fin"] = 1024
+    if CONFIG_OVERRIDE.get("hl", c["hl"]) and cap < 100:  # the hi/lo pair's extra C tile and dot (sm_90)
+        if 4 < T <= INLINE_MAX_T:  # 4 stages of 20 KB would leave 2 CTAs per SM (v6: 3); 3 stages keep 3
+            c["st2"] = 3
+        elif T > 2048:  # BM 128 x BH 128 with the scale prefetch spills 16 B on sm_90 (255 regs)
+            c["spf2"] = False
     c.update(CONFIG_OVERRIDE)
     # swapped operands only where the tokens cannot fill the MMA's M = 64
     c.setdefault("sw1", c["bm1"] < 64)
@@ -885,8 +937,9 @@ class _Workspace:
         self.w = torch.empty(T, TOP_K, **f32)
         self.counts = torch.empty(NL, **i32)
         self.lists = torch.empty(1 if c["inline"] else NL * T, **i32)
-        self.cq = torch.empty(R, I, dtype=torch.float8_e4m3fn, device=device)
-        self.cs = torch.empty(I // BLOCK, R, **f32)
+        nt = 2 if c["hl"] else 1  # C as a hi/lo pair of fp8 terms (or hi alone)
+        self.cq = torch.empty(R, nt * I, dtype=torch.float8_e4m3fn, device=device)
+        self.cs = torch.empty(R, I // BLOCK, nt, **f32)
         self.obuf = torch.empty(T if self.atomic else R, H, **f32)
         nj, nhb, s1 = I // BLOCK, H // c["bh"], c["s1"]
         tiles1, tiles2 = _max_tiles(T, NL, c["bm1"]), _max_tiles(T, NL, c["bm2"])
@@ -918,7 +971,8 @@ class _Workspace:
             dict(E=E, NG=N_GROUP, KG=TOPK_GROUP, NL=NL, NLP=NLP, H=H, I=I, TP=TP, TOPK=TOP_K, BM=c["bm1"],
                  SPLIT_K=s1, ITERS=triton.cdiv(items1, min(items1, sms)), TILE_FAST=c["tf1"], INLINE=c["inline"],
                  EXACT=INTERPRET, SWAP=c["sw1"], SPF=c["spf1"], KU=c["ku1"], PDL=c["pdl"] and not self.fused_route,
-                 TRIGGER=c["pdl"], FUSE_ROUTE=self.fused_route, USE_LIBDEVICE=use_libdevice, ZERO_SCRATCH=self.atomic),
+                 TRIGGER=c["pdl"], FUSE_ROUTE=self.fused_route, USE_LIBDEVICE=use_libdevice, ZERO_SCRATCH=self.atomic,
+                 NT=nt),
             persistent_sms=sms, num_warps=c["w1"], num_stages=c["st1"], **({} if self.fused_route else pdl),
         )  # fmt: skip
         self.k_gemm2 = _Kernel(
@@ -927,7 +981,7 @@ class _Workspace:
                  ITERS=triton.cdiv(items2, min(items2, sms)), TILE_FAST=c["tf2"], INLINE=c["inline"],
                  ATOMIC=self.atomic, EXACT=INTERPRET, SWAP=c["sw2"], SPF=c["spf2"], KU=c["ku2"], PDL=c["pdl"],
                  PF_LINES=c["pf"],
-                 OBUF_BF16=c["obf"] and not self.atomic, IDS_LATE=self.fused_route),
+                 OBUF_BF16=c["obf"] and not self.atomic, IDS_LATE=self.fused_route, NT=nt),
             persistent_sms=sms, num_warps=c["w2"], num_stages=c["st2"], **pdl,
         )  # fmt: skip
         self.k_fin = _Kernel(

@@ -125,7 +125,7 @@ def _parse_override(spec):
     out = {}
     for item in filter(None, spec.split(",")):
         k, v = item.split("=")
-        out[k] = v.lower() in ("1", "true") if k in ("sw1", "sw2", "spf1", "spf2", "pdl", "obf", "fr", "tf1", "tf2") else int(v)
+        out[k] = v.lower() in ("1", "true") if k in ("sw1", "sw2", "spf1", "spf2", "pdl", "obf", "fr", "tf1", "tf2", "hl") else int(v)
     return out
 
 
