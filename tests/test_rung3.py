@@ -24,6 +24,7 @@ an fp8 rounding midpoint: one element of a row off by one fp8 ulp. So we assert 
 the elements are bitwise equal and the relative L2 error is < 1e-2 (measured <= 1.4e-4).
 """
 
+import importlib
 import os
 
 import pytest
@@ -199,6 +200,7 @@ def _exact_round_kernel(x_ptr, f8_ptr, bf_ptr, N: tl.constexpr, round_e4m3: tl.c
 def test_exact_cast_helpers_match_torch(built):
     """The kernels' own rounding (used when interpreted) is torch's RNE cast, subnormals and ties included."""
     _, mod = built
+    exact = importlib.import_module(".exact", mod.__package__)  # packed beside the entry module
     g = torch.Generator().manual_seed(3)
     n = 4096
     x = torch.randn(n, generator=g) * torch.exp2(torch.randint(-12, 9, (n,), generator=g).float())
@@ -209,7 +211,7 @@ def test_exact_cast_helpers_match_torch(built):
     x = torch.cat([x, torch.zeros(8192 - len(x))]).to(DEVICE)
     f8 = torch.empty(8192, dtype=torch.float8_e4m3fn, device=DEVICE)
     bf = torch.empty(8192, dtype=torch.bfloat16, device=DEVICE)
-    _exact_round_kernel[(1,)](x, f8, bf, N=8192, round_e4m3=mod._round_to_e4m3, round_bf16=mod._round_to_bf16)
+    _exact_round_kernel[(1,)](x, f8, bf, N=8192, round_e4m3=exact.round_to_e4m3, round_bf16=exact.round_to_bf16)
     want8 = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
     assert torch.equal(f8.float(), want8)
     assert torch.equal(bf.float(), x.to(torch.bfloat16).float())

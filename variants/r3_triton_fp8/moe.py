@@ -45,26 +45,21 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # precise expf, as torch's sigmoid uses on CUDA; unusable under the interpreter
-    from triton.language.extra import libdevice
-except Exception:  # pragma: no cover
-    libdevice = None
-try:  # programmatic dependent launch (sm_90+); the kernels call it only when launched with PDL
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except Exception:  # pragma: no cover
-    gdc_launch_dependents = gdc_wait = None
-
-BLOCK = 128
-N_GROUP = 8
-TOPK_GROUP = 4
-TOP_K = 8
-FP8_MAX = tl.constexpr(448.0)
-
-# Under TRITON_INTERPRET=1 (CPU) Triton converts fp32 -> fp8e4nv wrongly where rounding crosses a
-# power of two and fp32 -> bf16 by truncation; with EXACT the kernels first round the fp32 value to the
-# target grid themselves (round-to-nearest-even, in exact fp32 / integer arithmetic), so that the cast
-# only converts a representable value. On a GPU the hardware casts are right and this is left out.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from .exact import INTERPRET, round_to_bf16
+from .launch import BLOCK, Kernel, capability, gdc_launch_dependents, gdc_wait, next_pow2, prefetch_l2, sm_count
+from .quant import swiglu_quant_store
+from .routing import (
+    N_GROUP,
+    TOP_K,
+    TOPK_GROUP,
+    route,  # noqa: F401  (the harness measures routing agreement through it)
+    route_kernel,
+    route_tokens,
+    use_libdevice,
+    zero_rows,
+    zero_sum_rows,
+)
+from .rows import expert_counts, local_ids, tile_expert, tile_rows
 
 # "buffer": one fp32 row per (token, slot), summed per token in slot order (deterministic).
 # "atomic": fp32 atomics into one row per token. Only tokens with >= 2 local experts use either.
@@ -74,202 +69,6 @@ REDUCE_MODE = os.environ.get("FIBMOE_R3_REDUCE", "buffer")
 CONFIG_OVERRIDE: dict = {}
 
 INLINE_MAX_T = 128  # up to this T the GEMMs derive their rows from the expert ids (no sort launch)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-# ----------------------------------------------------------------------------------------------
-# device helpers
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _round_to_e4m3(q):
-    """Round fp32 q (|q| <= 448) to the nearest e4m3 value, ties to even, in exact fp32 arithmetic."""
-    bits = q.to(tl.int32, bitcast=True)
-    ex = ((bits >> 23) & 0xFF) - 127
-    ue = tl.maximum(ex, -6) - 3  # exponent of one e4m3 ulp at |q| (subnormals below 2^-6)
-    inv_ulp = ((127 - ue) << 23).to(tl.float32, bitcast=True)
-    ulp = ((127 + ue) << 23).to(tl.float32, bitcast=True)
-    y = q * inv_ulp  # exact: a power-of-two scaling, |y| < 16
-    r = (y + 12582912.0) - 12582912.0  # 1.5 * 2^23: rounds |y| < 2^22 to an integer, ties to even
-    return r * ulp
-
-
-@triton.jit
-def _round_to_bf16(x):
-    """Round fp32 x to the nearest bf16 value (ties to even), as an fp32 value; finite x only."""
-    bits = x.to(tl.int32, bitcast=True)
-    r = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
-    return r.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _local_ids(ids_ptr, T, local_off, TP: tl.constexpr, TOPK: tl.constexpr):
-    """[TP, TOPK] local expert index of every (token, slot); out of range where not local."""
-    t = tl.arange(0, TP)
-    k = tl.arange(0, TOPK)
-    return tl.load(ids_ptr + t[:, None] * TOPK + k[None, :], mask=(t < T)[:, None], other=-1) - local_off
-
-
-@triton.jit
-def _counts(loc, counts_ptr, NL: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr,
-            INLINE: tl.constexpr):  # fmt: skip
-    """Rows per local expert ([NLP]); inline: a histogram of the [TP, TOPK] local ids `loc`, else the
-    sort's counts."""
-    if INLINE:
-        ok = (loc >= 0) & (loc < NL)
-        c = tl.histogram(tl.reshape(tl.where(ok, loc, 0), (TP * TOPK,)), NLP, mask=tl.reshape(ok, (TP * TOPK,)))
-    else:
-        ex = tl.arange(0, NLP)
-        c = tl.load(counts_ptr + ex, mask=ex < NL, other=0)
-    return c
-
-
-@triton.jit
-def _tile_expert(tile, c, BM: tl.constexpr):
-    """Local expert of M tile `tile` (tiles are numbered expert by expert)."""
-    cum = tl.cumsum((c + BM - 1) // BM, axis=0)
-    return tl.sum((cum <= tile).to(tl.int32))
-
-
-@triton.jit
-def _tile_rows(tile, c, loc, lists_ptr, T, BM: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
-               TOPK: tl.constexpr, INLINE: tl.constexpr):  # fmt: skip
-    """Expert, row mask and row ids (token * TOPK + slot, in token order) of M tile `tile`. Rows past
-    the tile's count get row id 0 (a valid address; their tiles are masked)."""
-    ex = tl.arange(0, NLP)
-    ntile = (c + BM - 1) // BM
-    cum = tl.cumsum(ntile, axis=0)
-    e = tl.sum((cum <= tile).to(tl.int32))
-    sel = ex == e
-    cnt = tl.sum(tl.where(sel, c, 0))
-    m0 = (tile - tl.sum(tl.where(sel, cum - ntile, 0))) * BM
-    rows = m0 + tl.arange(0, BM)
-    rmask = rows < cnt
-    if INLINE:
-        k = tl.arange(0, TOPK)
-        hit_k = loc == e
-        hit = tl.max(hit_k.to(tl.int32), axis=1)  # a token selects an expert at most once
-        slot = tl.sum(tl.where(hit_k, k[None, :], 0), axis=1)
-        rank = tl.cumsum(hit, axis=0) - 1
-        t = tl.arange(0, TP)
-        pick = (rank[None, :] == rows[:, None]) & (hit[None, :] > 0)  # [BM, TP]
-        rid = tl.sum(tl.where(pick, (t * TOPK + slot)[None, :], 0), axis=1)
-    else:
-        rid = tl.load(lists_ptr + e * T + rows, mask=rmask, other=0)
-    return e, rmask, rid
-
-
-@triton.jit
-def _route_block(logits_ptr, bias_ptr, t, tmask, rsf, E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr,
-                 TOPK: tl.constexpr, BT: tl.constexpr, USE_LIBDEVICE: tl.constexpr):  # fmt: skip
-    """Routing of the tokens `t` ([BT]): ([BT, TOPK] global expert ids, [BT, TOPK] weights), as the
-    reference: sigmoid, + bias, top-KG groups by their top-2 sums, top-TOPK experts, ties to the lower
-    index, weights = s / sum(s) * rsf over all TOPK selected experts."""
-    EG: tl.constexpr = E // NG
-    e = tl.arange(0, E)
-    x = tl.load(logits_ptr + t[:, None] * E + e[None, :], mask=tmask[:, None], other=0.0)
-    # s = 1 / (1 + expf(-x)) with precise expf and IEEE division: what torch.sigmoid computes on CUDA.
-    if USE_LIBDEVICE:
-        ex = libdevice.exp(-x)
-    else:
-        ex = tl.exp(-x)
-    s = tl.math.div_rn(tl.full((BT, E), 1.0, tl.float32), 1.0 + ex)
-    sb = s + tl.load(bias_ptr + e).to(tl.float32)[None, :]
-
-    # group score = sum of the group's two largest sb (the second: the max without the FIRST max)
-    sb3 = tl.reshape(sb, (BT, NG, EG))
-    j3 = tl.arange(0, EG)[None, None, :]
-    m1 = tl.max(sb3, axis=2)
-    first = tl.min(tl.where(sb3 == m1[:, :, None], j3, EG), axis=2)
-    m2 = tl.max(tl.where(j3 == first[:, :, None], float("-inf"), sb3), axis=2)
-    gs = m1 + m2
-
-    # top-KG groups; equal scores go to the lower group index
-    g = tl.arange(0, NG)[None, :]
-    keep = tl.zeros((BT, NG), tl.int32)
-    for _ in tl.static_range(KG):
-        mx = tl.max(gs, axis=1)
-        gi = tl.min(tl.where(gs == mx[:, None], g, NG), axis=1)
-        hit = g == gi[:, None]
-        keep = tl.where(hit, 1, keep)
-        gs = tl.where(hit, float("-inf"), gs)
-    cand = tl.reshape(tl.where(keep[:, :, None] != 0, sb3, float("-inf")), (BT, E))
-
-    # top-TOPK experts among the kept groups; equal values go to the lower expert index
-    k8 = tl.arange(0, TOPK)[None, :]
-    ids = tl.zeros((BT, TOPK), tl.int32)
-    ssel = tl.zeros((BT, TOPK), tl.float32)
-    for k in tl.static_range(TOPK):
-        mx = tl.max(cand, axis=1)
-        ei = tl.min(tl.where(cand == mx[:, None], e[None, :], E), axis=1)
-        hit = e[None, :] == ei[:, None]
-        sk = tl.sum(tl.where(hit, s, 0.0), axis=1)
-        cand = tl.where(hit, float("-inf"), cand)
-        ids = tl.where(k8 == k, ei[:, None], ids)
-        ssel = tl.where(k8 == k, sk[:, None], ssel)
-    ssum = tl.sum(ssel, axis=1)
-    w = tl.math.div_rn(ssel, ssum[:, None] + 1e-20) * rsf
-    return ids, w
-
-
-@triton.jit
-def _zero_rows(ids, t, zmask, out_ptr, scratch_ptr, local_off, NL: tl.constexpr, H: tl.constexpr,
-               BT: tl.constexpr, ZERO_SCRATCH: tl.constexpr):  # fmt: skip
-    """Exact zero output rows for the tokens (of `t`, where zmask) with no local expert; atomic
-    reduction: zero fp32 rows for the tokens with several."""
-    loc = ids - local_off
-    nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
-    zm = zmask & (nloc == 0)
-    sm = zmask & (nloc > 1)
-    hb = tl.arange(0, 1024)
-    for h0 in tl.static_range(0, H, 1024):
-        hh = h0 + hb
-        offs = t.to(tl.int64)[:, None] * H + hh[None, :]
-        tl.store(out_ptr + offs, tl.zeros((BT, 1024), tl.bfloat16), mask=zm[:, None] & (hh < H)[None, :])
-        if ZERO_SCRATCH:
-            tl.store(scratch_ptr + offs, tl.zeros((BT, 1024), tl.float32), mask=sm[:, None] & (hh < H)[None, :])
-
-
-# ----------------------------------------------------------------------------------------------
-# kernels
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit(do_not_specialize=["T", "local_off"])
-def _route_kernel(
-    logits_ptr,
-    bias_ptr,
-    ids_ptr,
-    w_ptr,
-    out_ptr,
-    scratch_ptr,
-    T,
-    local_off,
-    rsf,
-    E: tl.constexpr,
-    NL: tl.constexpr,
-    H: tl.constexpr,
-    NG: tl.constexpr,
-    KG: tl.constexpr,
-    TOPK: tl.constexpr,
-    BT: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr,
-    WRITE_ZEROS: tl.constexpr,
-    ZERO_SCRATCH: tl.constexpr,
-    EXACT: tl.constexpr,
-):
-    t = tl.program_id(0) * BT + tl.arange(0, BT)
-    tmask = t < T
-    ids, w = _route_block(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, BT, USE_LIBDEVICE)
-    out_off = t[:, None] * TOPK + tl.arange(0, TOPK)[None, :]
-    tl.store(ids_ptr + out_off, ids, mask=tmask[:, None])
-    tl.store(w_ptr + out_off, w, mask=tmask[:, None])
-    if WRITE_ZEROS:
-        _zero_rows(ids, t, tmask, out_ptr, scratch_ptr, local_off, NL, H, BT, ZERO_SCRATCH)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -298,79 +97,6 @@ def _sort_kernel(
         tl.store(lists_ptr + e * T + pos, t * TOPK + slot, mask=hit > 0)
         base += tl.sum(hit)
     tl.store(counts_ptr + e, base)
-
-
-@triton.jit
-def _gdc_wait(PDL: tl.constexpr):
-    """Programmatic dependent launch: wait until the previous kernel of the stream has completed and
-    its writes are visible (a no-op when the kernel was launched without PDL)."""
-    if PDL:
-        gdc_wait()
-
-
-@triton.jit
-def _gdc_launch_dependents(PDL: tl.constexpr):
-    """Let the next kernel of the stream (launched with PDL) start its CTAs in the SM slots that this
-    kernel's finished CTAs free; that kernel still waits for this one to complete before it reads."""
-    if PDL:
-        gdc_launch_dependents()
-
-
-@triton.jit
-def _prefetch_l2(ptrs):
-    """Ask the L2 to fetch the 128-byte lines at `ptrs` (no register result, no wait)."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _quant_block(c, EXACT: tl.constexpr, SWAP: tl.constexpr):
-    """fp8 values (as fp32, clamped; rounded to the e4m3 grid when EXACT) and scales (amax / 448, 0 for
-    an all-zero row) of the 128-column row blocks of c. SWAP: c is [BJ, BM] (rows on axis 1)."""
-    if SWAP:
-        amax = tl.max(tl.abs(c), axis=0)  # [BM]
-        scale = amax / FP8_MAX
-        q = c / tl.where(amax > 0, scale, 1.0)[None, :]  # an all-zero row stays zero, scale 0
-    else:
-        amax = tl.max(tl.abs(c), axis=1)  # [BM]
-        scale = amax / FP8_MAX
-        q = c / tl.where(amax > 0, scale, 1.0)[:, None]
-    q = tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX)
-    if EXACT:
-        q = _round_to_e4m3(q)
-    return q, scale
-
-
-@triton.jit
-def _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I: tl.constexpr, BJ: tl.constexpr,
-                        EXACT: tl.constexpr, SWAP: tl.constexpr, NT: tl.constexpr):  # fmt: skip
-    """C = silu(gate) * up, quantized to fp8 with one scale (amax / 448) per row per 128 columns.
-    NT = 2 (hi/lo pair): also the residual r = C - hi * s_hi (fp32), quantized the same way (its own
-    amax / 448 scale), so that C ~ hi * s_hi + lo * s_lo to ~2^-9 of the block's amax.
-    Layout: C row `rid` holds, per 128-column block jb, NT runs of 128 fp8 values (hi, then lo) at
-    rid * NT * I + jb * NT * 128; its scales at cs[rid, jb, 0..NT-1].
-    SWAP: up, gate are [BJ, BM] tiles of G1^T (columns x rows); else [BM, BJ] tiles of G1."""
-    c = gate / (1.0 + tl.exp(-gate)) * up
-    jn = tl.arange(0, BJ)
-    q, scale = _quant_block(c, EXACT, SWAP)
-    q8 = q.to(tl.float8e4nv)
-    if SWAP:
-        offs = rid.to(tl.int64)[None, :] * (NT * I) + (jb * (NT * BJ) + jn)[:, None]
-        smask = rmask[None, :]
-    else:
-        offs = rid.to(tl.int64)[:, None] * (NT * I) + (jb * (NT * BJ) + jn)[None, :]
-        smask = rmask[:, None]
-    tl.store(cq_ptr + offs, q8, mask=smask)
-    s_offs = rid * (NT * (I // BJ)) + jb * NT
-    tl.store(cs_ptr + s_offs, scale, mask=rmask)
-    if NT == 2:
-        # the residual of the fp8 hi term, in fp32 (q is on the e4m3 grid: q8 converts it exactly)
-        if SWAP:
-            r = c - q8.to(tl.float32) * scale[None, :]
-        else:
-            r = c - q8.to(tl.float32) * scale[:, None]
-        ql, scale_lo = _quant_block(r, EXACT, SWAP)
-        tl.store(cq_ptr + offs + BJ, ql.to(tl.float8e4nv), mask=smask)
-        tl.store(cs_ptr + s_offs + 1, scale_lo, mask=rmask)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -436,22 +162,25 @@ def _gemm1_kernel(
     if FUSE_ROUTE:
         t = tl.arange(0, TP)
         tmask = t < T
-        gids, gw = _route_block(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, TP, USE_LIBDEVICE)
+        gids, gw = route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, TP, USE_LIBDEVICE)
         loc = tl.where(tmask[:, None], gids - local_off, -1)
         out_off = t[:, None] * TOPK + tl.arange(0, TOPK)[None, :]
         first = pid == 0
         tl.store(ids_ptr + out_off, gids, mask=tmask[:, None] & first)
         tl.store(wts_ptr + out_off, gw, mask=tmask[:, None] & first)
-        _zero_rows(gids, t, tmask & (t % nprog == pid), out_ptr, obuf_ptr, local_off, NL, H, TP, ZERO_SCRATCH)
-        _gdc_launch_dependents(TRIGGER)
+        zmask = tmask & (t % nprog == pid)
+        zero_rows(gids, t, zmask, out_ptr, local_off, NL, H, TP)
+        if ZERO_SCRATCH:
+            zero_sum_rows(gids, t, zmask, obuf_ptr, local_off, NL, H, TP)
+        gdc_launch_dependents(TRIGGER)
     else:
-        _gdc_wait(PDL)  # the routing (and sort) results
-        _gdc_launch_dependents(TRIGGER)  # GEMM2's CTAs may take the SM slots of finished programs
+        gdc_wait(PDL)  # the routing (and sort) results
+        gdc_launch_dependents(TRIGGER)  # GEMM2's CTAs may take the SM slots of finished programs
         if INLINE:
-            loc = _local_ids(ids_ptr, T, local_off, TP, TOPK)
+            loc = local_ids(ids_ptr, T, local_off, TP, TOPK)
         else:
             loc = None
-    c = _counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
+    c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
     n_tiles = tl.sum((c + BM - 1) // BM)
     n_items = n_tiles * (NJ * SPLIT_K)
     kk = tl.arange(0, BK)
@@ -470,7 +199,7 @@ def _gemm1_kernel(
                 jb = r % NJ
                 tile = r // NJ
             tj = tile * NJ + jb
-            e, rmask, rid = _tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
+            e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
             tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked tiles
             e64 = e.to(tl.int64)
             su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB
@@ -520,7 +249,7 @@ def _gemm1_kernel(
                         acc_u += tl.dot(a, wu) * (asc * su)[:, None]
                         acc_g += tl.dot(a, wg) * (asc * sg)[:, None]
             if SPLIT_K == 1:
-                _swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
+                swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             else:
                 # split-K: park the fp32 partials; the last program of the tile sums them in split order
                 if SWAP:
@@ -540,7 +269,7 @@ def _gemm1_kernel(
                         up += tl.load(pbase + s * (2 * BJ * BM) + el, cache_modifier=".cg")
                         gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el, cache_modifier=".cg")
                     tl.store(ticket_ptr + tj, 0)  # ready for the next call
-                    _swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
+                    swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -584,7 +313,7 @@ def _gemm2_kernel(
     PDL: launched while GEMM1 runs; before waiting for it, a program asks the L2 for the first
     PF_LINES x 128 bytes of each W2 row of its first item (weights do not depend on GEMM1).
     IDS_LATE: the expert ids come from GEMM1 itself (fused routing): read only after the wait.
-    NT = 2: C is a hi/lo pair of fp8 terms (see `_swiglu_quant_store`): two dots per K block on the
+    NT = 2: C is a hi/lo pair of fp8 terms (see `swiglu_quant_store`): two dots per K block on the
     same W2 tile, each fp32 partial with its own row scale: acc += dot_hi * (s_hi * w_scale), then
     acc += dot_lo * (s_lo * w_scale)."""
     BK: tl.constexpr = 128
@@ -595,12 +324,12 @@ def _gemm2_kernel(
     # the expert ids / counts / lists were complete before GEMM1 (which waited for them) let this
     # kernel launch, so (unless GEMM1 routed) the schedule is computed before waiting for GEMM1's C
     if IDS_LATE:
-        _gdc_wait(PDL)
+        gdc_wait(PDL)
     if INLINE:
-        loc = _local_ids(ids_ptr, T, local_off, TP, TOPK)
+        loc = local_ids(ids_ptr, T, local_off, TP, TOPK)
     else:
         loc = None
-    c = _counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
+    c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
     n_tiles = tl.sum((c + BM - 1) // BM)
     n_items = n_tiles * NHB
     kk = tl.arange(0, BK)
@@ -614,13 +343,13 @@ def _gemm2_kernel(
             else:
                 hb0 = pid % NHB
                 tile0 = pid // NHB
-            e0 = _tile_expert(tile0, c, BM)
+            e0 = tile_expert(tile0, c, BM)
             lines = tl.arange(0, PF_LINES) * 128
             pf = w2_ptr + e0.to(tl.int64) * (H * I) + (hb0 * BH + hn)[:, None] * I + lines[None, :]
-            _prefetch_l2(pf)
+            prefetch_l2(pf)
     if not IDS_LATE:
-        _gdc_wait(PDL)  # GEMM1's C and its scales
-    _gdc_launch_dependents(PDL)
+        gdc_wait(PDL)  # GEMM1's C and its scales
+    gdc_launch_dependents(PDL)
     for it in range(0, ITERS):
         item = pid + it * nprog
         if item < n_items:
@@ -630,7 +359,7 @@ def _gemm2_kernel(
             else:  # consecutive programs: H blocks of one tile (C rows shared in L2)
                 hb = item % NHB
                 tile = item // NHB
-            e, rmask, rid = _tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
+            e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
             tok = rid // TOPK
             h = hb * BH + hn
             ws_ptr = w2s_ptr + (e * (H // 128) + (hb * BH) // 128) * NKB
@@ -704,7 +433,7 @@ def _gemm2_kernel(
             # a token with exactly one local expert: its output row is this row, written once
             val = acc
             if EXACT:
-                val = _round_to_bf16(val)
+                val = round_to_bf16(val)
             tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)
             # several local experts: park the row; `_finalize_kernel` sums the token's rows
             if ATOMIC:
@@ -734,7 +463,7 @@ def _finalize_kernel(
 ):
     """Output rows of tokens with several local experts: the sum of their rows in fp32, in slot
     order (atomic: their fp32 row), cast to bf16. Every other token's row is written already."""
-    _gdc_wait(PDL)  # GEMM2's rows
+    gdc_wait(PDL)  # GEMM2's rows
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     h = tl.program_id(1) * BH + tl.arange(0, BH)
     tm = t < T
@@ -759,7 +488,7 @@ def _finalize_kernel(
                 else:
                     acc += tl.load(obuf_ptr + offs, mask=m2, other=0.0)
         if EXACT:
-            acc = _round_to_bf16(acc)
+            acc = round_to_bf16(acc)
         tl.store(out_ptr + t64[:, None] * H + h[None, :], acc.to(tl.bfloat16), mask=need[:, None] & hm[None, :])
 
 
@@ -803,7 +532,7 @@ def _config(T: int, cap: int = 90) -> dict:
     c["inline"] = small
     c["bt_route"] = 1 if small else 16
     c["w_route"] = 1 if small else 8
-    c["bc_sort"] = min(1024, max(16, _next_pow2(T)))
+    c["bc_sort"] = min(1024, max(16, next_pow2(T)))
     c["bt_fin"] = 1 if small else 8
     c["bh_fin"] = 1024
     if CONFIG_OVERRIDE.get("hl", c["hl"]) and cap < 100:  # the hi/lo pair's extra C tile and dot (sm_90)
@@ -832,90 +561,12 @@ def _max_tiles(T: int, n_local: int, bm: int) -> int:
     return max(1, min(n_local * triton.cdiv(T, bm), (rows + hit * (bm - 1)) // bm))
 
 
-def _sm_count(device) -> int:
-    if INTERPRET or device.type != "cuda":
-        return 2  # the interpreter runs programs one by one: two persistent programs exercise the loop
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-class _Kernel:
-    """One launch of a workspace. Grid and constexprs are fixed, so after the first call (which goes
-    through Triton's JIT dispatcher, compiles, and sizes a persistent grid from the compiled kernel's
-    registers and shared memory) it is relaunched straight through the compiled kernel's C launcher
-    with plain integer pointers: no per-call argument binding, no driver pointer queries. The runtime
-    integers are `do_not_specialize`, and pointer alignment is checked per call (see `run`)."""
-
-    __slots__ = ("fn", "grid", "consts", "opts", "tail", "ck", "persistent_sms", "max_programs", "head", "call")
-
-    def __init__(self, fn, grid, consts, persistent_sms=0, **opts):
-        self.fn = fn
-        self.grid = tuple(grid) + (1,) * (3 - len(grid))
-        self.consts = consts
-        self.opts = opts
-        names = fn.arg_names[len(fn.arg_names) - len(consts) :]
-        assert sorted(names) == sorted(consts), (fn.__name__, names, sorted(consts))
-        self.tail = tuple(consts[n] for n in names)
-        self.ck = None
-        self.call = None
-        self.head = None
-        self.persistent_sms = persistent_sms  # > 0: a persistent grid over this many SMs
-        self.max_programs = self.grid[0]  # never more programs than work items
-        if persistent_sms:  # a first call uses one program per SM (the loop bound ITERS covers it)
-            self.grid = (min(self.max_programs, persistent_sms), 1, 1)
-
-    def slow(self, *args):
-        ck = self.fn[self.grid](*args, **self.consts, **self.opts)
-        if self.ck is None and not INTERPRET and hasattr(ck, "packed_metadata"):
-            ck._init_handles()
-            if self.persistent_sms:
-                n_threads = 32 * ck.metadata.num_warps
-                by_regs = 65536 // max(1, ck.n_regs * n_threads)
-                props = torch.cuda.get_device_properties(torch.cuda.current_device())
-                smem = getattr(props, "shared_memory_per_multiprocessor", 233472) - 1024
-                by_smem = smem // max(1, ck.metadata.shared + 1024) if ck.metadata.shared else 32
-                occ = max(1, min(by_regs, by_smem, 2048 // n_threads, 8))
-                self.grid = (min(self.max_programs, self.persistent_sms * occ), 1, 1)
-            g = self.grid
-            launcher = ck.run
-            raw = getattr(launcher, "launch", None)
-            if (
-                raw is not None
-                and not getattr(launcher, "global_scratch_size", 1)
-                and not getattr(launcher, "profile_scratch_size", 1)
-                and getattr(launcher, "num_ctas", 1) == 1
-            ):
-                # the C entry point itself: (grid, stream, function, cooperative, pdl, global scratch,
-                # profile scratch, metadata, launch metadata, enter hook, exit hook, *kernel args)
-                self.head = (g[0], g[1], g[2])
-                self.call = (
-                    raw, ck.function, launcher.launch_cooperative_grid, launcher.launch_pdl, ck.packed_metadata
-                )
-            self.ck = ck
-
-    def fast(self, stream, *args):
-        c = self.call
-        if c is not None:
-            g = self.head
-            c[0](g[0], g[1], g[2], stream, c[1], c[2], c[3], None, None, c[4], None, None, None, *args, *self.tail)
-        else:
-            ck = self.ck
-            g = self.grid
-            ck.run(g[0], g[1], g[2], stream, ck.function, ck.packed_metadata, None, None, None, *args, *self.tail)
-
-
-def _capability(device) -> int:
-    if INTERPRET or device.type != "cuda":
-        return 90
-    major, minor = torch.cuda.get_device_capability(device)
-    return 10 * major + minor
-
-
 class _Workspace:
     """Scratch buffers and kernels for one (device, T, geometry), reused across calls. `cap` (compute
     capability x 10) only for offline compile checks on the "meta" device."""
 
     def __init__(self, device, T, E, NL, H, I, cap=None):
-        c = _config(T, cap or _capability(device))
+        c = _config(T, cap or capability(device))
         self.cfg = c
         self.T, self.E, self.w1_shape = T, E, torch.Size((NL, 2 * I, H))
         self.dev_index, self.get_stream = None, None
@@ -945,37 +596,39 @@ class _Workspace:
         tiles1, tiles2 = _max_tiles(T, NL, c["bm1"]), _max_tiles(T, NL, c["bm2"])
         self.part = torch.empty(tiles1 * nj * s1 * 2 * BLOCK * c["bm1"] if s1 > 1 else 1, **f32)
         self.ticket = torch.zeros(tiles1 * nj if s1 > 1 else 1, **i32)
-        sms = _sm_count(device)
+        sms = sm_count(device)
         items1, items2 = tiles1 * nj * s1, tiles2 * nhb
-        TP = _next_pow2(T) if c["inline"] else 1
-        NLP = _next_pow2(NL)
-        use_libdevice = (not INTERPRET) and libdevice is not None and device.type == "cuda"
+        TP = next_pow2(T) if c["inline"] else 1
+        NLP = next_pow2(NL)
+        libdev = use_libdevice(device)
         pdl = dict(launch_pdl=True) if c["pdl"] else {}
         self.fused_route = c["fr"]
         self.k_route = None
         if not self.fused_route:
-            self.k_route = _Kernel(
-                _route_kernel, (triton.cdiv(T, c["bt_route"]),),
+            self.k_route = Kernel(
+                route_kernel, (triton.cdiv(T, c["bt_route"]),),
                 dict(E=E, NL=NL, H=H, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, BT=c["bt_route"],
-                     USE_LIBDEVICE=use_libdevice, WRITE_ZEROS=True, ZERO_SCRATCH=self.atomic, EXACT=INTERPRET),
+                     USE_LIBDEVICE=libdev, WRITE_ZEROS=True, ZERO_SUMS=self.atomic),
                 num_warps=c["w_route"],
             )  # fmt: skip
         self.k_sort = None
         if not c["inline"]:
-            self.k_sort = _Kernel(
-                _sort_kernel, (NL,), dict(TOPK=TOP_K, BC=c["bc_sort"], NCHUNK=triton.cdiv(T, c["bc_sort"])),
+            self.k_sort = Kernel(
+                _sort_kernel,
+                (NL,),
+                dict(TOPK=TOP_K, BC=c["bc_sort"], NCHUNK=triton.cdiv(T, c["bc_sort"])),
                 num_warps=4,
             )
-        self.k_gemm1 = _Kernel(
+        self.k_gemm1 = Kernel(
             _gemm1_kernel, (items1,),
             dict(E=E, NG=N_GROUP, KG=TOPK_GROUP, NL=NL, NLP=NLP, H=H, I=I, TP=TP, TOPK=TOP_K, BM=c["bm1"],
                  SPLIT_K=s1, ITERS=triton.cdiv(items1, min(items1, sms)), TILE_FAST=c["tf1"], INLINE=c["inline"],
                  EXACT=INTERPRET, SWAP=c["sw1"], SPF=c["spf1"], KU=c["ku1"], PDL=c["pdl"] and not self.fused_route,
-                 TRIGGER=c["pdl"], FUSE_ROUTE=self.fused_route, USE_LIBDEVICE=use_libdevice, ZERO_SCRATCH=self.atomic,
+                 TRIGGER=c["pdl"], FUSE_ROUTE=self.fused_route, USE_LIBDEVICE=libdev, ZERO_SCRATCH=self.atomic,
                  NT=nt),
             persistent_sms=sms, num_warps=c["w1"], num_stages=c["st1"], **({} if self.fused_route else pdl),
         )  # fmt: skip
-        self.k_gemm2 = _Kernel(
+        self.k_gemm2 = Kernel(
             _gemm2_kernel, (items2,),
             dict(NL=NL, NLP=NLP, H=H, I=I, TP=TP, TOPK=TOP_K, BM=c["bm2"], BH=c["bh"],
                  ITERS=triton.cdiv(items2, min(items2, sms)), TILE_FAST=c["tf2"], INLINE=c["inline"],
@@ -984,7 +637,7 @@ class _Workspace:
                  OBUF_BF16=c["obf"] and not self.atomic, IDS_LATE=self.fused_route, NT=nt),
             persistent_sms=sms, num_warps=c["w2"], num_stages=c["st2"], **pdl,
         )  # fmt: skip
-        self.k_fin = _Kernel(
+        self.k_fin = Kernel(
             _finalize_kernel, (triton.cdiv(T, c["bt_fin"]), triton.cdiv(H, c["bh_fin"])),
             dict(NL=NL, H=H, TOPK=TOP_K, BT=c["bt_fin"], BH=c["bh_fin"], ATOMIC=self.atomic, EXACT=INTERPRET,
                  PDL=c["pdl"], OBUF_BF16=c["obf"] and not self.atomic),
@@ -1013,23 +666,6 @@ def reset_workspaces():
     """Forget cached scratch buffers and kernels (after changing REDUCE_MODE or CONFIG_OVERRIDE)."""
     _WORKSPACES.clear()
     _LAST[0] = None
-
-
-def route(routing_logits, routing_bias, routed_scaling_factor):
-    """The routing kernel alone: ([T, 8] int64 global expert ids, [T, 8] fp32 weights)."""
-    T, E = routing_logits.shape
-    ids = torch.empty(T, TOP_K, dtype=torch.int32, device=routing_logits.device)
-    w = torch.empty(T, TOP_K, dtype=torch.float32, device=routing_logits.device)
-    if T == 0:
-        return ids.long(), w
-    use_libdevice = (not INTERPRET) and libdevice is not None and routing_logits.device.type == "cuda"
-    bt = 1 if T <= INLINE_MAX_T else 16
-    _route_kernel[(triton.cdiv(T, bt),)](
-        routing_logits, routing_bias, ids, w, w, w, T, 0, float(routed_scaling_factor),
-        E=E, NL=1, H=1, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, BT=bt, USE_LIBDEVICE=use_libdevice,
-        WRITE_ZEROS=False, ZERO_SCRATCH=False, EXACT=INTERPRET, num_warps=1 if bt == 1 else 8,
-    )  # fmt: skip
-    return ids.long(), w
 
 
 # Host-side timestamps of the fast path, for the device profile only (None: off).
@@ -1124,4 +760,3 @@ def run(
         ws.dev_index = hidden_states.get_device()
         _LAST[0] = ws
     return output
-
