@@ -1,0 +1,427 @@
+"""The whole MoE layer as one persistent Triton kernel, and its workspace.
+
+Work items, claimed in order from one global counter (`sync[CLAIM]`) by the programs of a persistent
+grid:
+
+    [routing items] [sort items] [GEMM1 items] [GEMM2 items] [finalize items]
+
+1. routing (T > 8): BT tokens an item: sigmoid, group top-2, top-4 groups, top-8 experts, weights
+   (`route_tokens`, bit-identical to the reference); the exact zero rows of tokens with no local expert.
+   At T <= 8 every program routes all T tokens itself and there are no routing items.
+2. sort (large T): one item per local expert lists its rows in token order.
+3. GEMM1: (M tile, 128 columns of I, K split): G1 = X[rows] @ W1[e]^T on FP8 tensor cores, one dot per
+   128-wide K block with its block scales applied to the fp32 partial; SwiGLU and the hi/lo FP8
+   re-quantization of C in the epilogue (split-K: the last split to arrive sums the partials in split
+   order). Then `tile_done[tile] += 1`.
+4. GEMM2: (M tile, H block): O = C @ W2[e]^T times the routing weight. The item first asks the L2 for
+   its weight block (weights do not depend on GEMM1), then waits until `tile_done[tile]` says all of
+   its tile's C is written. A token with one local expert gets its bf16 row here; a token with several
+   parks one fp32 row per (token, slot). Then `hb_done[hb] += 1`.
+5. finalize (one per H block): waits until every tile's GEMM2 item of that block is done, then sums the
+   parked rows of tokens with several local experts in slot order (deterministic) and writes bf16.
+
+Why this cannot deadlock: an item only ever waits for items with lower numbers, and every lower item
+was claimed before it by a program that is running (it claimed it) and that finishes it without
+waiting on anything later. So any grid size is safe, even one larger than what is co-resident.
+The last program to leave resets the counters, so the next call (or a CUDA graph replay) starts
+from zero; split-K tickets are reset by the program that consumes them.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .exact import INTERPRET, round_to_bf16
+from .launch import Kernel, next_pow2, prefetch_l2, sm_count
+from .quant import swiglu_quant_store
+from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
+from .rows import expert_counts, local_ids, tile_rows
+from .tiles import tiles_for
+
+BLOCK = 128
+NT = tl.constexpr(2)  # C as a hi/lo pair of fp8 terms (rung 3's v7): two GEMM2 dots per K block
+# the int32 `sync` buffer: four counters, then hb_done[NHB], then tile_done[max tiles]
+CLAIM = tl.constexpr(0)  # the next work item
+ROUTED = tl.constexpr(1)  # routing items done
+SORTED_CNT = tl.constexpr(2)  # sort items done
+EXITED = tl.constexpr(3)  # programs that left
+HEAD = tl.constexpr(4)
+
+
+@triton.jit
+def _wait_at_least(ptr, target):
+    """Spin until the counter at ptr reaches target, then acquire: what its writers released
+    (stored before their increment) is visible to every thread of this program afterwards."""
+    v = tl.load(ptr, volatile=True)
+    while v < target:
+        v = tl.load(ptr, volatile=True)
+    tl.atomic_add(ptr, 0, sem="acquire")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _signal(ptr):
+    """Release: every thread's stores before this point are visible to whoever acquires the counter."""
+    tl.debug_barrier()
+    tl.atomic_add(ptr, 1, sem="release")
+
+
+@triton.jit
+def _claim(sync_ptr):
+    return tl.atomic_add(sync_ptr + CLAIM, 1, sem="relaxed")
+
+
+@triton.jit
+def _sort_item(e, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK: tl.constexpr, BC: tl.constexpr,
+               NCHUNK: tl.constexpr):  # fmt: skip
+    """The rows (token * TOPK + slot) of local expert e in token order, and their count."""
+    k = tl.arange(0, TOPK)[None, :]
+    base = 0
+    for ci in range(0, NCHUNK):  # NCHUNK = cdiv(T, BC): a constexpr bound (T is fixed per workspace)
+        t = ci * BC + tl.arange(0, BC)
+        tm = t < T
+        loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=tm[:, None], other=-1, cache_modifier=".cg") - local_off
+        m = loc == e
+        hit = tl.max(m.to(tl.int32), axis=1)  # a token selects an expert at most once
+        slot = tl.sum(tl.where(m, k, 0), axis=1)
+        pos = base + tl.cumsum(hit, axis=0) - hit
+        tl.store(lists_ptr + e * T + pos, t * TOPK + slot, mask=hit > 0)
+        base += tl.sum(hit)
+    tl.store(counts_ptr + e, base)
+
+
+@triton.jit
+def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
+                tile_done_ptr, T, H: tl.constexpr, I: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
+                TOPK: tl.constexpr, BM: tl.constexpr, SPLIT_K: tl.constexpr, INLINE: tl.constexpr,
+                SWAP: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
+    """G1 for (M tile, column block jb, K split); items are numbered tile by tile (all column blocks and
+    splits of tile 0 first), so the first tiles' C is complete early and GEMM2 can start on them."""
+    BK: tl.constexpr = 128
+    BJ: tl.constexpr = 128
+    NKB: tl.constexpr = H // BK
+    NJ: tl.constexpr = I // BJ
+    KPS: tl.constexpr = NKB // SPLIT_K
+    sk = g % SPLIT_K
+    r = g // SPLIT_K
+    jb = r % NJ
+    tile = r // NJ
+    tj = tile * NJ + jb
+    e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
+    tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked
+    kk = tl.arange(0, BK)
+    jn = tl.arange(0, BJ)
+    e64 = e.to(tl.int64)
+    su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB
+    sg_ptr = w1s_ptr + (e * (2 * NJ) + NJ + jb) * NKB
+    if SWAP:  # weight rows on the MMA's M side, tokens on its N side: acc is G1^T
+        wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[:, None] * H + kk[None, :]  # [BJ, BK]
+        a_ptrs = hs_ptr + tok.to(tl.int64)[None, :] * H + kk[:, None]  # [BK, BM]
+        amask = rmask[None, :]
+        acc_u = tl.zeros((BJ, BM), tl.float32)
+        acc_g = tl.zeros((BJ, BM), tl.float32)
+    else:
+        wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[None, :] * H + kk[:, None]  # [BK, BJ]
+        a_ptrs = hs_ptr + tok.to(tl.int64)[:, None] * H + kk[None, :]  # [BM, BK]
+        amask = rmask[:, None]
+        acc_u = tl.zeros((BM, BJ), tl.float32)
+        acc_g = tl.zeros((BM, BJ), tl.float32)
+    wg_ptrs = wu_ptrs + I * H
+    kb0 = sk * KPS
+    # the next K block's scales are loaded one iteration ahead (off the critical path)
+    asc_n = tl.load(hss_ptr + kb0 * T + tok)
+    su_n = tl.load(su_ptr + kb0)
+    sg_n = tl.load(sg_ptr + kb0)
+    for ki in range(0, KPS):
+        kb = kb0 + ki
+        asc = asc_n
+        su = su_n
+        sg = sg_n
+        kn = tl.minimum(kb + 1, NKB - 1)
+        asc_n = tl.load(hss_ptr + kn * T + tok)
+        su_n = tl.load(su_ptr + kn)
+        sg_n = tl.load(sg_ptr + kn)
+        a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
+        wu = tl.load(wu_ptrs + kb * BK)
+        wg = tl.load(wg_ptrs + kb * BK)
+        if SWAP:
+            acc_u += tl.dot(wu, a) * (asc * su)[None, :]
+            acc_g += tl.dot(wg, a) * (asc * sg)[None, :]
+        else:
+            acc_u += tl.dot(a, wu) * (asc * su)[:, None]
+            acc_g += tl.dot(a, wg) * (asc * sg)[:, None]
+    if SPLIT_K == 1:
+        swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
+        _signal(tile_done_ptr + tile)
+    else:
+        # park the fp32 partials; the last split of (tile, jb) to arrive sums them in split order
+        if SWAP:
+            el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
+        else:
+            el = tl.arange(0, BM)[:, None] * BJ + jn[None, :]
+        pbase = part_ptr + (tj * SPLIT_K).to(tl.int64) * (2 * BJ * BM)
+        tl.store(pbase + sk * (2 * BJ * BM) + el, acc_u)
+        tl.store(pbase + sk * (2 * BJ * BM) + BJ * BM + el, acc_g)
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
+        tl.debug_barrier()
+        if ticket == SPLIT_K - 1:
+            up = tl.zeros(acc_u.shape, tl.float32)
+            gate = tl.zeros(acc_g.shape, tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                up += tl.load(pbase + s * (2 * BJ * BM) + el, cache_modifier=".cg")
+                gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el, cache_modifier=".cg")
+            tl.store(ticket_ptr + tj, 0)  # ready for the next call
+            swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
+            _signal(tile_done_ptr + tile)
+
+
+@triton.jit
+def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
+                tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
+                I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
+                INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr, PF: tl.constexpr):  # fmt: skip
+    """O for (M tile, H block hb), times the routing weight; items numbered tile by tile."""
+    BK: tl.constexpr = 128
+    NKB: tl.constexpr = I // BK
+    NHB: tl.constexpr = H // BH
+    NJ: tl.constexpr = I // 128
+    hb = g % NHB
+    tile = g // NHB
+    e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
+    tok = rid // TOPK
+    kk = tl.arange(0, BK)
+    hn = tl.arange(0, BH)
+    h = hb * BH + hn
+    w_base = w2_ptr + e.to(tl.int64) * (H * I)
+    if PF:  # the weight block does not depend on GEMM1: have the L2 fetch it while we wait
+        lines = tl.arange(0, I // 128) * 128
+        prefetch_l2(w_base + h[:, None] * I + lines[None, :])
+    _wait_at_least(tile_done_ptr + tile, NJ)  # all of this tile's C (and its scales) is written
+    ws_ptr = w2s_ptr + (e * (H // 128) + (hb * BH) // 128) * NKB
+    if SWAP:
+        w_ptrs = w_base + h[:, None] * I + kk[None, :]  # [BH, BK]
+        a_ptrs = cq_ptr + rid.to(tl.int64)[None, :] * (NT * I) + kk[:, None]  # [BK, BM]
+        amask = rmask[None, :]
+        acc = tl.zeros((BH, BM), tl.float32)
+    else:
+        w_ptrs = w_base + h[None, :] * I + kk[:, None]  # [BK, BH]
+        a_ptrs = cq_ptr + rid.to(tl.int64)[:, None] * (NT * I) + kk[None, :]  # [BM, BK]
+        amask = rmask[:, None]
+        acc = tl.zeros((BM, BH), tl.float32)
+    s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
+    asc_n = tl.load(s_ptrs, cache_modifier=".cg")
+    asl_n = tl.load(s_ptrs + 1, cache_modifier=".cg")
+    wsc_n = tl.load(ws_ptr)
+    for kb in range(0, NKB):
+        asc = asc_n
+        asl = asl_n
+        wsc = wsc_n
+        kn = tl.minimum(kb + 1, NKB - 1)
+        asc_n = tl.load(s_ptrs + kn * NT, cache_modifier=".cg")
+        asl_n = tl.load(s_ptrs + kn * NT + 1, cache_modifier=".cg")
+        wsc_n = tl.load(ws_ptr + kn)
+        w = tl.load(w_ptrs + kb * BK)
+        a = tl.load(a_ptrs + kb * (NT * BK), mask=amask, other=0.0, cache_modifier=".cg")
+        al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
+        if SWAP:  # hi and lo terms of C on the same weight tile, each with its own row scale
+            acc += tl.dot(w, a) * (asc * wsc)[None, :]
+            acc += tl.dot(w, al) * (asl * wsc)[None, :]
+        else:
+            acc += tl.dot(a, w) * (asc * wsc)[:, None]
+            acc += tl.dot(al, w) * (asl * wsc)[:, None]
+    k8 = tl.arange(0, TOPK)
+    wrow = tl.load(wts_ptr + rid, mask=rmask, other=0.0, cache_modifier=".cg")
+    lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1, cache_modifier=".cg")
+    nloc = tl.sum((((lt - local_off) >= 0) & ((lt - local_off) < NL)).to(tl.int32), axis=1)
+    single = rmask & (nloc == 1)
+    multi = rmask & (nloc > 1)
+    tok64 = tok.to(tl.int64)
+    rid64 = rid.to(tl.int64)
+    if SWAP:
+        acc = acc * wrow[None, :]
+        o_offs = tok64[None, :] * H + h[:, None]
+        b_offs = rid64[None, :] * H + h[:, None]
+        smask = single[None, :]
+        mmask = multi[None, :]
+    else:
+        acc = acc * wrow[:, None]
+        o_offs = tok64[:, None] * H + h[None, :]
+        b_offs = rid64[:, None] * H + h[None, :]
+        smask = single[:, None]
+        mmask = multi[:, None]
+    val = acc
+    if EXACT:
+        val = round_to_bf16(val)
+    tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)  # one local expert: the final row
+    tl.store(obuf_ptr + b_offs, acc, mask=mmask)  # several: parked for the finalize item
+    _signal(hb_done_ptr + hb)
+
+
+@triton.jit
+def _finalize_item(hb, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr,
+                   H: tl.constexpr, TOPK: tl.constexpr, BH: tl.constexpr, BT: tl.constexpr, NTB: tl.constexpr,
+                   EXACT: tl.constexpr):  # fmt: skip
+    """Output columns of H block hb for the tokens with several local experts: their parked rows
+    summed in fp32 in slot order, cast to bf16."""
+    _wait_at_least(hb_done_ptr + hb, n_tiles)
+    h = hb * BH + tl.arange(0, BH)
+    k8 = tl.arange(0, TOPK)
+    for tb in range(0, NTB):  # NTB = cdiv(T, BT)
+        t = tb * BT + tl.arange(0, BT)
+        tm = t < T
+        lt = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1, cache_modifier=".cg")
+        loc = lt - local_off
+        nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
+        need = tm & (nloc > 1)
+        if tl.max(need.to(tl.int32), axis=0) > 0:
+            t64 = t.to(tl.int64)
+            acc = tl.zeros((BT, BH), tl.float32)
+            for k in tl.static_range(TOPK):
+                lk = tl.sum(tl.where(k8[None, :] == k, loc, 0), axis=1)
+                use = need & (lk >= 0) & (lk < NL)
+                offs = (t64 * TOPK + k)[:, None] * H + h[None, :]
+                acc += tl.load(obuf_ptr + offs, mask=use[:, None], other=0.0, cache_modifier=".cg")
+            if EXACT:
+                acc = round_to_bf16(acc)
+            tl.store(out_ptr + t64[:, None] * H + h[None, :], acc.to(tl.bfloat16), mask=need[:, None])
+
+
+@triton.jit(do_not_specialize=["T", "local_off"])
+def moe_kernel(
+    logits_ptr, bias_ptr, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, w2_ptr, w2s_ptr, out_ptr,
+    ids_ptr, wts_ptr, counts_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr, obuf_ptr, sync_ptr,
+    T, local_off, rsf,
+    E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
+    NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
+    BM: tl.constexpr, BH: tl.constexpr, SPLIT_K: tl.constexpr, ROUTE_ALL: tl.constexpr, BT_ROUTE: tl.constexpr,
+    SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr, BT_FIN: tl.constexpr,
+    NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
+):  # fmt: skip
+    """The whole layer (module docstring): routing, sort, GEMM1, GEMM2 and finalize work items."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    NJ: tl.constexpr = I // 128
+    NHB: tl.constexpr = H // BH
+    INLINE: tl.constexpr = not SORTED
+    hb_done_ptr = sync_ptr + HEAD
+    tile_done_ptr = sync_ptr + HEAD + NHB
+    k8 = tl.arange(0, TOPK)
+
+    # 1. routing
+    if ROUTE_ALL:  # tiny T: this program routes every token itself (all programs store the same values)
+        t = tl.arange(0, TP)
+        tmask = t < T
+        gids, gw = route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, TP, USE_LIBDEVICE)
+        tl.store(ids_ptr + t[:, None] * TOPK + k8[None, :], gids, mask=tmask[:, None])
+        tl.store(wts_ptr + t[:, None] * TOPK + k8[None, :], gw, mask=tmask[:, None])
+        zero_rows(gids, t, tmask & (t % nprog == pid), out_ptr, local_off, NL, H, TP)
+        tl.debug_barrier()  # this program's own stores are read back below
+        n_route = 0
+    else:
+        n_route = tl.cdiv(T, BT_ROUTE)
+    item = _claim(sync_ptr)
+    if not ROUTE_ALL:
+        while item < n_route:
+            t = item * BT_ROUTE + tl.arange(0, BT_ROUTE)
+            tmask = t < T
+            gids, gw = route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, BT_ROUTE, USE_LIBDEVICE)
+            tl.store(ids_ptr + t[:, None] * TOPK + k8[None, :], gids, mask=tmask[:, None])
+            tl.store(wts_ptr + t[:, None] * TOPK + k8[None, :], gw, mask=tmask[:, None])
+            zero_rows(gids, t, tmask, out_ptr, local_off, NL, H, BT_ROUTE)
+            _signal(sync_ptr + ROUTED)
+            item = _claim(sync_ptr)
+        _wait_at_least(sync_ptr + ROUTED, n_route)
+
+    # 2. sort (large T)
+    n_sort = 0
+    if SORTED:
+        n_sort = NL
+        while item < n_route + NL:
+            _sort_item(item - n_route, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK, BC_SORT, NCHUNK_SORT)
+            _signal(sync_ptr + SORTED_CNT)
+            item = _claim(sync_ptr)
+        _wait_at_least(sync_ptr + SORTED_CNT, NL)
+        loc = None
+    else:
+        loc = local_ids(ids_ptr, T, local_off, TP, TOPK)
+
+    # 3-5. the GEMMs and the finalize, over the tiles of the experts that were hit
+    c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
+    n_tiles = tl.sum((c + BM - 1) // BM)
+    n1 = n_tiles * (NJ * SPLIT_K)
+    n2 = n_tiles * NHB
+    base = n_route + n_sort
+    g = item - base
+    while g < n1 + n2 + NHB:
+        if g < n1:
+            _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
+                        tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, SPLIT_K, INLINE, SWAP, EXACT)  # fmt: skip
+        elif g < n1 + n2:
+            _gemm2_item(g - n1, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
+                        obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
+                        INLINE, SWAP, EXACT, PF)  # fmt: skip
+        else:
+            _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
+                           TOPK, BH, BT_FIN, NTB_FIN, EXACT)  # fmt: skip
+        g = _claim(sync_ptr) - base
+
+    # the last program out resets every counter for the next call
+    tl.debug_barrier()
+    if tl.atomic_add(sync_ptr + EXITED, 1, sem="acq_rel") == nprog - 1:
+        z = tl.arange(0, NSYNC)
+        tl.store(sync_ptr + z, tl.zeros((NSYNC,), tl.int32))
+
+
+def max_tiles(T: int, n_local: int, bm: int) -> int:
+    """Worst-case number of M tiles over all local experts: sum_e ceil(c_e / bm) where
+    sum_e c_e <= T * min(8, n_local), c_e <= T, and at most min(n_local, rows) experts are hit."""
+    rows = T * min(TOP_K, n_local)
+    hit = min(n_local, rows)
+    return max(1, min(n_local * triton.cdiv(T, bm), (rows + hit * (bm - 1)) // bm))
+
+
+class Workspace:
+    """Scratch buffers and the compiled kernel for one (device, T, geometry), reused across calls."""
+
+    def __init__(self, device, T, E, NL, H, I, tiles=None, cap=90):
+        if H % BLOCK or I % BLOCK or E % N_GROUP:
+            raise ValueError(f"unsupported geometry H={H} I={I} E={E}")
+        t = tiles or tiles_for(T, cap, INTERPRET)
+        split_k = t.split_k
+        while (H // BLOCK) % split_k:  # the splits must divide the K blocks
+            split_k -= 1
+        if H % t.h_block or t.h_block % BLOCK:
+            raise ValueError("the H block must divide H and be a multiple of 128")
+        self.T, self.E, self.w1_shape, self.tiles = T, E, torch.Size((NL, 2 * I, H)), t
+        R = T * TOP_K
+        nj, nhb, bm = I // BLOCK, H // t.h_block, t.rows_per_tile
+        tiles_max = max_tiles(T, NL, bm)
+        i32 = dict(dtype=torch.int32, device=device)
+        f32 = dict(dtype=torch.float32, device=device)
+        self.ids = torch.empty(T, TOP_K, **i32)
+        self.wts = torch.empty(T, TOP_K, **f32)
+        self.counts = torch.empty(NL, **i32)
+        self.lists = torch.empty(NL * T if t.sorted_rows else 1, **i32)
+        self.cq = torch.empty(R, NT.value * I, dtype=torch.float8_e4m3fn, device=device)
+        self.cs = torch.empty(R, I // BLOCK, NT.value, **f32)
+        self.part = torch.empty(tiles_max * nj * split_k * 2 * BLOCK * bm if split_k > 1 else 1, **f32)
+        self.ticket = torch.zeros(tiles_max * nj if split_k > 1 else 1, **i32)
+        self.obuf = torch.empty(R, H, **f32)
+        nsync = next_pow2(HEAD.value + nhb + tiles_max)
+        self.sync = torch.zeros(nsync, **i32)
+        self.scratch = (self.ids, self.wts, self.counts, self.lists, self.cq, self.cs, self.part, self.ticket,
+                        self.obuf, self.sync)  # fmt: skip
+        bc_sort = min(1024, max(16, next_pow2(T)))
+        consts = dict(
+            E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
+            BM=bm, BH=t.h_block, SPLIT_K=split_k, ROUTE_ALL=t.route_in_every_program,
+            BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
+            NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2, BT_FIN=t.tokens_per_finalize_block,
+            NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
+            USE_LIBDEVICE=use_libdevice(device),
+        )  # fmt: skip
+        # the grid never needs more programs than there are work items at most
+        items = triton.cdiv(T, t.tokens_per_route_item) + NL + tiles_max * (nj * split_k + nhb) + nhb
+        self.kernel = Kernel(moe_kernel, (items,), consts, persistent_sms=sm_count(device),
+                             num_warps=t.num_warps, num_stages=t.num_stages)  # fmt: skip

@@ -1,0 +1,40 @@
+"""Rung 4's tile table: one fixed shape per bucket of T (no autotuning inside the contest's 300 s)."""
+
+from dataclasses import dataclass
+
+MAX_FUSED_T = 1024  # up to this T one persistent launch does the whole layer; above, rung 3's path
+
+
+@dataclass(frozen=True)
+class Tiles:
+    rows_per_tile: int  # BM: (token, slot) rows of one expert per M tile, shared by both GEMMs
+    h_block: int  # BH: output columns per GEMM2 item
+    split_k: int  # GEMM1 K splits (small T: few experts are hit, so each weight panel is split)
+    route_in_every_program: bool  # tiny T: every program routes all tokens itself (no wait on routing)
+    tokens_per_route_item: int  # otherwise: tokens routed per routing work item
+    sorted_rows: bool  # a sort phase lists each expert's rows (else each program derives them from the ids)
+    swapped: bool  # weights on the MMA's M side, tokens on its N side (M tiles smaller than 64 rows)
+    prefetch_w2: bool  # a GEMM2 item asks the L2 for its weight block before it waits for GEMM1
+    num_warps: int
+    num_stages: int
+    tokens_per_finalize_block: int
+
+
+def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
+    """The shape for T tokens on compute capability `cap` (x 10). Under the CPU interpreter no inline
+    PTX (the L2 prefetch) is used."""
+    if T > MAX_FUSED_T:
+        raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
+    if T <= 4:
+        t = Tiles(16, 128, 8, True, 1, False, True, True, 4, 4, 8)
+    elif T <= 8:
+        t = Tiles(16, 128, 4, True, 1, False, True, True, 4, 4, 8)
+    elif T <= 32:
+        t = Tiles(16, 128, 2, False, 1, False, True, True, 4, 4, 32)
+    elif T <= 128:
+        t = Tiles(16, 128, 1, False, 1, False, True, True, 4, 4, 32)
+    else:
+        t = Tiles(64, 128, 1, False, 16, True, False, False, 8, 3, 16)
+    if interpret:
+        t = Tiles(**{**t.__dict__, "prefetch_w2": False})
+    return t
