@@ -295,8 +295,8 @@ def moe_kernel(
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
     BM: tl.constexpr, BH: tl.constexpr, SPLIT_K: tl.constexpr, ROUTE_ALL: tl.constexpr, BT_ROUTE: tl.constexpr,
-    SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr, BT_FIN: tl.constexpr,
-    NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
+    SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
+    BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
 ):  # fmt: skip
     """The whole layer (module docstring): routing, sort, GEMM1, GEMM2 and finalize work items."""
     pid = tl.program_id(0)
