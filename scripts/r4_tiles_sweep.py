@@ -1,0 +1,100 @@
+"""Time rung 4 with explicit tile shapes (GPU only): one device call compares several shapes per T.
+
+    python scripts/r4_tiles_sweep.py --T 7,56,901 --try "stages3:num_stages=3" --try "nopf:prefetch_w2=0"
+
+Every shape starts from the tile table's entry for that T with the named fields replaced. Each one is
+checked on fresh contest-style inputs (NaN-poisoned output, relative L2 error against the fp32
+reference) and timed as the harness times a call (flashinfer-bench's `do_bench`: cold L2, 10 warm-up and
+50 timed spans, the mean; the median beside it). A table on stdout, the numbers as JSON under $OUT.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fibmoe import dataset, inputs, reference, variants  # noqa: E402
+
+DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
+
+
+def parse_try(spec: str) -> tuple[str, dict]:
+    name, _, fields = spec.partition(":")
+    out = {}
+    for item in filter(None, fields.split(",")):
+        k, v = item.split("=")
+        out[k] = bool(int(v)) if v in ("0", "1") and k not in ("split_k",) else int(v)
+    return name, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--T", default="1,7,56,901")
+    ap.add_argument("--try", dest="tries", action="append", default=[], help="NAME:field=value,...")
+    ap.add_argument("--variant", default="r4-fused-persistent")
+    args = ap.parse_args()
+    from flashinfer_bench.bench.timing import do_bench
+
+    ds = dataset.load(DEFINITION)
+    fn = variants.build(variants.pack(variants.resolve([args.variant])[0], DEFINITION), ds.definition)
+    mod = variants.module_of(fn)
+    tiles_mod = sys.modules[mod.__package__ + ".tiles"]
+    cap = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
+    tries = [("table", {})] + [parse_try(s) for s in args.tries]
+    rows = []
+    for T in (int(x) for x in args.T.split(",")):
+        w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == T)
+        torch.manual_seed(T)
+        inp = inputs.generate(ds, w, "cuda", "contest", routing=dataset.routing_tensors(ds, w))
+        ref32 = reference.forward(*inp)
+        base = tiles_mod.tiles_for(T, cap)
+        for name, fields in tries:
+            row = dict(T=T, uuid=w.workload.uuid, name=name, fields=fields)
+            try:
+                tiles = dataclasses.replace(base, **fields)
+                runner = mod.Runner(tiles)
+                out = torch.full_like(ref32, float("nan"), dtype=torch.bfloat16)
+                runner(*inp, out)
+                torch.cuda.synchronize()
+                rel = ((out.float() - ref32).norm() / ref32.norm()).item()
+                row.update(rel_l2=rel, nan=int(out.isnan().sum()))
+                again = torch.full_like(out, float("nan"))
+                runner(*inp, again)
+                row["deterministic"] = bool(torch.equal(out, again))
+                ws = next(iter(runner.workspaces.values()))
+                ck = ws.kernel.ck
+                row.update(grid=ws.kernel.grid[0], regs=getattr(ck, "n_regs", None),
+                           spills=getattr(ck, "n_spills", None), smem=ck.metadata.shared if ck else None)  # fmt: skip
+                dst = torch.empty_like(out)
+
+                def setup():
+                    return [a.clone() if isinstance(a, torch.Tensor) else a for a in inp] + [dst]
+
+                times = do_bench(lambda a: runner(*a), warmup=10, rep=50, setup=setup, return_mode="all")
+                row.update(mean_us=1e3 * sum(times) / len(times), median_us=1e3 * sorted(times)[len(times) // 2])
+            except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
+                row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'rel L2':>9} grid regs spill smem  fields")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['T']:>5} {r['name']:14} ERROR {r['error']}")
+            continue
+        print(
+            f"{r['T']:>5} {r['name']:14} {r['mean_us']:9.1f} {r['median_us']:9.1f} {r['rel_l2']:9.2e} {r['grid']:4d} "
+            f"{r['regs']} {r['spills']} {r['smem']}  {r['fields']}{'' if r['deterministic'] else ' NONDETERMINISTIC'}"
+        )
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "r4_tiles_sweep.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
