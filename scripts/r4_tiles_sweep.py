@@ -74,10 +74,10 @@ def main() -> None:
                            spills=getattr(ck, "n_spills", None), smem=ck.metadata.shared if ck else None)  # fmt: skip
                 dst = torch.empty_like(out)
 
-                def setup():
+                def setup(inp=inp, dst=dst):
                     return [a.clone() if isinstance(a, torch.Tensor) else a for a in inp] + [dst]
 
-                times = do_bench(lambda a: runner(*a), warmup=10, rep=50, setup=setup, return_mode="all")
+                times = do_bench(lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all")
                 row.update(mean_us=1e3 * sum(times) / len(times), median_us=1e3 * sorted(times)[len(times) // 2])
             except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
