@@ -27,6 +27,8 @@ The last program to leave resets the counters, so the next call (or a CUDA graph
 from zero; split-K tickets are reset by the program that consumes them.
 """
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -180,48 +182,65 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
 def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
-                INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr, PF: tl.constexpr):  # fmt: skip
-    """O for (M tile, H block hb), times the routing weight; items numbered tile by tile."""
+                HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
+                PF: tl.constexpr):  # fmt: skip
+    """O for (M tile, HBG consecutive H blocks), times the routing weight; items numbered tile by tile.
+    One flattened loop over (H block, K block) keeps the weights streaming from one H block into the
+    next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul tutorial)."""
     BK: tl.constexpr = 128
     NKB: tl.constexpr = I // BK
     NHB: tl.constexpr = H // BH
+    NG2: tl.constexpr = NHB // HBG  # H-block groups (HBG divides NHB)
     NJ: tl.constexpr = I // 128
-    hb = g % NHB
-    tile = g // NHB
+    hg = g % NG2
+    tile = g // NG2
+    hb0 = hg * HBG
     e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
     tok = rid // TOPK
     kk = tl.arange(0, BK)
     hn = tl.arange(0, BH)
-    h = hb * BH + hn
+    k8 = tl.arange(0, TOPK)
     w_base = w2_ptr + e.to(tl.int64) * (H * I)
-    if PF:  # the weight block does not depend on GEMM1: have the L2 fetch it while we wait
+    # the routing weights and how many local experts each row's token has (known since routing)
+    wrow = tl.load(wts_ptr + rid, mask=rmask, other=0.0, cache_modifier=".cg")
+    lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1, cache_modifier=".cg")
+    nloc = tl.sum((((lt - local_off) >= 0) & ((lt - local_off) < NL)).to(tl.int32), axis=1)
+    single = rmask & (nloc == 1)
+    multi = rmask & (nloc > 1)
+    tok64 = tok.to(tl.int64)
+    rid64 = rid.to(tl.int64)
+    if PF:  # the weight blocks do not depend on GEMM1: have the L2 fetch the first one while we wait
         lines = tl.arange(0, I // 128) * 128
-        prefetch_l2(w_base + h[:, None] * I + lines[None, :])
+        prefetch_l2(w_base + (hb0 * BH + hn)[:, None] * I + lines[None, :])
     _wait_at_least(tile_done_ptr + tile, NJ)  # all of this tile's C (and its scales) is written
-    ws_ptr = w2s_ptr + (e * (H // 128) + (hb * BH) // 128) * NKB
+    ws_base = w2s_ptr + e * ((H // 128) * NKB)  # [H / 128, NKB] scales of expert e
     if SWAP:
-        w_ptrs = w_base + h[:, None] * I + kk[None, :]  # [BH, BK]
-        a_ptrs = cq_ptr + rid.to(tl.int64)[None, :] * (NT * I) + kk[:, None]  # [BK, BM]
+        w_ptrs = w_base + hn[:, None] * I + kk[None, :]  # [BH, BK] at H block 0, K block 0
+        a_ptrs = cq_ptr + rid64[None, :] * (NT * I) + kk[:, None]  # [BK, BM]
         amask = rmask[None, :]
         acc = tl.zeros((BH, BM), tl.float32)
     else:
-        w_ptrs = w_base + h[None, :] * I + kk[:, None]  # [BK, BH]
-        a_ptrs = cq_ptr + rid.to(tl.int64)[:, None] * (NT * I) + kk[None, :]  # [BM, BK]
+        w_ptrs = w_base + hn[None, :] * I + kk[:, None]  # [BK, BH]
+        a_ptrs = cq_ptr + rid64[:, None] * (NT * I) + kk[None, :]  # [BM, BK]
         amask = rmask[:, None]
         acc = tl.zeros((BM, BH), tl.float32)
     s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
+    # scales of the next step loaded one step ahead (off the critical path)
     asc_n = tl.load(s_ptrs, cache_modifier=".cg")
     asl_n = tl.load(s_ptrs + 1, cache_modifier=".cg")
-    wsc_n = tl.load(ws_ptr)
-    for kb in range(0, NKB):
+    wsc_n = tl.load(ws_base + ((hb0 * BH) // 128) * NKB)
+    for it in range(0, HBG * NKB):
+        kb = it % NKB
+        hb = hb0 + it // NKB
         asc = asc_n
         asl = asl_n
         wsc = wsc_n
-        kn = tl.minimum(kb + 1, NKB - 1)
+        nx = tl.minimum(it + 1, HBG * NKB - 1)
+        kn = nx % NKB
         asc_n = tl.load(s_ptrs + kn * NT, cache_modifier=".cg")
         asl_n = tl.load(s_ptrs + kn * NT + 1, cache_modifier=".cg")
-        wsc_n = tl.load(ws_ptr + kn)
-        w = tl.load(w_ptrs + kb * BK)
+        wsc_n = tl.load(ws_base + (((hb0 + nx // NKB) * BH) // 128) * NKB + kn)
+        w = tl.load(w_ptrs + (hb * BH).to(tl.int64) * I + kb * BK)
         a = tl.load(a_ptrs + kb * (NT * BK), mask=amask, other=0.0, cache_modifier=".cg")
         al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
         if SWAP:  # hi and lo terms of C on the same weight tile, each with its own row scale
@@ -230,32 +249,29 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
         else:
             acc += tl.dot(a, w) * (asc * wsc)[:, None]
             acc += tl.dot(al, w) * (asl * wsc)[:, None]
-    k8 = tl.arange(0, TOPK)
-    wrow = tl.load(wts_ptr + rid, mask=rmask, other=0.0, cache_modifier=".cg")
-    lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1, cache_modifier=".cg")
-    nloc = tl.sum((((lt - local_off) >= 0) & ((lt - local_off) < NL)).to(tl.int32), axis=1)
-    single = rmask & (nloc == 1)
-    multi = rmask & (nloc > 1)
-    tok64 = tok.to(tl.int64)
-    rid64 = rid.to(tl.int64)
-    if SWAP:
-        acc = acc * wrow[None, :]
-        o_offs = tok64[None, :] * H + h[:, None]
-        b_offs = rid64[None, :] * H + h[:, None]
-        smask = single[None, :]
-        mmask = multi[None, :]
-    else:
-        acc = acc * wrow[:, None]
-        o_offs = tok64[:, None] * H + h[None, :]
-        b_offs = rid64[:, None] * H + h[None, :]
-        smask = single[:, None]
-        mmask = multi[:, None]
-    val = acc
-    if EXACT:
-        val = round_to_bf16(val)
-    tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)  # one local expert: the final row
-    tl.store(obuf_ptr + b_offs, acc, mask=mmask)  # several: parked for the finalize item
-    _signal(hb_done_ptr + hb)
+        if kb == NKB - 1:  # H block hb done: one local expert -> the final row; several -> parked
+            h = hb * BH + hn
+            if SWAP:
+                res = acc * wrow[None, :]
+                o_offs = tok64[None, :] * H + h[:, None]
+                b_offs = rid64[None, :] * H + h[:, None]
+                smask = single[None, :]
+                mmask = multi[None, :]
+            else:
+                res = acc * wrow[:, None]
+                o_offs = tok64[:, None] * H + h[None, :]
+                b_offs = rid64[:, None] * H + h[None, :]
+                smask = single[:, None]
+                mmask = multi[:, None]
+            val = res
+            if EXACT:
+                val = round_to_bf16(val)
+            tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)
+            tl.store(obuf_ptr + b_offs, res, mask=mmask)
+            acc = tl.zeros(acc.shape, tl.float32)
+    tl.debug_barrier()  # every thread's rows are stored before the H blocks are counted done
+    hbs = hb0 + tl.arange(0, HBG)
+    tl.atomic_add(hb_done_ptr + hbs, tl.full((HBG,), 1, tl.int32), sem="release")
 
 
 @triton.jit
@@ -294,7 +310,8 @@ def moe_kernel(
     T, local_off, rsf,
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
-    BM: tl.constexpr, BH: tl.constexpr, SPLIT_K: tl.constexpr, ROUTE_ALL: tl.constexpr, BT_ROUTE: tl.constexpr,
+    BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, SPLIT_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
+    BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
     BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
 ):  # fmt: skip
@@ -350,21 +367,22 @@ def moe_kernel(
     c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
     n_tiles = tl.sum((c + BM - 1) // BM)
     n1 = n_tiles * (NJ * SPLIT_K)
-    n2 = n_tiles * NHB
+    n2 = n_tiles * (NHB // HBG)
     base = n_route + n_sort
     g = item - base
     while g < n1 + n2 + NHB:
+        g_next = _claim(sync_ptr) - base  # claimed ahead: the atomic's latency hides behind this item
         if g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                         tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, SPLIT_K, INLINE, SWAP, EXACT)  # fmt: skip
         elif g < n1 + n2:
             _gemm2_item(g - n1, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
                         obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
-                        INLINE, SWAP, EXACT, PF)  # fmt: skip
+                        HBG, INLINE, SWAP, EXACT, PF)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
                            TOPK, BH, BT_FIN, NTB_FIN, EXACT)  # fmt: skip
-        g = _claim(sync_ptr) - base
+        g = g_next
 
     # the last program out resets every counter for the next call
     tl.debug_barrier()
@@ -393,6 +411,10 @@ class Workspace:
             split_k -= 1
         if H % t.h_block or t.h_block % BLOCK:
             raise ValueError("the H block must divide H and be a multiple of 128")
+        hbg = t.h_blocks_per_item
+        while (H // t.h_block) % hbg or hbg & (hbg - 1):  # whole groups, a power of two H blocks
+            hbg -= 1
+        t = dataclasses.replace(t, split_k=split_k, h_blocks_per_item=hbg)
         self.T, self.E, self.w1_shape, self.tiles = T, E, torch.Size((NL, 2 * I, H)), t
         R = T * TOP_K
         nj, nhb, bm = I // BLOCK, H // t.h_block, t.rows_per_tile
@@ -415,13 +437,13 @@ class Workspace:
         bc_sort = min(1024, max(16, next_pow2(T)))
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
-            BM=bm, BH=t.h_block, SPLIT_K=split_k, ROUTE_ALL=t.route_in_every_program,
+            BM=bm, BH=t.h_block, HBG=hbg, SPLIT_K=split_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device),
         )  # fmt: skip
         # the grid never needs more programs than there are work items at most
-        items = triton.cdiv(T, t.tokens_per_route_item) + NL + tiles_max * (nj * split_k + nhb) + nhb
+        items = triton.cdiv(T, t.tokens_per_route_item) + NL + tiles_max * (nj * split_k + nhb // hbg) + nhb
         self.kernel = Kernel(moe_kernel, (items,), consts, persistent_sms=sm_count(device),
                              num_warps=t.num_warps, num_stages=t.num_stages)  # fmt: skip

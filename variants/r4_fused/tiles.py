@@ -8,7 +8,8 @@ MAX_FUSED_T = 1024  # up to this T one persistent launch does the whole layer; a
 @dataclass(frozen=True)
 class Tiles:
     rows_per_tile: int  # BM: (token, slot) rows of one expert per M tile, shared by both GEMMs
-    h_block: int  # BH: output columns per GEMM2 item
+    h_block: int  # BH: output columns of one GEMM2 accumulator
+    h_blocks_per_item: int  # H blocks one GEMM2 item streams back to back (a power of two dividing H / BH)
     split_k: int  # GEMM1 K splits (small T: few experts are hit, so each weight panel is split)
     route_in_every_program: bool  # tiny T: every program routes all tokens itself (no wait on routing)
     tokens_per_route_item: int  # otherwise: tokens routed per routing work item
@@ -26,15 +27,15 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     if T > MAX_FUSED_T:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
     if T <= 4:
-        t = Tiles(16, 128, 8, True, 1, False, True, True, 4, 4, 8)
+        t = Tiles(16, 128, 1, 14, True, 1, False, True, False, 4, 4, 8)
     elif T <= 8:
-        t = Tiles(16, 128, 4, True, 1, False, True, True, 4, 4, 8)
+        t = Tiles(16, 128, 1, 4, True, 1, False, True, False, 4, 4, 8)
     elif T <= 32:
-        t = Tiles(16, 128, 2, False, 1, False, True, True, 4, 4, 32)
+        t = Tiles(16, 128, 2, 2, False, 1, False, True, False, 4, 4, 32)
     elif T <= 128:
-        t = Tiles(16, 128, 1, False, 1, False, True, True, 4, 4, 32)
+        t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32)
     else:
-        t = Tiles(64, 128, 1, False, 16, True, False, False, 8, 3, 16)
+        t = Tiles(64, 128, 4, 1, False, 16, True, False, False, 8, 3, 16)
     if interpret:
         t = Tiles(**{**t.__dict__, "prefetch_w2": False})
     return t
