@@ -34,11 +34,63 @@ def parse_try(spec: str) -> tuple[str, dict]:
     return name, out
 
 
+KINDS = {1: "gemm1", 2: "gemm2", 3: "finalize"}
+
+
+def trace_summary(trace: torch.Tensor, nprog: int) -> dict:
+    """Work-item timeline of one call from the kernel's trace records ([kind << 16 | program, start, ready,
+    end] per item, then [-, start, GEMM phase start, exit] per program), in us from the first start."""
+    rec = trace.view(-1, 4)
+    n_items = rec.shape[0] - 8 * torch.cuda.get_device_properties(0).multi_processor_count
+    items, progs = rec[:n_items], rec[n_items : n_items + nprog]
+    t0 = progs[:, 1].min().item()
+    us = lambda x: (x - t0) / 1e3  # noqa: E731
+    out = {"span_us": us(progs[:, 3].max().item()), "gemm_phase_start_us": [us(progs[:, 2].min().item()),
+           us(progs[:, 2].max().item())]}  # fmt: skip
+    busy = torch.zeros(nprog, dtype=torch.float64)
+    for kind, name in KINDS.items():
+        sel = items[(items[:, 1] > 0) & ((items[:, 0] >> 16) == kind)]
+        if len(sel) == 0:
+            continue
+        wait = (sel[:, 2] - sel[:, 1]).double() / 1e3
+        work = (sel[:, 3] - sel[:, 2]).double() / 1e3
+        busy.index_add_(0, (sel[:, 0] & 0xFFFF).long(), work)
+        out[name] = dict(
+            n=len(sel),
+            first_start_us=us(sel[:, 1].min().item()),
+            last_end_us=us(sel[:, 3].max().item()),
+            mean_wait_us=wait.mean().item(),
+            max_wait_us=wait.max().item(),
+            mean_work_us=work.mean().item(),
+            max_work_us=work.max().item(),
+        )
+    out["busy_fraction_of_span"] = (busy.mean() / out["span_us"]).item()
+    return out
+
+
+def trace_text(t: dict) -> str:
+    start = t["gemm_phase_start_us"]
+    lines = [
+        f"  trace: span {t['span_us']:.1f} us, GEMM phase starts {start[0]:.1f}-{start[1]:.1f} us, "
+        f"programs busy {100 * t['busy_fraction_of_span']:.0f}% of it"
+    ]
+    for name in KINDS.values():
+        if name in t:
+            k = t[name]
+            lines.append(
+                f"  {name:9s} n={k['n']:5d} {k['first_start_us']:7.1f}..{k['last_end_us']:7.1f} us  "
+                f"wait mean {k['mean_wait_us']:6.1f} max {k['max_wait_us']:6.1f}  work mean {k['mean_work_us']:6.1f} "
+                f"max {k['max_work_us']:6.1f}"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", default="1,7,56,901")
     ap.add_argument("--try", dest="tries", action="append", default=[], help="NAME:field=value,...")
     ap.add_argument("--variant", default="r4-fused-persistent")
+    ap.add_argument("--trace", action="store_true", help="also run each shape with its work-item trace on")
     args = ap.parse_args()
     from flashinfer_bench.bench.timing import do_bench
 
@@ -48,6 +100,8 @@ def main() -> None:
     tiles_mod = sys.modules[mod.__package__ + ".tiles"]
     cap = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
     tries = [("table", {})] + [parse_try(s) for s in args.tries]
+    if args.trace:
+        tries += [(name + "+trace", {**fields, "trace": True}) for name, fields in tries]
     rows = []
     for T in (int(x) for x in args.T.split(",")):
         w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == T)
@@ -72,6 +126,9 @@ def main() -> None:
                 ck = ws.kernel.ck
                 row.update(grid=ws.kernel.grid[0], regs=getattr(ck, "n_regs", None),
                            spills=getattr(ck, "n_spills", None), smem=ck.metadata.shared if ck else None)  # fmt: skip
+                if fields.get("trace"):
+                    row["trace"] = trace_summary(ws.trace.cpu(), ws.kernel.grid[0])
+                    print(trace_text(row["trace"]), flush=True)
                 dst = torch.empty_like(out)
 
                 def setup(inp=inp, dst=dst):
@@ -82,7 +139,7 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
     print(f"\n{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'rel L2':>9} grid regs spill smem  fields")
     for r in rows:
         if "error" in r:

@@ -69,6 +69,23 @@ def _signal(ptr):
 
 
 @triton.jit
+def _now(TRACE: tl.constexpr):
+    """The GPU's global nanosecond timer when tracing (the optional trace of work items), else 0."""
+    if TRACE:
+        t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+    else:
+        t = tl.zeros((), tl.int64)
+    return t
+
+
+@triton.jit
+def _trace(rec_ptr, field: tl.constexpr, value, TRACE: tl.constexpr):
+    """Trace record of a work item: [kind * 65536 + program, start, ready (after its wait), end] in ns."""
+    if TRACE:
+        tl.store(rec_ptr + field, value)
+
+
+@triton.jit
 def _claim(sync_ptr):
     return tl.atomic_add(sync_ptr + CLAIM, 1, sem="relaxed")
 
@@ -183,7 +200,7 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
                 HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
-                PF: tl.constexpr):  # fmt: skip
+                PF: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
     """O for (M tile, HBG consecutive H blocks), times the routing weight; items numbered tile by tile.
     One flattened loop over (H block, K block) keeps the weights streaming from one H block into the
     next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul tutorial)."""
@@ -213,6 +230,7 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
         lines = tl.arange(0, I // 128) * 128
         prefetch_l2(w_base + (hb0 * BH + hn)[:, None] * I + lines[None, :])
     _wait_at_least(tile_done_ptr + tile, NJ)  # all of this tile's C (and its scales) is written
+    _trace(rec_ptr, 2, _now(TRACE), TRACE)
     ws_base = w2s_ptr + e * ((H // 128) * NKB)  # [H / 128, NKB] scales of expert e
     if SWAP:
         w_ptrs = w_base + hn[:, None] * I + kk[None, :]  # [BH, BK] at H block 0, K block 0
@@ -277,10 +295,11 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
 @triton.jit
 def _finalize_item(hb, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr,
                    H: tl.constexpr, TOPK: tl.constexpr, BH: tl.constexpr, BT: tl.constexpr, NTB: tl.constexpr,
-                   EXACT: tl.constexpr):  # fmt: skip
+                   EXACT: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
     """Output columns of H block hb for the tokens with several local experts: their parked rows
     summed in fp32 in slot order, cast to bf16."""
     _wait_at_least(hb_done_ptr + hb, n_tiles)
+    _trace(rec_ptr, 2, _now(TRACE), TRACE)
     h = hb * BH + tl.arange(0, BH)
     k8 = tl.arange(0, TOPK)
     for tb in range(0, NTB):  # NTB = cdiv(T, BT)
@@ -306,7 +325,7 @@ def _finalize_item(hb, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, loca
 @triton.jit(do_not_specialize=["T", "local_off"])
 def moe_kernel(
     logits_ptr, bias_ptr, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, w2_ptr, w2s_ptr, out_ptr,
-    ids_ptr, wts_ptr, counts_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr, obuf_ptr, sync_ptr,
+    ids_ptr, wts_ptr, counts_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr, obuf_ptr, sync_ptr, trace_ptr,
     T, local_off, rsf,
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
@@ -314,6 +333,7 @@ def moe_kernel(
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
     BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
+    TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
 ):  # fmt: skip
     """The whole layer (module docstring): routing, sort, GEMM1, GEMM2 and finalize work items."""
     pid = tl.program_id(0)
@@ -324,6 +344,8 @@ def moe_kernel(
     hb_done_ptr = sync_ptr + HEAD
     tile_done_ptr = sync_ptr + HEAD + NHB
     k8 = tl.arange(0, TOPK)
+    prog_rec = trace_ptr + (MAX_ITEMS + pid) * 4  # per program: [-, start, GEMM phase start, exit]
+    _trace(prog_rec, 1, _now(TRACE), TRACE)
 
     # 1. routing
     if ROUTE_ALL:  # tiny T: this program routes every token itself (all programs store the same values)
@@ -370,21 +392,30 @@ def moe_kernel(
     n2 = n_tiles * (NHB // HBG)
     base = n_route + n_sort
     g = item - base
+    _trace(prog_rec, 2, _now(TRACE), TRACE)
     while g < n1 + n2 + NHB:
         g_next = _claim(sync_ptr) - base  # claimed ahead: the atomic's latency hides behind this item
+        rec = trace_ptr + (g + base) * 4
+        kind = tl.where(g < n1, 1, tl.where(g < n1 + n2, 2, 3))
+        _trace(rec, 0, (kind * 65536 + pid).to(tl.int64), TRACE)
+        t0 = _now(TRACE)
+        _trace(rec, 1, t0, TRACE)
+        _trace(rec, 2, t0, TRACE)
         if g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                         tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, SPLIT_K, INLINE, SWAP, EXACT)  # fmt: skip
         elif g < n1 + n2:
             _gemm2_item(g - n1, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
                         obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
-                        HBG, INLINE, SWAP, EXACT, PF)  # fmt: skip
+                        HBG, INLINE, SWAP, EXACT, PF, rec, TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
-                           TOPK, BH, BT_FIN, NTB_FIN, EXACT)  # fmt: skip
+                           TOPK, BH, BT_FIN, NTB_FIN, EXACT, rec, TRACE)  # fmt: skip
+        _trace(rec, 3, _now(TRACE), TRACE)
         g = g_next
 
     # the last program out resets every counter for the next call
+    _trace(prog_rec, 3, _now(TRACE), TRACE)
     tl.debug_barrier()
     if tl.atomic_add(sync_ptr + EXITED, 1, sem="acq_rel") == nprog - 1:
         z = tl.arange(0, NSYNC)
@@ -432,8 +463,12 @@ class Workspace:
         self.obuf = torch.empty(R, H, **f32)
         nsync = next_pow2(HEAD.value + nhb + tiles_max)
         self.sync = torch.zeros(nsync, **i32)
+        # the grid never needs more programs than there are work items at most
+        items = triton.cdiv(T, t.tokens_per_route_item) + NL + tiles_max * (nj * split_k + nhb // hbg) + nhb
+        # optional trace (tiles.trace): a record per work item, then one per program (at most 8 per SM)
+        self.trace = torch.zeros((items + 8 * sm_count(device)) * 4 if t.trace else 1, dtype=torch.int64, device=device)
         self.scratch = (self.ids, self.wts, self.counts, self.lists, self.cq, self.cs, self.part, self.ticket,
-                        self.obuf, self.sync)  # fmt: skip
+                        self.obuf, self.sync, self.trace)  # fmt: skip
         bc_sort = min(1024, max(16, next_pow2(T)))
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
@@ -441,9 +476,7 @@ class Workspace:
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
-            USE_LIBDEVICE=use_libdevice(device),
+            USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip
-        # the grid never needs more programs than there are work items at most
-        items = triton.cdiv(T, t.tokens_per_route_item) + NL + tiles_max * (nj * split_k + nhb // hbg) + nhb
         self.kernel = Kernel(moe_kernel, (items,), consts, persistent_sms=sm_count(device),
                              num_warps=t.num_warps, num_stages=t.num_stages)  # fmt: skip

@@ -19,6 +19,7 @@ class Tiles:
     num_warps: int
     num_stages: int
     tokens_per_finalize_block: int
+    trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
 
 def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
