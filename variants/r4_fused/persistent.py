@@ -147,19 +147,33 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
         acc_g = tl.zeros((BM, BJ), tl.float32)
     wg_ptrs = wu_ptrs + I * H
     kb0 = sk * KPS
-    # the next K block's scales are loaded one iteration ahead (off the critical path)
-    asc_n = tl.load(hss_ptr + kb0 * T + tok)
-    su_n = tl.load(su_ptr + kb0)
-    sg_n = tl.load(sg_ptr + kb0)
+    kl = kb0 + KPS - 1
+    # the block scales run three K blocks ahead of their use (a shift register of three), so that a
+    # scale load's latency, several us under full load, spans three iterations like the tiles'
+    a1 = tl.load(hss_ptr + kb0 * T + tok)
+    u1 = tl.load(su_ptr + kb0)
+    g1 = tl.load(sg_ptr + kb0)
+    a2 = tl.load(hss_ptr + tl.minimum(kb0 + 1, kl) * T + tok)
+    u2 = tl.load(su_ptr + tl.minimum(kb0 + 1, kl))
+    g2 = tl.load(sg_ptr + tl.minimum(kb0 + 1, kl))
+    a3 = tl.load(hss_ptr + tl.minimum(kb0 + 2, kl) * T + tok)
+    u3 = tl.load(su_ptr + tl.minimum(kb0 + 2, kl))
+    g3 = tl.load(sg_ptr + tl.minimum(kb0 + 2, kl))
     for ki in range(0, KPS):
         kb = kb0 + ki
-        asc = asc_n
-        su = su_n
-        sg = sg_n
-        kn = tl.minimum(kb + 1, NKB - 1)
-        asc_n = tl.load(hss_ptr + kn * T + tok)
-        su_n = tl.load(su_ptr + kn)
-        sg_n = tl.load(sg_ptr + kn)
+        asc = a1
+        su = u1
+        sg = g1
+        a1 = a2
+        u1 = u2
+        g1 = g2
+        a2 = a3
+        u2 = u3
+        g2 = g3
+        kn = tl.minimum(kb + 3, kl)
+        a3 = tl.load(hss_ptr + kn * T + tok)
+        u3 = tl.load(su_ptr + kn)
+        g3 = tl.load(sg_ptr + kn)
         a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
         wu = tl.load(wu_ptrs + kb * BK)
         wg = tl.load(wg_ptrs + kb * BK)
@@ -243,21 +257,36 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
         amask = rmask[:, None]
         acc = tl.zeros((BM, BH), tl.float32)
     s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
-    # scales of the next step loaded one step ahead (off the critical path)
-    asc_n = tl.load(s_ptrs, cache_modifier=".cg")
-    asl_n = tl.load(s_ptrs + 1, cache_modifier=".cg")
-    wsc_n = tl.load(ws_base + ((hb0 * BH) // 128) * NKB)
+    # the scales run three steps ahead of their use (a shift register of three, as in GEMM1)
+    last = HBG * NKB - 1
+    c1 = tl.load(s_ptrs, cache_modifier=".cg")
+    l1 = tl.load(s_ptrs + 1, cache_modifier=".cg")
+    v1 = tl.load(ws_base + ((hb0 * BH) // 128) * NKB)
+    n2_ = tl.minimum(1, last)
+    c2 = tl.load(s_ptrs + (n2_ % NKB) * NT, cache_modifier=".cg")
+    l2 = tl.load(s_ptrs + (n2_ % NKB) * NT + 1, cache_modifier=".cg")
+    v2 = tl.load(ws_base + (((hb0 + n2_ // NKB) * BH) // 128) * NKB + n2_ % NKB)
+    n3_ = tl.minimum(2, last)
+    c3 = tl.load(s_ptrs + (n3_ % NKB) * NT, cache_modifier=".cg")
+    l3 = tl.load(s_ptrs + (n3_ % NKB) * NT + 1, cache_modifier=".cg")
+    v3 = tl.load(ws_base + (((hb0 + n3_ // NKB) * BH) // 128) * NKB + n3_ % NKB)
     for it in range(0, HBG * NKB):
         kb = it % NKB
         hb = hb0 + it // NKB
-        asc = asc_n
-        asl = asl_n
-        wsc = wsc_n
-        nx = tl.minimum(it + 1, HBG * NKB - 1)
+        asc = c1
+        asl = l1
+        wsc = v1
+        c1 = c2
+        l1 = l2
+        v1 = v2
+        c2 = c3
+        l2 = l3
+        v2 = v3
+        nx = tl.minimum(it + 3, last)
         kn = nx % NKB
-        asc_n = tl.load(s_ptrs + kn * NT, cache_modifier=".cg")
-        asl_n = tl.load(s_ptrs + kn * NT + 1, cache_modifier=".cg")
-        wsc_n = tl.load(ws_base + (((hb0 + nx // NKB) * BH) // 128) * NKB + kn)
+        c3 = tl.load(s_ptrs + kn * NT, cache_modifier=".cg")
+        l3 = tl.load(s_ptrs + kn * NT + 1, cache_modifier=".cg")
+        v3 = tl.load(ws_base + (((hb0 + nx // NKB) * BH) // 128) * NKB + kn)
         w = tl.load(w_ptrs + (hb * BH).to(tl.int64) * I + kb * BK)
         a = tl.load(a_ptrs + kb * (NT * BK), mask=amask, other=0.0, cache_modifier=".cg")
         al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
@@ -293,33 +322,34 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
 
 
 @triton.jit
-def _finalize_item(hb, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr,
+def _finalize_item(f, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr,
                    H: tl.constexpr, TOPK: tl.constexpr, BH: tl.constexpr, BT: tl.constexpr, NTB: tl.constexpr,
                    EXACT: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
-    """Output columns of H block hb for the tokens with several local experts: their parked rows
-    summed in fp32 in slot order, cast to bf16."""
+    """Output columns of H block hb for BT tokens (block tb) that have several local experts: their
+    parked rows summed in fp32 in slot order, cast to bf16. Items f = hb * NTB + tb."""
+    hb = f // NTB
+    tb = f % NTB
     _wait_at_least(hb_done_ptr + hb, n_tiles)
     _trace(rec_ptr, 2, _now(TRACE), TRACE)
     h = hb * BH + tl.arange(0, BH)
     k8 = tl.arange(0, TOPK)
-    for tb in range(0, NTB):  # NTB = cdiv(T, BT)
-        t = tb * BT + tl.arange(0, BT)
-        tm = t < T
-        lt = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1, cache_modifier=".cg")
-        loc = lt - local_off
-        nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
-        need = tm & (nloc > 1)
-        if tl.max(need.to(tl.int32), axis=0) > 0:
-            t64 = t.to(tl.int64)
-            acc = tl.zeros((BT, BH), tl.float32)
-            for k in tl.static_range(TOPK):
-                lk = tl.sum(tl.where(k8[None, :] == k, loc, 0), axis=1)
-                use = need & (lk >= 0) & (lk < NL)
-                offs = (t64 * TOPK + k)[:, None] * H + h[None, :]
-                acc += tl.load(obuf_ptr + offs, mask=use[:, None], other=0.0, cache_modifier=".cg")
-            if EXACT:
-                acc = round_to_bf16(acc)
-            tl.store(out_ptr + t64[:, None] * H + h[None, :], acc.to(tl.bfloat16), mask=need[:, None])
+    t = tb * BT + tl.arange(0, BT)
+    tm = t < T
+    lt = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1, cache_modifier=".cg")
+    loc = lt - local_off
+    nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
+    need = tm & (nloc > 1)
+    if tl.max(need.to(tl.int32), axis=0) > 0:
+        t64 = t.to(tl.int64)
+        acc = tl.zeros((BT, BH), tl.float32)
+        for k in tl.static_range(TOPK):
+            lk = tl.sum(tl.where(k8[None, :] == k, loc, 0), axis=1)
+            use = need & (lk >= 0) & (lk < NL)
+            offs = (t64 * TOPK + k)[:, None] * H + h[None, :]
+            acc += tl.load(obuf_ptr + offs, mask=use[:, None], other=0.0, cache_modifier=".cg")
+        if EXACT:
+            acc = round_to_bf16(acc)
+        tl.store(out_ptr + t64[:, None] * H + h[None, :], acc.to(tl.bfloat16), mask=need[:, None])
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -393,7 +423,7 @@ def moe_kernel(
     base = n_route + n_sort
     g = item - base
     _trace(prog_rec, 2, _now(TRACE), TRACE)
-    while g < n1 + n2 + NHB:
+    while g < n1 + n2 + NHB * NTB_FIN:
         g_next = _claim(sync_ptr) - base  # claimed ahead: the atomic's latency hides behind this item
         rec = trace_ptr + (g + base) * 4
         kind = tl.where(g < n1, 1, tl.where(g < n1 + n2, 2, 3))
@@ -464,7 +494,12 @@ class Workspace:
         nsync = next_pow2(HEAD.value + nhb + tiles_max)
         self.sync = torch.zeros(nsync, **i32)
         # the grid never needs more programs than there are work items at most
-        items = triton.cdiv(T, t.tokens_per_route_item) + NL + tiles_max * (nj * split_k + nhb // hbg) + nhb
+        items = (
+            triton.cdiv(T, t.tokens_per_route_item)
+            + NL
+            + tiles_max * (nj * split_k + nhb // hbg)
+            + nhb * triton.cdiv(T, t.tokens_per_finalize_block)
+        )
         # optional trace (tiles.trace): a record per work item, then one per program (at most 8 per SM)
         self.trace = torch.zeros((items + 8 * sm_count(device)) * 4 if t.trace else 1, dtype=torch.int64, device=device)
         self.scratch = (self.ids, self.wts, self.counts, self.lists, self.cq, self.cs, self.part, self.ticket,

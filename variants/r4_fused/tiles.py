@@ -36,7 +36,7 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     elif T <= 128:
         t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32)
     else:
-        t = Tiles(64, 128, 4, 1, False, 16, True, False, False, 8, 3, 16)
+        t = Tiles(64, 128, 4, 1, False, 16, True, False, False, 8, 3, 64)
     if interpret:
         t = Tiles(**{**t.__dict__, "prefetch_w2": False})
     return t
