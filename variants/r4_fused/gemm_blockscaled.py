@@ -146,6 +146,7 @@ try:  # Gluon ships with Triton 3.6; keep the portable path importable without i
         mbarrier,
         tma,
         warpgroup_mma,
+        warpgroup_mma_init,
         warpgroup_mma_wait,
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
@@ -198,6 +199,19 @@ if HAVE_GLUON:
                 it += 1
 
     @gluon.jit
+    def _gl_issue(a_bufs, b_bufs, sa_rows, ready, it, spare, sb_ptr, kb, WG: gl.constexpr, row_layout: gl.constexpr):
+        """Wait for stage it % STAGES, start its wgmma into the registers of `spare` (use_acc=False: its
+        values are ignored), and read the block's scales while the tensor core works."""
+        STAGES: gl.constexpr = b_bufs.shape[0]
+        s = it % STAGES
+        mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+        part = warpgroup_mma(a_bufs.index(2 * s + WG), b_bufs.index(s).permute((1, 0)), spare, use_acc=False,
+                             is_async=True)  # fmt: skip
+        sa = sa_rows.index(2 * s + WG).load(row_layout)
+        sb = gl.load(sb_ptr + kb)
+        return part, sa, sb, s
+
+    @gluon.jit
     def _gl_consumer(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M,
                      WG: gl.constexpr, IN_FLIGHT: gl.constexpr):  # fmt: skip
         """One warpgroup, rows [WG*64, WG*64+64) of every tile. Per K block the wgmma writes a fresh
@@ -214,49 +228,58 @@ if HAVE_GLUON:
         num_pid_m = gl.cdiv(M, 2 * BH)
         num_pid_n = gl.cdiv(N, BN)
         num_kb = gl.cdiv(K, BK)
-        zero = gl.zeros([BH, BN], gl.float32, mma)  # the ignored input of use_acc=False
         c_smem = c_bufs.index(WG)
+        # The partials' registers are handed from one wgmma to the next, across tiles too: an
+        # accumulator register written or copied by other instructions while a wgmma is in flight makes
+        # ptxas serialize every wgmma of the kernel (C7514/C7515), so they are zeroed once, here.
+        spare0 = gl.zeros([BH, BN], gl.float32, mma)
+        spare1 = gl.zeros([BH, BN], gl.float32, mma)
         it = 0
         for tile in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
             pid_m, pid_n = _gl_grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M)
             sb_ptr = b_scale_ptr + pid_n * num_kb
             acc = gl.zeros([BH, BN], gl.float32, mma)
             if IN_FLIGHT:
-                s = it % STAGES
-                mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                part = warpgroup_mma(a_bufs.index(2 * s + WG), b_bufs.index(s).permute((1, 0)), zero,
-                                     use_acc=False, is_async=True)  # fmt: skip
-                sb = gl.load(sb_ptr)
-                prev = s
-                it += 1
-                for kb in range(1, num_kb):
-                    s = it % STAGES
-                    mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                    nxt = warpgroup_mma(a_bufs.index(2 * s + WG), b_bufs.index(s).permute((1, 0)), zero,
-                                        use_acc=False, is_async=True)  # fmt: skip
-                    nxt_sb = gl.load(sb_ptr + kb)  # used one iteration later: its latency hides
-                    sa = sa_rows.index(2 * prev + WG).load(row_layout)
-                    done = warpgroup_mma_wait(num_outstanding=1, deps=(part,))  # block kb-1; kb still runs
-                    acc = acc + done * (sa * sb)[:, None]
-                    mbarrier.arrive(empty.index(prev), count=1)
-                    part = nxt
-                    sb = nxt_sb
-                    prev = s
+                # Two partials X and Y alternate, the loop unrolled by two and not peeled, so that each
+                # wgmma reuses its own partial's registers and nothing is ever copied between them.
+                # Iteration j: start block 2j in X, promote block 2j-1 from Y, start block 2j+1 in Y,
+                # promote block 2j from X. At j = 0 Y holds no block: its scale is 0 and no stage freed.
+                X = spare0
+                Y = warpgroup_mma_init(spare1)  # typed as in flight, as it is at the loop's back edge
+                sa_y = gl.zeros([BH], gl.float32, row_layout)
+                sb_y = 0.0
+                s_y = 0
+                for j in range(num_kb // 2):
+                    X, sa_x, sb_x, s_x = _gl_issue(a_bufs, b_bufs, sa_rows, ready, it, X, sb_ptr, 2 * j, WG, row_layout)
+                    Y = warpgroup_mma_wait(num_outstanding=1, deps=(Y,))
+                    acc = acc + Y * (sa_y * sb_y)[:, None]
+                    mbarrier.arrive(empty.index(s_y), count=1, pred=j > 0)
+                    Y, sa_y, sb_y, s_y = _gl_issue(a_bufs, b_bufs, sa_rows, ready, it + 1, Y, sb_ptr, 2 * j + 1, WG,
+                                                   row_layout)  # fmt: skip
+                    X = warpgroup_mma_wait(num_outstanding=1, deps=(X,))
+                    acc = acc + X * (sa_x * sb_x)[:, None]
+                    mbarrier.arrive(empty.index(s_x), count=1)
+                    it += 2
+                if num_kb % 2 == 1:  # the last block goes to X while Y drains
+                    x_run, sa_x, sb_x, s_x = _gl_issue(a_bufs, b_bufs, sa_rows, ready, it, X, sb_ptr, num_kb - 1, WG,
+                                                       row_layout)  # fmt: skip
+                    spare1 = warpgroup_mma_wait(num_outstanding=1, deps=(Y,))
+                    acc = acc + spare1 * (sa_y * sb_y)[:, None]
+                    mbarrier.arrive(empty.index(s_y), count=1, pred=num_kb > 1)
+                    spare0 = warpgroup_mma_wait(num_outstanding=0, deps=(x_run,))
+                    acc = acc + spare0 * (sa_x * sb_x)[:, None]
+                    mbarrier.arrive(empty.index(s_x), count=1)
                     it += 1
-                sa = sa_rows.index(2 * prev + WG).load(row_layout)
-                done = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
-                acc = acc + done * (sa * sb)[:, None]
-                mbarrier.arrive(empty.index(prev), count=1)
+                else:
+                    spare0 = X
+                    spare1 = warpgroup_mma_wait(num_outstanding=0, deps=(Y,))
+                    acc = acc + spare1 * (sa_y * sb_y)[:, None]
+                    mbarrier.arrive(empty.index(s_y), count=1)
             else:  # the promotion between the MMAs (DeepGEMM's order per warpgroup), for comparison
                 for kb in range(num_kb):
-                    s = it % STAGES
-                    mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                    part = warpgroup_mma(a_bufs.index(2 * s + WG), b_bufs.index(s).permute((1, 0)), zero,
-                                         use_acc=False, is_async=True)  # fmt: skip
-                    sb = gl.load(sb_ptr + kb)
-                    sa = sa_rows.index(2 * s + WG).load(row_layout)
-                    done = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
-                    acc = acc + done * (sa * sb)[:, None]
+                    part, sa, sb, s = _gl_issue(a_bufs, b_bufs, sa_rows, ready, it, spare0, sb_ptr, kb, WG, row_layout)
+                    spare0 = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
+                    acc = acc + spare0 * (sa * sb)[:, None]
                     mbarrier.arrive(empty.index(s), count=1)
                     it += 1
             # epilogue: the previous tile's TMA store has had a whole tile's time to read c_smem
@@ -316,8 +339,8 @@ if HAVE_GLUON:
             )
 
 
-def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=True, group_m=8, consumer_regs=232,
-                 producer_regs=40, maxnreg=168):  # fmt: skip
+def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=True, group_m=8, consumer_regs=240,
+                 producer_regs=24, maxnreg=168):  # fmt: skip
     """(kernel, grid, args, constexprs, options) of one launch of version (b). 4 + 4 + 1 warps run as
     three warpgroups; maxnreg * 384 threads must fit the SM's 64K registers (168 * 384 = 64512), and
     setmaxnreg then moves the producer's unused registers to the consumers."""
