@@ -68,7 +68,19 @@ def compile_plan(plan, cap, gluon):
     return triton.compile(src, target=GPUTarget("cuda", cap, 32), options=dict(opts))
 
 
-def sass_report(compiled, label, sass_dir=None):
+def ptxas_notes(compiled, cap):
+    """ptxas -v on the kernel's PTX: spill lines and the C75xx notes (wgmma serialized, and why)."""
+    ptxas = BIN / ("ptxas-blackwell" if cap >= 100 and (BIN / "ptxas-blackwell").exists() else "ptxas")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(compiled.asm["ptx"])
+        arch = f"sm_{cap}a"
+        res = subprocess.run([ptxas, f"-arch={arch}", "-v", Path(tmp) / "k.ptx", "-o", Path(tmp) / "k.cubin"],
+                             capture_output=True, text=True)  # fmt: skip
+    lines = (res.stdout + res.stderr).splitlines()
+    return [ln.strip() for ln in lines if "C75" in ln or "spill" in ln or "error" in ln.lower()]
+
+
+def sass_report(compiled, label, sass_dir=None, cap=90):
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
@@ -85,8 +97,9 @@ def sass_report(compiled, label, sass_dir=None):
         regs=int(regs.group(1)) if regs else None,
         stack=int(stack.group(1)) if stack else None,
         smem=compiled.metadata.shared,
-        setmaxnreg=sorted(set(int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32 (\d+)", compiled.asm["ptx"]))),
+        setmaxnreg=sorted(set(int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", compiled.asm["ptx"]))),
         ops={k: v for k, v in ops.items() if v},
+        ptxas=ptxas_notes(compiled, cap),
     )
 
 
@@ -94,10 +107,11 @@ def variants(mod):
     """(label, cap, gluon, plan-maker) for every version the benchmark times."""
     out = []
     for cap in (90, 100):
-        for label, cfg in (("a_plain", dict(scaled=False)), ("a_scaled", {}), ("a_scaled_ws", dict(warp_specialize=True))):
+        for label, cfg in (("a_plain", dict(scaled=False)), ("a_plain_ws", dict(scaled=False, warp_specialize=True)),
+                           ("a_scaled", {}), ("a_scaled_ws", dict(warp_specialize=True))):  # fmt: skip
             out.append((f"sm{cap}_{label}", cap, False, lambda m=mod, c=cfg: m.triton_launch(*meta_inputs(), **c)))
-    for label, cfg in (("b_inflight_s4", dict(stages=4)), ("b_inflight_s5", dict(stages=5)),
-                       ("b_serial_s4", dict(stages=4, in_flight=False))):  # fmt: skip
+    for label, cfg in (("b_serial_s4", dict(stages=4, in_flight=False)), ("b_serial_s5", dict(stages=5, in_flight=False)),
+                       ("b_inflight_s4", dict(stages=4, in_flight=True))):  # fmt: skip
         out.append((f"sm90_{label}", 90, True, lambda m=mod, c=cfg: m.gluon_launch(*meta_inputs(), **c)))
     return out
 
@@ -114,7 +128,7 @@ def main(argv=None):
         if args.only not in label:
             continue
         try:
-            row = sass_report(compile_plan(make_plan(), cap, gluon), label, args.sass)
+            row = sass_report(compile_plan(make_plan(), cap, gluon), label, args.sass, cap)
         except Exception as e:  # report and go on: one version's failure must not hide the others
             row = dict(label=label, error=f"{type(e).__name__}: {e}"[-2000:])
         rows.append(row)

@@ -339,7 +339,7 @@ if HAVE_GLUON:
             )
 
 
-def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=True, group_m=8, consumer_regs=240,
+def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=False, group_m=8, consumer_regs=240,
                  producer_regs=24, maxnreg=168):  # fmt: skip
     """(kernel, grid, args, constexprs, options) of one launch of version (b). 4 + 4 + 1 warps run as
     three warpgroups; maxnreg * 384 threads must fit the SM's 64K registers (168 * 384 = 64512), and
