@@ -62,7 +62,7 @@ def bench_shape(M, N, K, quick):
             if fn is None:
                 bt = b.t()  # column-major view of B^T: what cuBLAS FP8 wants
 
-                def run(out=out):
+                def run(bt=bt):
                     return torch._scaled_mm(a, bt, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
                 got = run()
@@ -125,8 +125,9 @@ def main(argv=None):
     print(f"\n{'shape':>17} {'version':28} {'rel L2':>9} {'ms':>8} {'TFLOP/s':>8}  status")
     for r in rows:
         status = "ok" if r["ok"] else ("ERROR " + r["error"].splitlines()[-1][:60] if "error" in r else "WRONG")
-        print(f"{r['shape']:>17} {r['version']:28} {r.get('rel_l2', float('nan')):9.2e} {r.get('ms', float('nan')):8.3f} "
-              f"{r.get('tflops', float('nan')):8.1f}  {status}")  # fmt: skip
+        nan = float("nan")
+        err, ms, tf = r.get("rel_l2", nan), r.get("ms", nan), r.get("tflops", nan)
+        print(f"{r['shape']:>17} {r['version']:28} {err:9.2e} {ms:8.3f} {tf:8.1f}  {status}")
     print(f"total {time.time() - t0:.0f} s")
     if os.environ.get("OUT"):
         path = Path(os.environ["OUT"]) / "bench_blockscaled_gemm.json"

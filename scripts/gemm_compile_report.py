@@ -97,7 +97,9 @@ def sass_report(compiled, label, sass_dir=None, cap=90):
         regs=int(regs.group(1)) if regs else None,
         stack=int(stack.group(1)) if stack else None,
         smem=compiled.metadata.shared,
-        setmaxnreg=sorted(set(int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", compiled.asm["ptx"]))),
+        setmaxnreg=sorted(
+            set(int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", compiled.asm["ptx"]))
+        ),
         ops={k: v for k, v in ops.items() if v},
         ptxas=ptxas_notes(compiled, cap),
     )
@@ -110,8 +112,12 @@ def variants(mod):
         for label, cfg in (("a_plain", dict(scaled=False)), ("a_plain_ws", dict(scaled=False, warp_specialize=True)),
                            ("a_scaled", {}), ("a_scaled_ws", dict(warp_specialize=True))):  # fmt: skip
             out.append((f"sm{cap}_{label}", cap, False, lambda m=mod, c=cfg: m.triton_launch(*meta_inputs(), **c)))
-    for label, cfg in (("b_serial_s4", dict(stages=4, in_flight=False)), ("b_serial_s5", dict(stages=5, in_flight=False)),
-                       ("b_inflight_s4", dict(stages=4, in_flight=True))):  # fmt: skip
+    gluon_configs = (
+        ("b_serial_s4", dict(stages=4, in_flight=False)),
+        ("b_serial_s5", dict(stages=5, in_flight=False)),
+        ("b_inflight_s4", dict(stages=4, in_flight=True)),
+    )
+    for label, cfg in gluon_configs:
         out.append((f"sm90_{label}", 90, True, lambda m=mod, c=cfg: m.gluon_launch(*meta_inputs(), **c)))
     return out
 

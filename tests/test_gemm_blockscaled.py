@@ -63,7 +63,9 @@ def interpreted():
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     M, N, _ = SHAPE
-    return {k: torch.tensor(v, dtype=torch.int16).view(torch.bfloat16).view(M, N) for k, v in json.loads(res.stdout).items()}
+    return {
+        k: torch.tensor(v, dtype=torch.int16).view(torch.bfloat16).view(M, N) for k, v in json.loads(res.stdout).items()
+    }
 
 
 @pytest.fixture(scope="module")

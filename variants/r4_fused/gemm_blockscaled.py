@@ -327,13 +327,21 @@ if HAVE_GLUON:
         producer_args = (a_desc, b_desc, sa_desc, a_bufs, b_bufs, sa_bufs, ready, empty, M, N, K, GROUP_M)
         if IN_FLIGHT:
             gl.warp_specialize(
-                [(_gl_consumer_0_in_flight, consumer_args), (_gl_consumer_1_in_flight, consumer_args), (_gl_producer, producer_args)],
+                [
+                    (_gl_consumer_0_in_flight, consumer_args),
+                    (_gl_consumer_1_in_flight, consumer_args),
+                    (_gl_producer, producer_args),
+                ],
                 [4, 1],
                 [CONSUMER_REGS, PRODUCER_REGS],
             )
         else:
             gl.warp_specialize(
-                [(_gl_consumer_0_serial, consumer_args), (_gl_consumer_1_serial, consumer_args), (_gl_producer, producer_args)],
+                [
+                    (_gl_consumer_0_serial, consumer_args),
+                    (_gl_consumer_1_serial, consumer_args),
+                    (_gl_producer, producer_args),
+                ],
                 [4, 1],
                 [CONSUMER_REGS, PRODUCER_REGS],
             )
