@@ -12,9 +12,10 @@ Two kernels, each beside its launcher:
   promotion written plainly (`acc += dot * scale`). Portable (sm_90, sm_100) and runs in the CPU
   interpreter; `scaled=False` is the same kernel without scales (the plain FP8 ceiling).
 - `blockscaled_gemm_gluon`: Hopper only (wgmma). Warp-specialized: one TMA producer warp and two
-  consumer warpgroups of 64 rows each. A consumer keeps the next K block's wgmma in flight while it
-  scales the previous block's partial (its own register accumulator) into the fp32 accumulator, so the
-  promotion's FMAs run under the tensor core's work instead of between it (GEMM_NOTES.md).
+  independent consumer warpgroups of 64 rows each; while one warpgroup scales its K block's partial
+  into its fp32 accumulator, the other's wgmma keeps the tensor core busy (`in_flight=False`, the
+  default). `in_flight=True` also keeps a warpgroup's next wgmma in flight while it promotes (two
+  partials); Triton 3.6 + ptxas serialize that variant's wgmmas (C7514), see GEMM_NOTES.md.
 
 `blockscaled_gemm` picks the Gluon kernel on sm_90 and the Triton one elsewhere.
 """
