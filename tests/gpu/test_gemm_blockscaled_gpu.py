@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "variants" / "r4_fu
 import gemm_blockscaled as gb  # noqa: E402
 
 SHAPES = [(200, 256, 384), (1000, 512, 1024), (4096, 4096, 2048), (64, 128, 128)]
-REL_L2 = 4e-3  # bf16 output rounding: ~1.5e-3 measured on the CPU; a wrong scale gives ~1
+REL_L2 = 4e-3  # a wrong scale or layout gives ~1
 
 
 def _check(out, a, sa, b, sb):
@@ -21,9 +21,10 @@ def _check(out, a, sa, b, sb):
     assert torch.isfinite(out).all()
     err = gb.rel_l2(out, ref)
     assert err < REL_L2, err
-    # the output is the fp32 result rounded once to bf16: almost every element equals ref.bfloat16()
-    equal = (out.view(torch.int16) == ref.bfloat16().view(torch.int16)).float().mean().item()
-    assert equal > 0.9, equal
+    # Beyond the final bf16 rounding (~1.1e-3) the kernel adds only the FP8 tensor cores' accumulation
+    # error within a 128-wide K block (promoted to fp32 after every block): well under the rounding.
+    rounding = gb.rel_l2(ref.bfloat16(), ref)
+    assert err < 2 * rounding, (err, rounding)
 
 
 @pytest.mark.parametrize("M,N,K", SHAPES)
