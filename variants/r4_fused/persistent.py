@@ -147,33 +147,20 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
         acc_g = tl.zeros((BM, BJ), tl.float32)
     wg_ptrs = wu_ptrs + I * H
     kb0 = sk * KPS
-    kl = kb0 + KPS - 1
-    # the block scales run three K blocks ahead of their use (a shift register of three), so that a
-    # scale load's latency, several us under full load, spans three iterations like the tiles'
-    a1 = tl.load(hss_ptr + kb0 * T + tok)
-    u1 = tl.load(su_ptr + kb0)
-    g1 = tl.load(sg_ptr + kb0)
-    a2 = tl.load(hss_ptr + tl.minimum(kb0 + 1, kl) * T + tok)
-    u2 = tl.load(su_ptr + tl.minimum(kb0 + 1, kl))
-    g2 = tl.load(sg_ptr + tl.minimum(kb0 + 1, kl))
-    a3 = tl.load(hss_ptr + tl.minimum(kb0 + 2, kl) * T + tok)
-    u3 = tl.load(su_ptr + tl.minimum(kb0 + 2, kl))
-    g3 = tl.load(sg_ptr + tl.minimum(kb0 + 2, kl))
+    # the next K block's scales are loaded one iteration ahead (a longer distance, a shift register of
+    # three, turned the tile loads' pipelining off in Triton 3.6: measured, v2)
+    asc_n = tl.load(hss_ptr + kb0 * T + tok)
+    su_n = tl.load(su_ptr + kb0)
+    sg_n = tl.load(sg_ptr + kb0)
     for ki in range(0, KPS):
         kb = kb0 + ki
-        asc = a1
-        su = u1
-        sg = g1
-        a1 = a2
-        u1 = u2
-        g1 = g2
-        a2 = a3
-        u2 = u3
-        g2 = g3
-        kn = tl.minimum(kb + 3, kl)
-        a3 = tl.load(hss_ptr + kn * T + tok)
-        u3 = tl.load(su_ptr + kn)
-        g3 = tl.load(sg_ptr + kn)
+        asc = asc_n
+        su = su_n
+        sg = sg_n
+        kn = tl.minimum(kb + 1, NKB - 1)
+        asc_n = tl.load(hss_ptr + kn * T + tok)
+        su_n = tl.load(su_ptr + kn)
+        sg_n = tl.load(sg_ptr + kn)
         a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
         wu = tl.load(wu_ptrs + kb * BK)
         wg = tl.load(wg_ptrs + kb * BK)
@@ -207,6 +194,58 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
             tl.store(ticket_ptr + tj, 0)  # ready for the next call
             swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             _signal(tile_done_ptr + tile)
+
+
+@triton.jit
+def _gemm2_scales(s_ptrs, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.constexpr, NT: tl.constexpr):
+    """Scales of flattened GEMM2 step `step` (H block hb0 + step // NKB, K block step % NKB): the rows'
+    hi and lo scales ([BM]) and the weight block's scale."""
+    kb = step % NKB
+    hb = hb0 + step // NKB
+    c = tl.load(s_ptrs + kb * NT, cache_modifier=".cg")
+    lo = tl.load(s_ptrs + kb * NT + 1, cache_modifier=".cg")
+    v = tl.load(ws_base + ((hb * BH) // 128) * NKB + kb)
+    return c, lo, v
+
+
+@triton.jit
+def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single, multi, out_ptr,
+                obuf_ptr, hn, H: tl.constexpr, I: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+                NKB: tl.constexpr, NT: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
+    """One (H block, K block) step of a GEMM2 item; after an H block's last K block its epilogue: a token
+    with one local expert gets its final bf16 row, a token with several parks its fp32 row."""
+    kb = step % NKB
+    hb = hb0 + step // NKB
+    w = tl.load(w_ptrs + (hb * BH).to(tl.int64) * I + kb * BK)
+    a = tl.load(a_ptrs + kb * (NT * BK), mask=amask, other=0.0, cache_modifier=".cg")
+    al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
+    if SWAP:  # hi and lo terms of C on the same weight tile, each with its own row scale
+        acc += tl.dot(w, a) * (asc * wsc)[None, :]
+        acc += tl.dot(w, al) * (asl * wsc)[None, :]
+    else:
+        acc += tl.dot(a, w) * (asc * wsc)[:, None]
+        acc += tl.dot(al, w) * (asl * wsc)[:, None]
+    if kb == NKB - 1:
+        h = hb * BH + hn
+        if SWAP:
+            res = acc * wrow[None, :]
+            o_offs = tok64[None, :] * H + h[:, None]
+            b_offs = rid64[None, :] * H + h[:, None]
+            smask = single[None, :]
+            mmask = multi[None, :]
+        else:
+            res = acc * wrow[:, None]
+            o_offs = tok64[:, None] * H + h[None, :]
+            b_offs = rid64[:, None] * H + h[None, :]
+            smask = single[:, None]
+            mmask = multi[:, None]
+        val = res
+        if EXACT:
+            val = round_to_bf16(val)
+        tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)
+        tl.store(obuf_ptr + b_offs, res, mask=mmask)
+        acc = tl.zeros(acc.shape, tl.float32)
+    return acc
 
 
 @triton.jit
@@ -257,65 +296,21 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
         amask = rmask[:, None]
         acc = tl.zeros((BM, BH), tl.float32)
     s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
-    # the scales run three steps ahead of their use (a shift register of three, as in GEMM1)
+    # two (H block, K block) steps per iteration, their scales loaded one iteration ahead: a scale
+    # load's latency (about 1 us under full load) is paid once per two steps (v1 paid it every step:
+    # GEMM2 streamed at a third of GEMM1's rate per SM, measured with the trace)
     last = HBG * NKB - 1
-    c1 = tl.load(s_ptrs, cache_modifier=".cg")
-    l1 = tl.load(s_ptrs + 1, cache_modifier=".cg")
-    v1 = tl.load(ws_base + ((hb0 * BH) // 128) * NKB)
-    n2_ = tl.minimum(1, last)
-    c2 = tl.load(s_ptrs + (n2_ % NKB) * NT, cache_modifier=".cg")
-    l2 = tl.load(s_ptrs + (n2_ % NKB) * NT + 1, cache_modifier=".cg")
-    v2 = tl.load(ws_base + (((hb0 + n2_ // NKB) * BH) // 128) * NKB + n2_ % NKB)
-    n3_ = tl.minimum(2, last)
-    c3 = tl.load(s_ptrs + (n3_ % NKB) * NT, cache_modifier=".cg")
-    l3 = tl.load(s_ptrs + (n3_ % NKB) * NT + 1, cache_modifier=".cg")
-    v3 = tl.load(ws_base + (((hb0 + n3_ // NKB) * BH) // 128) * NKB + n3_ % NKB)
-    for it in range(0, HBG * NKB):
-        kb = it % NKB
-        hb = hb0 + it // NKB
-        asc = c1
-        asl = l1
-        wsc = v1
-        c1 = c2
-        l1 = l2
-        v1 = v2
-        c2 = c3
-        l2 = l3
-        v2 = v3
-        nx = tl.minimum(it + 3, last)
-        kn = nx % NKB
-        c3 = tl.load(s_ptrs + kn * NT, cache_modifier=".cg")
-        l3 = tl.load(s_ptrs + kn * NT + 1, cache_modifier=".cg")
-        v3 = tl.load(ws_base + (((hb0 + nx // NKB) * BH) // 128) * NKB + kn)
-        w = tl.load(w_ptrs + (hb * BH).to(tl.int64) * I + kb * BK)
-        a = tl.load(a_ptrs + kb * (NT * BK), mask=amask, other=0.0, cache_modifier=".cg")
-        al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
-        if SWAP:  # hi and lo terms of C on the same weight tile, each with its own row scale
-            acc += tl.dot(w, a) * (asc * wsc)[None, :]
-            acc += tl.dot(w, al) * (asl * wsc)[None, :]
-        else:
-            acc += tl.dot(a, w) * (asc * wsc)[:, None]
-            acc += tl.dot(al, w) * (asl * wsc)[:, None]
-        if kb == NKB - 1:  # H block hb done: one local expert -> the final row; several -> parked
-            h = hb * BH + hn
-            if SWAP:
-                res = acc * wrow[None, :]
-                o_offs = tok64[None, :] * H + h[:, None]
-                b_offs = rid64[None, :] * H + h[:, None]
-                smask = single[None, :]
-                mmask = multi[None, :]
-            else:
-                res = acc * wrow[:, None]
-                o_offs = tok64[:, None] * H + h[None, :]
-                b_offs = rid64[:, None] * H + h[None, :]
-                smask = single[:, None]
-                mmask = multi[:, None]
-            val = res
-            if EXACT:
-                val = round_to_bf16(val)
-            tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)
-            tl.store(obuf_ptr + b_offs, res, mask=mmask)
-            acc = tl.zeros(acc.shape, tl.float32)
+    c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, 0, NKB, BH, NT)
+    c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT)
+    for it in range(0, (HBG * NKB) // 2):
+        c0, l0, v0 = c0n, l0n, v0n
+        c1, l1, v1 = c1n, l1n, v1n
+        c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT)
+        c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(2 * it + 3, last), NKB, BH, NT)
+        acc = _gemm2_step(acc, 2 * it, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single, multi,
+                          out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
+        acc = _gemm2_step(acc, 2 * it + 1, c1, l1, v1, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single, multi,
+                          out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     tl.debug_barrier()  # every thread's rows are stored before the H blocks are counted done
     hbs = hb0 + tl.arange(0, HBG)
     tl.atomic_add(hb_done_ptr + hbs, tl.full((HBG,), 1, tl.int32), sem="release")
@@ -475,6 +470,10 @@ class Workspace:
         hbg = t.h_blocks_per_item
         while (H // t.h_block) % hbg or hbg & (hbg - 1):  # whole groups, a power of two H blocks
             hbg -= 1
+        if (hbg * (I // BLOCK)) % 2:  # a GEMM2 item runs its (H block, K block) steps two at a time
+            hbg *= 2
+            if (H // t.h_block) % hbg:
+                raise ValueError("GEMM2 needs an even number of (H block, K block) steps per item")
         t = dataclasses.replace(t, split_k=split_k, h_blocks_per_item=hbg)
         self.T, self.E, self.w1_shape, self.tiles = T, E, torch.Size((NL, 2 * I, H)), t
         R = T * TOP_K
