@@ -462,6 +462,10 @@ class Workspace:
         if H % BLOCK or I % BLOCK or E % N_GROUP:
             raise ValueError(f"unsupported geometry H={H} I={I} E={E}")
         t = tiles or tiles_for(T, cap, INTERPRET)
+        for name in ("rows_per_tile", "h_block", "tokens_per_route_item", "tokens_per_finalize_block"):
+            v = getattr(t, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"{name}={v}: tile sizes must be powers of two")
         split_k = t.split_k
         while (H // BLOCK) % split_k:  # the splits must divide the K blocks
             split_k -= 1

@@ -1,0 +1,160 @@
+"""Rung 4 (variants/r4_fused): the whole layer as one persistent launch, on the small definition.
+
+Without a GPU the kernel runs in Triton's CPU interpreter, which runs a grid's programs one after the
+other: the program that claims the first work item claims them all in order, so every in-kernel wait
+(routing done, a tile's C complete, an H block's rows parked) is already satisfied when it is reached.
+What the CPU can check, and does here: the numbers (the same bounds as rung 3, whose math this is:
+tests/test_rung3.py's docstring), the work-item accounting across the scheduler's paths (routing in
+every program or as items, inline or sorted rows, swapped or not, split-K, H-block groups), exactly one
+launch per call, exact zeros, ties, offsets 0 and the last rank, determinism, and that the last program
+out leaves every counter at zero for the next call. The concurrent hand-off itself runs on the GPU
+(`fibmoe check r4-fused-persistent --definition contest`, results/h200/).
+"""
+
+import dataclasses
+import sys
+
+import pytest
+import torch
+from test_rung3 import DEVICE, _call, _check_output, _tie_tokens  # noqa: E402  (same bounds as rung 3)
+
+from fibmoe import dataset, inputs, reference, variants
+from fibmoe.geometry import SMALL
+
+pytestmark = pytest.mark.slow  # Triton's CPU interpreter
+
+VARIANT = "r4-fused-persistent"
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return dataset.load(SMALL.name)
+
+
+@pytest.fixture(scope="module")
+def built(ds):
+    fn = variants.build(variants.pack(variants.resolve([VARIANT])[0], ds.definition.name), ds.definition)
+    mod = variants.module_of(fn)
+    pkg = mod.__package__
+    return fn, mod, sys.modules[pkg + ".tiles"], sys.modules[pkg + ".persistent"]
+
+
+def _workload(ds, T):
+    (w,) = [w for w in ds.workloads if w.workload.axes["seq_len"] == T]
+    return w
+
+
+def _run_with(mod, tiles, inp):
+    out = torch.full((inp[2].shape[0], inp[2].shape[1]), float("nan"), dtype=torch.bfloat16, device=inp[2].device)
+    assert mod.Runner(tiles)(*inp, out) is out
+    return out
+
+
+# every small workload once, each style on workloads with offset 0 and offset 48 (the last rank)
+SPLIT = {"contest": (1, 16, 40), "quantized": (3, 7, 64)}
+
+
+@pytest.mark.parametrize("style", inputs.STYLES)
+def test_workloads_match_the_reference(ds, built, style):
+    fn, mod, _, _ = built
+    chosen = [_workload(ds, T) for T in SPLIT[style]]
+    assert {w.workload.inputs["local_expert_offset"].value for w in chosen} >= {0, 48}
+    torch.manual_seed(41)
+    n_empty = 0
+    for w in chosen:
+        inp = inputs.generate(ds, w, DEVICE, style)
+        n_empty += int(_check_output(_call(fn, inp), inp).sum())
+        experts, weights = mod.route(inp[0], inp[1], inp[9])
+        ref_e, ref_w = reference.route(inp[0], inp[1], inp[9])
+        assert torch.equal(experts.cpu(), ref_e.cpu())
+        torch.testing.assert_close(weights.cpu(), ref_w.cpu(), rtol=1e-6, atol=0)
+    assert n_empty > 0  # tokens with no local expert got exact zero rows
+
+
+def test_one_launch_per_call(ds, built, monkeypatch):
+    """Routing, grouping, both GEMMs, the reduction and the zero rows: one Triton launch per call."""
+    fn, _, _, persistent = built
+    launches = []
+    kind = type(persistent.moe_kernel)  # JITFunction, or the interpreter's InterpretedFunction
+    real = kind.run
+
+    def counting(self, *args, **kwargs):
+        launches.append(self.fn.__name__)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(kind, "run", counting)
+    for T in (1, 16, 64):
+        torch.manual_seed(T)
+        inp = inputs.generate(ds, _workload(ds, T), DEVICE, "contest")
+        launches.clear()
+        _check_output(_call(fn, inp), inp)
+        assert launches == ["moe_kernel"], (T, launches)
+
+
+@pytest.mark.parametrize(
+    "T, changes",
+    [
+        (16, dict(route_in_every_program=True, split_k=2)),  # tiny-T routing, split-K tickets
+        (40, dict(route_in_every_program=False, tokens_per_route_item=16)),  # routing items, a ragged last one
+        (16, dict(sorted_rows=True, swapped=False, rows_per_tile=64, num_warps=8, num_stages=3)),  # T > 128's shape
+        (16, dict(sorted_rows=True, swapped=True, split_k=2, tokens_per_finalize_block=4)),  # sort, split-K
+        (16, dict(h_blocks_per_item=1, tokens_per_finalize_block=2)),  # GEMM2 steps paired across H blocks
+    ],
+    ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs"],
+)
+def test_scheduler_paths_match_the_reference(ds, built, T, changes):
+    _, mod, tiles_mod, _ = built
+    torch.manual_seed(3)
+    inp = inputs.generate(ds, _workload(ds, T), DEVICE, "quantized")
+    tiles = dataclasses.replace(tiles_mod.tiles_for(T), **changes)
+    _check_output(_run_with(mod, tiles, inp), inp)
+
+
+def test_counters_reset_and_calls_repeat_bit_for_bit(ds, built, monkeypatch):
+    """Two calls, identical bits; after each, the last program out has zeroed every counter (claims,
+    routing/sort done, H-block and tile completion), so the next call, or a CUDA graph replay, starts
+    clean. With more programs than items some programs claim nothing and still count out."""
+    _, mod, tiles_mod, persistent = built
+    monkeypatch.setattr(persistent, "sm_count", lambda device: 7)
+    w = _workload(ds, 7)
+    torch.manual_seed(9)
+    inp = inputs.generate(ds, w, DEVICE, "contest")
+    runner = mod.Runner(tiles_mod.tiles_for(7))
+    outs = []
+    for _ in range(2):
+        out = torch.full((7, inp[2].shape[1]), float("nan"), dtype=torch.bfloat16)
+        runner(*inp, out)
+        (ws,) = runner.workspaces.values()
+        assert ws.kernel.grid[0] == 7
+        assert int(ws.sync.abs().sum()) == 0 and int(ws.ticket.abs().sum()) == 0
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    _check_output(outs[0], inp)
+
+
+def test_tied_routing_through_the_whole_call_at_the_last_rank(ds, built):
+    """Crafted exact ties at the group and expert boundaries, at offset 48: the reference's choices and
+    exact zeros for the tokens with no local expert."""
+    fn, mod, _, _ = built
+    logits, bias = _tie_tokens()
+    torch.manual_seed(7)
+    inp = inputs.generate(ds, _workload(ds, 7), DEVICE, "quantized")
+    inp[2], inp[3] = inp[2][: len(logits)], inp[3][:, : len(logits)].contiguous()
+    inp[0], inp[1], inp[8] = logits.to(DEVICE), bias.to(DEVICE), 48
+    none_local = _check_output(_call(fn, inp), inp)
+    assert none_local.tolist() == [True, False, False, True, True, False]
+    experts, _ = mod.route(inp[0], inp[1], inp[9])
+    assert torch.equal(experts.cpu(), reference.route(logits, bias, inp[9])[0])
+
+
+def test_tile_table_and_geometry_checks(built):
+    _, _, tiles_mod, persistent = built
+    assert tiles_mod.tiles_for(1).route_in_every_program and not tiles_mod.tiles_for(901).route_in_every_program
+    assert tiles_mod.tiles_for(901).sorted_rows and not tiles_mod.tiles_for(128).sorted_rows
+    with pytest.raises(ValueError, match="above the fused path"):
+        tiles_mod.tiles_for(tiles_mod.MAX_FUSED_T + 1)
+    with pytest.raises(ValueError, match="powers of two"):
+        persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
+                             dataclasses.replace(tiles_mod.tiles_for(4), tokens_per_route_item=3))  # fmt: skip
+    with pytest.raises(ValueError, match="unsupported geometry"):
+        persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168 + 64, 2048)
