@@ -202,8 +202,8 @@ def _gemm2_scales(s_ptrs, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.constexp
     hi and lo scales ([BM]) and the weight block's scale."""
     kb = step % NKB
     hb = hb0 + step // NKB
-    c = tl.load(s_ptrs + kb * NT, cache_modifier=".cg")
-    lo = tl.load(s_ptrs + kb * NT + 1, cache_modifier=".cg")
+    c = tl.load(s_ptrs + kb * NT)  # plain loads: the wait's acquire made C's scales visible; `.cg`
+    lo = tl.load(s_ptrs + kb * NT + 1)  # would make them strong loads, issued once per replica
     v = tl.load(ws_base + ((hb * BH) // 128) * NKB + kb)
     return c, lo, v
 
@@ -272,8 +272,8 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
     k8 = tl.arange(0, TOPK)
     w_base = w2_ptr + e.to(tl.int64) * (H * I)
     # the routing weights and how many local experts each row's token has (known since routing)
-    wrow = tl.load(wts_ptr + rid, mask=rmask, other=0.0, cache_modifier=".cg")
-    lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1, cache_modifier=".cg")
+    wrow = tl.load(wts_ptr + rid, mask=rmask, other=0.0)
+    lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1)
     nloc = tl.sum((((lt - local_off) >= 0) & ((lt - local_off) < NL)).to(tl.int32), axis=1)
     single = rmask & (nloc == 1)
     multi = rmask & (nloc > 1)
