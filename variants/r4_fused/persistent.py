@@ -23,6 +23,8 @@ grid:
 Why this cannot deadlock: an item only ever waits for items with lower numbers, and every lower item
 was claimed before it by a program that is running (it claimed it) and that finishes it without
 waiting on anything later. So any grid size is safe, even one larger than what is co-resident.
+Data another program wrote is read with plain loads after the wait's acquire: every such address is
+written once per call, and `.cg` would make Triton emit strong loads that are never merged (v4).
 The last program to leave resets the counters, so the next call (or a CUDA graph replay) starts
 from zero; split-K tickets are reset by the program that consumes them.
 """
@@ -99,7 +101,7 @@ def _sort_item(e, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK: tl.constex
     for ci in range(0, NCHUNK):  # NCHUNK = cdiv(T, BC): a constexpr bound (T is fixed per workspace)
         t = ci * BC + tl.arange(0, BC)
         tm = t < T
-        loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=tm[:, None], other=-1, cache_modifier=".cg") - local_off
+        loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=tm[:, None], other=-1) - local_off
         m = loc == e
         hit = tl.max(m.to(tl.int32), axis=1)  # a token selects an expert at most once
         slot = tl.sum(tl.where(m, k, 0), axis=1)
@@ -189,8 +191,8 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
             up = tl.zeros(acc_u.shape, tl.float32)
             gate = tl.zeros(acc_g.shape, tl.float32)
             for s in tl.static_range(SPLIT_K):
-                up += tl.load(pbase + s * (2 * BJ * BM) + el, cache_modifier=".cg")
-                gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el, cache_modifier=".cg")
+                up += tl.load(pbase + s * (2 * BJ * BM) + el)
+                gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el)
             tl.store(ticket_ptr + tj, 0)  # ready for the next call
             swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             _signal(tile_done_ptr + tile)
@@ -330,7 +332,7 @@ def _finalize_item(f, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local
     k8 = tl.arange(0, TOPK)
     t = tb * BT + tl.arange(0, BT)
     tm = t < T
-    lt = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1, cache_modifier=".cg")
+    lt = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1)
     loc = lt - local_off
     nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
     need = tm & (nloc > 1)
@@ -341,7 +343,7 @@ def _finalize_item(f, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local
             lk = tl.sum(tl.where(k8[None, :] == k, loc, 0), axis=1)
             use = need & (lk >= 0) & (lk < NL)
             offs = (t64 * TOPK + k)[:, None] * H + h[None, :]
-            acc += tl.load(obuf_ptr + offs, mask=use[:, None], other=0.0, cache_modifier=".cg")
+            acc += tl.load(obuf_ptr + offs, mask=use[:, None], other=0.0)
         if EXACT:
             acc = round_to_bf16(acc)
         tl.store(out_ptr + t64[:, None] * H + h[None, :], acc.to(tl.bfloat16), mask=need[:, None])
