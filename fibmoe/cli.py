@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from pathlib import Path
@@ -70,7 +69,10 @@ WorkloadOpt = typer.Option(None, "--workload", "-w", help="uuid prefix (repeatab
 SeqLenOpt = typer.Option(None, "--seq-len", "-t", help="only workloads with this T (repeatable)")
 StyleOpt = typer.Option("contest", "--style", help="contest (as the harness draws inputs) or quantized")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
-ResultsDirOpt = typer.Option(Path("results"), "--results-dir", help="where results/<gpu>/ goes")
+ResultsDirOpt = typer.Option(None, "--results-dir", help="write results into DIR/<gpu>/ (implies --save)")
+TimeoutOpt = typer.Option(
+    300.0, "--timeout", min=1, help="seconds per variant and workload; past it the verdict is TIMEOUT"
+)
 
 
 def _setup(dataset, definition, device, workload, seq_len):
@@ -114,18 +116,35 @@ def variants_list(ctx: typer.Context, as_json: bool = JsonOpt):
                 "language": v.spec.language,
                 "changes": v.spec.changes,
                 "path": str(v.path),
-                "last_status": results.last_status(v.name),
+                **_evidence(results.evidence(v.name)),
             }
         )
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(results.dumps(rows))
         return
     table = Table(title="fibmoe ladder")
-    for col in ("rung", "name", "language", "what it changes", "last known status"):
+    for col in ("rung", "name", "language", "what it changes", "strongest evidence", "from"):
         table.add_column(col)
     for r in rows:
-        table.add_row(_fmt(r["rung"], "d"), r["name"], r["language"], r["changes"], r["last_status"] or "never run")
+        table.add_row(
+            _fmt(r["rung"], "d"), r["name"], r["language"], r["changes"], r["last_status"] or "never run",
+            _shown_path(r["evidence_file"]),
+        )  # fmt: skip
     out.print(table)
+
+
+def _evidence(found: Optional[dict]) -> dict:
+    return {"last_status": found["status"] if found else "", "evidence_file": found["source"] if found else None}
+
+
+def _shown_path(path: Optional[str]) -> str:
+    """A path relative to the current folder when it is under it (shorter in a table), else as it is."""
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
 
 
 @variants_app.command("new")
@@ -155,8 +174,9 @@ def check(
     seq_len: Optional[List[int]] = SeqLenOpt,
     trials: int = typer.Option(3, "--trials", min=1, help="fresh random inputs per workload"),
     style: str = StyleOpt,
+    timeout: float = TimeoutOpt,
     save: bool = typer.Option(False, "--save", help="also write the results under results/<gpu>/"),
-    results_dir: Path = ResultsDirOpt,
+    results_dir: Optional[Path] = ResultsDirOpt,
     as_json: bool = JsonOpt,
 ):
     """Diff-test variants against the reference with the official rule; exit 0 only if all passed."""
@@ -165,18 +185,17 @@ def check(
 
     device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
     chosen = variants.resolve(names or [])
-    cases = check_mod.run_check(chosen, ds, workloads, device, trials, style, _progress(as_json))
-    records = [c.to_dict() for c in cases]
-    if save:
-        path = results.write_results(
-            "check",
-            device,
-            {"provenance": results.provenance(device), "definition": ds.definition.name, "records": records},
-            results_dir,
-        )
-        err.print(f"wrote {path}")
+    writer = None
+    if save or results_dir is not None:
+        head = {"provenance": results.provenance(device)}
+        writer = _Writer("check", device, ds, results.destination(save, results_dir), head)
+    records = check_mod.run_check(
+        chosen, ds, workloads, device, trials, style, _progress(), timeout, writer.update if writer else None
+    )
+    if writer:
+        writer.finish(records)
     if as_json:
-        print(json.dumps(records, indent=2))
+        print(results.dumps(records))
     else:
         table = Table(title=f"check: {ds.definition.name} on {device}, {trials} trial(s), {style} inputs")
         for col in ("variant", "T", "workload", "status", "max abs err", "rel L2 err", "matched", "routing", "note"):
@@ -191,17 +210,49 @@ def check(
                 _fmt(r["rel_l2_error"], ".2e"),
                 _fmt(r["matched_ratio"], ".4f"),
                 _fmt(r["routing_agreement"], ".3f"),
-                r["message"][:60],
+                r["message"][:90],
             )
         out.print(table)
         skipped = {r["variant"]: r["message"] for r in records if r["status"] == "SKIPPED"}
         for name, why in skipped.items():
             out.print(f"skipped {name}: {why}")
-    if not check_mod.all_passed(cases):
+    if not check_mod.all_passed(records):
         raise typer.Exit(1)
 
 
+class _Writer:
+    """A run's results file (and its Trace records), rewritten atomically as each workload ends: a run
+    that is killed keeps every workload it finished (`"complete": false` until the end)."""
+
+    def __init__(self, kind: str, device: str, ds, folder: Path, head: dict, slug: Optional[str] = None):
+        from . import results
+
+        self.kind, self.device, self.ds, self.head = kind, device, ds, head
+        self.path = results.results_path(kind, device, folder, slug)
+        err.print(f"writing {self.path} (and its flashinfer-bench traces beside it)", highlight=False)
+
+    def update(self, records: list[dict], complete: bool = False, **extra) -> None:
+        from . import results
+
+        payload = {
+            **self.head,
+            "definition": self.ds.definition.name,
+            **extra,
+            "complete": complete,
+            "records": records,
+        }
+        results.write_results(self.kind, self.device, payload, None, path=self.path)
+        results.write_traces(self.path, results.traces_of(records, self.ds, self.device))
+
+    def finish(self, records: list[dict], **extra) -> None:
+        self.update(records, complete=True, **extra)
+        err.print(f"wrote {self.path}", highlight=False)
+
+
 # ---- bench -----------------------------------------------------------------------------------
+
+CPU_BENCH = {"warmup": 1, "iterations": 3, "trials": 1}  # the CPU timing counts unless asked otherwise
+CPU_INTERPRETER_WORKLOADS = 2  # Triton rungs in the interpreter: the smallest T only
 
 
 @app.command()
@@ -213,13 +264,18 @@ def bench(
     device: str = DeviceOpt,
     workload: Optional[List[str]] = WorkloadOpt,
     seq_len: Optional[List[int]] = SeqLenOpt,
-    warmup: int = typer.Option(10, "--warmup", min=0),
-    iterations: int = typer.Option(50, "--iterations", min=1),
-    trials: int = typer.Option(3, "--trials", min=1),
+    warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="default 10 (1 on a CPU)"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="default 50 (3 on a CPU)"),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="default 3 (1 on a CPU)"),
     style: str = StyleOpt,
     bandwidth: Optional[float] = typer.Option(None, "--bandwidth", help="override GPU bandwidth, TB/s"),
     fp8_rate: Optional[float] = typer.Option(None, "--fp8-rate", help="override dense FP8 rate, TFLOP/s"),
-    results_dir: Path = ResultsDirOpt,
+    dense_gemm: Optional[bool] = typer.Option(
+        None, "--dense-gemm/--no-dense-gemm", help="time cuBLAS FP8 GEMMs of each workload's FLOPs (default: T > 2048)"
+    ),
+    timeout: float = TimeoutOpt,
+    save: bool = typer.Option(False, "--save", help="write the results under the checkout's results/<gpu>/"),
+    results_dir: Optional[Path] = ResultsDirOpt,
     as_json: bool = JsonOpt,
     official: bool = typer.Option(
         False, "--official", help="run flashinfer-bench's own Benchmark with the contest's MoE settings (GPU)"
@@ -235,33 +291,71 @@ def bench(
     ),
 ):
     """Time variants and the reference with the official protocol, beside the roofline floor."""
-    if official or remote:
-        return _bench_official(**locals())  # only the parameters are bound here
-    from . import bench as bench_mod
-    from . import results, variants
+    from . import results, runner, variants
 
+    counts = {"warmup": warmup, "iterations": iterations, "trials": trials}
+    if official or remote:
+        defaults = runner.Settings()
+        counts = {k: v if v is not None else getattr(defaults, k) for k, v in counts.items()}
+        folder = results.destination(save, results_dir)
+        return _bench_official(
+            names, dataset, definition, device, workload, seq_len, style, bandwidth, fp8_rate, folder, as_json,
+            remote, parallel, baseline, **counts,
+        )  # fmt: skip
     if parallel or baseline is not None:
         raise FibmoeError("--parallel and --baseline go with --official or --remote")
     device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
     chosen = variants.resolve(names or [])
-    settings = bench_mod.Settings(warmup=warmup, iterations=iterations, trials=trials, style=style)
+    if not device.startswith("cuda") and all(v is None for v in counts.values()):
+        counts = dict(CPU_BENCH)
+        err.print(
+            "on a CPU: 1 warm-up, 3 timed calls, 1 trial per workload instead of 10/50/3 (wall-clock figures only "
+            "rank variants roughly; --warmup/--iterations/--trials to change)",
+            highlight=False,
+        )
+        workloads = _cpu_bench_selection(chosen, ds, workloads, device)
+    defaults = runner.Settings()
+    counts = {k: v if v is not None else getattr(defaults, k) for k, v in counts.items()}
+    settings = runner.Settings(**counts, style=style, timeout_s=timeout, dense_gemm=dense_gemm)
+    settings = runner.resolve_seed(settings)
     hw = _hardware(device, bandwidth, fp8_rate)
-    records = bench_mod.run_bench(chosen, ds, workloads, device, settings, hw, _progress(as_json))
-    payload = {
-        "provenance": results.provenance(device, settings),
-        "definition": ds.definition.name,
-        "hardware": hw.__dict__ if hw else None,
-        "summary": bench_mod.summary(records),
-        "records": records,
-    }
-    path = results.write_results("bench", device, payload, results_dir)
+    head = {"provenance": results.provenance(device, settings), "hardware": hw.__dict__ if hw else None}
+    if device.startswith("cuda"):
+        _progress()("empty launch spans (same protocol)")
+        head["launch"] = runner.launch_spans(device, settings)
+    folder = results.destination(save, results_dir)
+    if not save and results_dir is None:
+        err.print("ad-hoc run: results go to the per-user data folder (--save puts evidence in results/<gpu>/)")
+    writer = _Writer("bench", device, ds, folder, head)
+    records = runner.run(
+        chosen, ds, workloads, device, settings, timed=True, hw=hw, progress=_progress(),
+        on_workload=lambda recs: writer.update(recs, summary=runner.summary(recs)),
+    )  # fmt: skip
+    payload = {**head, "definition": ds.definition.name, "summary": runner.summary(records), "records": records}
+    writer.finish(records, summary=payload["summary"])
     if as_json:
-        print(json.dumps(payload, indent=2))
+        print(results.dumps({**payload, "kind": "bench", "complete": True}))
     else:
         _print_bench(payload, device)
-    err.print(f"wrote {path}")
     if any(r["status"] not in ("PASSED", "SKIPPED") for r in records):
         raise typer.Exit(1)
+
+
+def _cpu_bench_selection(chosen: list, ds, workloads: list, device: str) -> list:
+    """Plain `bench` on a CPU must end in minutes: Triton rungs run in the interpreter, seconds a call, so
+    when one is chosen only the CPU_INTERPRETER_WORKLOADS smallest-T workloads are timed (said on stderr)."""
+    from . import check as check_mod
+
+    interpreted = [v.name for v in chosen if v.spec.language == "triton" and not check_mod.skip_reason(v, ds, device)]
+    if not interpreted or len(workloads) <= CPU_INTERPRETER_WORKLOADS:
+        return workloads
+    picked = sorted(workloads, key=lambda w: w.workload.axes["seq_len"])[:CPU_INTERPRETER_WORKLOADS]
+    err.print(
+        f"on a CPU: {', '.join(interpreted)} run in the Triton interpreter (seconds a call): timing the "
+        f"{CPU_INTERPRETER_WORKLOADS} smallest-T of {len(workloads)} workloads; name others with -t/-w",
+        highlight=False,
+    )
+    return [w for w in workloads if w in picked]
 
 
 def _print_bench(payload: dict, device: str) -> None:
@@ -272,12 +366,14 @@ def _print_bench(payload: dict, device: str) -> None:
         "T",
         "workload",
         "status",
-        "latency ms",
+        "mean ms",
+        "median ms",
         "ref ms",
         "x ref",
         "x prev",
         "floor ms",
         "of floor",
+        "x cuBLAS",
     ):
         table.add_column(col)
     for r in payload["records"]:
@@ -287,13 +383,30 @@ def _print_bench(payload: dict, device: str) -> None:
             r["uuid"][:8],
             _status(r["status"]),
             _fmt(r["latency_ms"], ".4f"),
+            _fmt(r.get("median_ms"), ".4f"),
             _fmt(r["reference_ms"], ".3f"),
             _fmt(r["speedup_vs_reference"], ".1f"),
             _fmt(r["speedup_vs_previous"], ".2f"),
             _fmt(r["floor_ms"], ".4f"),
             _fmt(r["fraction_of_floor"], ".0%"),
+            _fmt(r.get("x_dense_gemm"), ".2f"),
         )
     out.print(table)
+    launch = payload.get("launch") or {}
+    if "error" in launch:
+        out.print(f"empty launch spans: not measured: {launch['error'].splitlines()[-1]}", highlight=False)
+    elif launch:
+        out.print(
+            "beside the floor, the span of nothing (same protocol): an empty Triton kernel launch "
+            f"{launch['empty_triton_kernel']['mean_ms'] * 1e3:.1f} us, an empty Python call "
+            f"{launch['empty_python_call']['mean_ms'] * 1e3:.1f} us (means)",
+            highlight=False,
+        )
+    dense = {r["seq_len"]: r["dense_gemm_ms"] for r in payload["records"] if r.get("dense_gemm_ms")}
+    for t, ms in dense.items():
+        out.print(
+            f"T={t}: cuBLAS FP8 GEMMs of the same FLOPs (no routing, no block scales) {ms:.4f} ms", highlight=False
+        )
     for name, s in payload["summary"].items():
         out.print(
             f"{name}: {s['passed']}/{s['workloads']} passed, mean speedup over the reference "
@@ -305,8 +418,9 @@ def _print_bench(payload: dict, device: str) -> None:
         )
 
 
-def _progress(as_json: bool):
-    return None if as_json else (lambda msg: err.print(f"  {msg}", style="dim", highlight=False))
+def _progress(*_):
+    """Progress lines go to stderr in every mode (stdout stays clean for --json)."""
+    return lambda msg: err.print(f"  {msg}", style="dim", highlight=False, markup=False)
 
 
 def _hardware(device: str, bandwidth: Optional[float] = None, fp8_rate: Optional[float] = None):
@@ -321,8 +435,8 @@ def _hardware(device: str, bandwidth: Optional[float] = None, fp8_rate: Optional
 
 
 def _bench_official(
-    names, dataset, definition, device, workload, seq_len, warmup, iterations, trials, style, bandwidth, fp8_rate,
-    results_dir, as_json, remote, parallel, baseline, **_,
+    names, dataset, definition, device, workload, seq_len, style, bandwidth, fp8_rate, results_dir, as_json,
+    remote, parallel, baseline, warmup, iterations, trials,
 ):  # fmt: skip
     """`bench --official` (flashinfer-bench's Benchmark here) and `bench --remote GPU` (the same on Modal)."""
     from . import dataset as dataset_mod
@@ -355,6 +469,7 @@ def _bench_official(
             rungs=rungs,
             bandwidth=bandwidth,
             fp8_rate=fp8_rate,
+            executor=_modal_executor(),
         )
         device = "cuda"
         slug = results.slug_of(payload["provenance"].get("device_name", gpu))
@@ -375,17 +490,27 @@ def _bench_official(
             _hardware(device, bandwidth, fp8_rate),
             rungs=rungs,
             baseline=baseline,
-            progress=_progress(as_json),
+            progress=_progress(),
         )
-    path = results.write_results("official", device, payload, results_dir, slug=slug)
+    path = results.write_results("official", device, {**payload, "complete": True}, results_dir, slug=slug)
     if as_json:
-        print(json.dumps(payload, indent=2))
+        print(results.dumps(payload))
     else:
         _print_bench(payload, device)
         _print_official(payload)
     err.print(f"wrote {path}")
     if official.any_failed(payload["records"]):
         raise typer.Exit(1)
+
+
+def _modal_executor():
+    """`modal_app.execute`, imported only now (modal is optional); one line when modal is missing."""
+    from . import remote
+
+    remote.import_modal()
+    from . import modal_app
+
+    return modal_app.execute
 
 
 def _print_official(payload: dict) -> None:
@@ -425,8 +550,9 @@ def eval_(
     ncu: bool = typer.Option(False, "--ncu", help="add Nsight Compute figures for the hottest kernel"),
     official: bool = typer.Option(False, "--official", help="time with flashinfer-bench's Benchmark (GPU)"),
     entry: str = EntryOpt,
+    timeout: float = TimeoutOpt,
     save: bool = typer.Option(False, "--save", help="also write the result under results/<gpu>/"),
-    results_dir: Path = ResultsDirOpt,
+    results_dir: Optional[Path] = ResultsDirOpt,
     as_json: bool = JsonOpt,
 ):
     """Score one candidate for a search loop or an agent: pack, check, bench; one JSON object with --json."""
@@ -443,18 +569,21 @@ def eval_(
     with tempfile.TemporaryDirectory(prefix="fibmoe-eval-") as tmp:
         v = evaluate.load_candidate(target, Path(tmp), entry)
         res = evaluate.evaluate(
-            v, ds, workloads, device, quick, _hardware(device), official, progress=_progress(as_json), source=target
-        )
+            v, ds, workloads, device, quick, _hardware(device), official, progress=_progress(), source=target,
+            timeout_s=timeout,
+        )  # fmt: skip
         if ncu:
             if res["all_passed"]:
                 evaluate.add_ncu(res, v, ds, workloads, device)
             else:
                 res["ncu"] = {"error": "not profiled: the candidate did not pass"}
-    if save:
-        path = results.write_results("eval", device, {"provenance": results.provenance(device), **res}, results_dir)
-        err.print(f"wrote {path}")
+    if save or results_dir is not None:
+        folder = results.destination(save, results_dir)
+        path = results.write_results("eval", device, {"provenance": results.provenance(device), **res}, folder)
+        results.write_traces(path, results.traces_of(res["per_workload"], ds, device))
+        err.print(f"wrote {path} and its flashinfer-bench traces")
     if as_json:
-        print(json.dumps(res, indent=2))
+        print(results.dumps(res))
     else:
         _print_eval(res)
     if not res["all_passed"]:
@@ -488,6 +617,13 @@ def _print_eval(res: dict) -> None:
         )
 
 
+def _tool_results(results_dir: Optional[Path]) -> Path:
+    """Where profile/sanitize keep their reports: --results-dir, else the per-user data folder."""
+    from . import results
+
+    return results.destination(False, results_dir)
+
+
 @app.command()
 @guarded
 def profile(
@@ -499,21 +635,22 @@ def profile(
     section_set: str = typer.Option("full", "--set", help="Nsight Compute section set (full, detailed, basic)"),
     timeout: int = typer.Option(900, "--timeout", min=1, help="seconds"),
     entry: str = EntryOpt,
-    results_dir: Path = ResultsDirOpt,
+    results_dir: Optional[Path] = ResultsDirOpt,
     as_json: bool = JsonOpt,
 ):
     """Nsight Compute on one call of a variant; the full report is kept under results/<gpu>/."""
     import tempfile
 
-    from . import evaluate, nvtools
+    from . import evaluate, nvtools, results
 
     nvtools.find_tool("ncu", nvtools.NCU_HINT)
     device, ds, workloads = _setup(dataset, definition, device, [workload], None)
     with tempfile.TemporaryDirectory(prefix="fibmoe-profile-") as tmp:
         v = evaluate.load_candidate(name, Path(tmp), entry)
-        payload, path = nvtools.profile_variant(v, ds, workloads[0], device, results_dir, section_set, timeout)
+        folder = _tool_results(results_dir)
+        payload, path = nvtools.profile_variant(v, ds, workloads[0], device, folder, section_set, timeout)
     if as_json:
-        print(json.dumps(payload, indent=2))
+        print(results.dumps(payload))
     else:
         n = payload["ncu"]
         table = Table(
@@ -549,13 +686,13 @@ def sanitize(
     device: str = DeviceOpt,
     timeout: int = typer.Option(900, "--timeout", min=1, help="seconds per tool"),
     entry: str = EntryOpt,
-    results_dir: Path = ResultsDirOpt,
+    results_dir: Optional[Path] = ResultsDirOpt,
     as_json: bool = JsonOpt,
 ):
     """compute-sanitizer (memcheck, racecheck, initcheck, synccheck) on one call; logs kept under results/<gpu>/."""
     import tempfile
 
-    from . import evaluate, nvtools
+    from . import evaluate, nvtools, results
 
     nvtools.find_tool("compute-sanitizer", nvtools.SANITIZER_HINT)
     device, ds, workloads = _setup(dataset, definition, device, [workload] if workload else None, None)
@@ -563,10 +700,10 @@ def sanitize(
     with tempfile.TemporaryDirectory(prefix="fibmoe-sanitize-") as tmp:
         v = evaluate.load_candidate(name, Path(tmp), entry)
         payload, path = nvtools.sanitize_variant(
-            v, ds, trace, device, results_dir, tuple(tool or nvtools.SANITIZER_TOOLS), timeout
+            v, ds, trace, device, _tool_results(results_dir), tuple(tool or nvtools.SANITIZER_TOOLS), timeout
         )
     if as_json:
-        print(json.dumps(payload, indent=2))
+        print(results.dumps(payload))
     else:
         out.print(f"sanitize: {v.name} T={payload['seq_len']} {payload['uuid']}")
         for c in payload["checks"]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from . import REPO_ROOT
 from .errors import FibmoeError
 from .geometry import CONTEST, GEOMETRIES, SMALL, Geometry
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = REPO_ROOT / "workloads"
 SCALING_FACTOR = 2.5
 RANDOM_INPUTS = (

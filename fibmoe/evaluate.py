@@ -1,9 +1,11 @@
 """`fibmoe eval`: the evaluator an evolutionary search or a coding agent calls on one candidate.
 
-Pack it, build it (as flashinfer-bench does), check it on fresh inputs against the reference, and, when
-every workload passes, bench it with the official timing protocol. The result is one JSON object:
+Pack it, then for each workload, in a child process of its own (`runner`): build it as flashinfer-bench
+does, check it on fresh inputs against the reference and time it with the official protocol (mean of
+the spans); once a workload has failed the rest are only checked (the score is 0 anyway). The result is
+one JSON object:
 `combined_score` is the mean speedup over the reference across the workloads, 0 when any failed
-(the contest's zeroing rule; `bench.summary` computes it); per-workload latency, speedup and error
+(the contest's zeroing rule; `runner.summary` computes it); per-workload latency, speedup and error
 figures; and the build or runtime error text when it fails. `--quick` runs 5 workloads spread over
 the range of T, one trial, 3 warm-up and 10 timed calls. `--official` runs flashinfer-bench's own
 `Benchmark` instead (GPU only). `--ncu` adds Nsight Compute figures for the hottest kernel.
@@ -19,19 +21,18 @@ import re
 import shutil
 import statistics
 import tempfile
-import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from pydantic import ValidationError
 
-from . import bench, check, judge, variants
-from .errors import FibmoeError
+from . import check, judge, runner, variants
+from .errors import FibmoeError, error_text
 
-QUICK = bench.Settings(warmup=3, iterations=10, trials=1)
-FULL = bench.Settings()
+QUICK = runner.Settings(warmup=3, iterations=10, trials=1)
+FULL = runner.Settings()
 QUICK_WORKLOADS = 5
-ERROR_CHARS = 4000
 TRITON_IMPORT = re.compile(r"^\s*(import\s+triton\b|from\s+triton\b)", re.MULTILINE)
 
 
@@ -99,15 +100,6 @@ def quick_workloads(workloads: list, n: int = QUICK_WORKLOADS) -> list:
     return [w for j, w in enumerate(workloads) if j in chosen]
 
 
-def error_text(exc: BaseException) -> str:
-    """The whole story of a failure: the exception chain, with the original traceback, trimmed."""
-    root = exc.__cause__ or exc.__context__ or exc
-    text = "".join(traceback.format_exception(type(root), root, root.__traceback__))
-    if root is not exc:
-        text = f"{exc}\n{text}"
-    return text.strip()[-ERROR_CHARS:]
-
-
 # ---- the evaluation ----------------------------------------------------------------------------------
 
 
@@ -122,9 +114,11 @@ def evaluate(
     benchmark_factory: Callable | None = None,
     progress=None,
     source: str | None = None,
+    timeout_s: float = runner.DEFAULT_TIMEOUT_S,
+    on_workload=None,
 ) -> dict:
-    """Check then bench one candidate; never raises for the candidate's own failures."""
-    settings = QUICK if quick else FULL
+    """Judge and time one candidate (`runner.run`); never raises for the candidate's own failures."""
+    settings = replace(QUICK if quick else FULL, timeout_s=timeout_s)
     base = {
         "candidate": variant.name,
         "language": variant.spec.language,
@@ -134,18 +128,15 @@ def evaluate(
         "mode": ("quick" if quick else "full") + (" official" if official else ""),
         "settings": {"warmup": settings.warmup, "iterations": settings.iterations, "trials": settings.trials},
     }
-    try:
-        solution = variants.pack(variant, ds.definition.name)
-        if not official:  # the official runner builds in its own subprocess and reports COMPILE_ERROR
-            variants.build(solution, ds.definition)
-    except FibmoeError as e:
-        return result(base, _rows_not_run(variant.name, workloads, "COMPILE_ERROR"), "build", error_text(e))
-
-    if official:
+    if official:  # flashinfer-bench's Benchmark builds in its own subprocess and reports COMPILE_ERROR
         from .official import OfficialSettings, run_official
 
+        try:
+            solution = variants.pack(variant, ds.definition.name)
+        except FibmoeError as e:
+            return result(base, _rows_not_run(variant.name, workloads, judge.COMPILE_ERROR), "build", error_text(e))
         osettings = OfficialSettings(warmup=settings.warmup, iterations=settings.iterations, trials=settings.trials)
-        records, _ = run_official(
+        rows, _ = run_official(
             ds,
             workloads,
             [solution],
@@ -156,7 +147,6 @@ def evaluate(
             benchmark_factory=benchmark_factory,
             progress=progress,
         )
-        rows = [_row(r, r) for r in records]
         return result(base, rows, "bench" if all(r["status"] == judge.PASSED for r in rows) else "check")
 
     reason = check.skip_reason(variant, ds, device)
@@ -164,51 +154,32 @@ def evaluate(
         return result(
             base, _rows_not_run(variant.name, workloads, judge.SKIPPED), "check", f"not evaluated here: {reason}"
         )
-    cases = check.run_check([variant], ds, workloads, device, settings.trials, settings.style, progress)
-    checked = [c.to_dict() for c in cases]
-    if not all(c["status"] == judge.PASSED for c in checked):
-        return result(base, [_row(c, None) for c in checked], "check")
-    try:
-        records = bench.run_bench([variant], ds, workloads, device, settings, hw, progress)
-    except Exception as e:  # noqa: BLE001 - a candidate that passed the check can still crash while timed
-        rows = [{**_row(c, None), "status": judge.RUNTIME_ERROR} for c in checked]
-        return result(base, rows, "bench", error_text(e))
-    by_uuid = {r["uuid"]: r for r in records}
-    return result(base, [_row(c, by_uuid.get(c["uuid"])) for c in checked], "bench")
+    rows = runner.run(
+        [variant], ds, workloads, device, settings, timed=True, hw=hw, progress=progress,
+        on_workload=on_workload, time_after_failure=False,
+    )  # fmt: skip
+    bad = next((r for r in rows if r["status"] != judge.PASSED), None)
+    stage = {"build": "build", "bench": "bench"}.get(bad["failed_at"], "check") if bad else "bench"
+    return result(base, rows, stage)
 
 
 def _rows_not_run(name: str, workloads: list, status: str) -> list[dict]:
     return [
-        _row({"variant": name, "uuid": w.workload.uuid, "seq_len": w.workload.axes["seq_len"], "status": status}, None)
+        {"variant": name, "uuid": w.workload.uuid, "seq_len": w.workload.axes["seq_len"], "status": status}
+        | dict.fromkeys(ROW_FIGURES)
+        | {"message": ""}
         for w in workloads
     ]
 
 
-def _row(checked: dict, timed: Optional[dict]) -> dict:
-    """One workload's figures: errors from the check, timing from the bench (either may be missing)."""
-    t = timed or {}
-    status = t.get("status", checked.get("status"))
-    return {
-        "variant": checked["variant"],
-        "uuid": checked["uuid"],
-        "seq_len": checked["seq_len"],
-        "status": status,
-        "latency_ms": t.get("latency_ms"),
-        "reference_ms": t.get("reference_ms"),
-        "speedup_vs_reference": t.get("speedup_vs_reference"),
-        "floor_ms": t.get("floor_ms"),
-        "fraction_of_floor": t.get("fraction_of_floor"),
-        "max_abs_error": checked.get("max_abs_error"),
-        "rel_l2_error": checked.get("rel_l2_error"),
-        "matched_ratio": checked.get("matched_ratio"),
-        "routing_agreement": checked.get("routing_agreement"),
-        "message": t.get("message") or checked.get("message") or "",
-        **({"error": t["error"]} if t.get("error") else {}),
-    }
+ROW_FIGURES = (
+    "latency_ms median_ms reference_ms speedup_vs_reference floor_ms fraction_of_floor max_abs_error rel_l2_error"
+    " matched_ratio routing_agreement error"
+).split()
 
 
 def result(base: dict, rows: list[dict], stage: str, error: Optional[str] = None) -> dict:
-    """The eval JSON. combined_score: mean speedup over the reference (bench.summary), 0 if anything failed."""
+    """The eval JSON. combined_score: mean speedup over the reference (runner.summary), 0 if anything failed."""
     passed = sum(r["status"] == judge.PASSED for r in rows)
     all_passed = bool(rows) and passed == len(rows) and error is None
     if error is None and not all_passed:
@@ -216,7 +187,7 @@ def result(base: dict, rows: list[dict], stage: str, error: Optional[str] = None
         error = f"{bad['status']} on workload {bad['uuid']} (T={bad['seq_len']}): {bad['message']}".strip()
         if bad.get("error"):
             error += "\n" + bad["error"]
-    s = bench.summary(rows).get(base["candidate"], {}) if rows else {}
+    s = runner.summary(rows).get(base["candidate"], {}) if rows else {}
     timed = all_passed and all(r["speedup_vs_reference"] for r in rows)
     rel_l2 = [r["rel_l2_error"] for r in rows if r["rel_l2_error"] is not None]
     return {

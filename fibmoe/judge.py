@@ -21,6 +21,8 @@ INCORRECT_SHAPE = "INCORRECT_SHAPE"
 INCORRECT_DTYPE = "INCORRECT_DTYPE"
 RUNTIME_ERROR = "RUNTIME_ERROR"
 SKIPPED = "SKIPPED"
+COMPILE_ERROR = "COMPILE_ERROR"
+TIMEOUT = "TIMEOUT"
 
 
 def official_config():
@@ -33,10 +35,12 @@ def official_config():
 class Verdict:
     status: str
     max_abs_error: Optional[float] = None
+    max_rel_error: Optional[float] = None  # flashinfer-bench's figure, for its Trace records
     rel_l2_error: Optional[float] = None
     matched_ratio: Optional[float] = None
     routing_agreement: Optional[float] = None
     message: str = ""
+    error: Optional[str] = None  # a failure's whole text (traceback), beside the one-line message
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,10 +66,11 @@ def judge(out, ref_bf16: torch.Tensor, ref_fp32: torch.Tensor) -> Verdict:
             rel_l2_error=float("nan"),
             message=f"{unwritten} of {out.numel()} elements are NaN/inf (unwritten or overflowed)",
         )
-    max_abs, _, exceeds, matched = compute_error_stats(out, ref_bf16.to(out.device), official_config())
+    _, max_rel, exceeds, matched = compute_error_stats(out, ref_bf16.to(out.device), official_config())
     return Verdict(
         INCORRECT_NUMERICAL if exceeds else PASSED,
         max_abs_error=diff.abs().max().item() if diff.numel() else 0.0,
+        max_rel_error=max_rel,
         rel_l2_error=rel_l2,
         matched_ratio=matched,
         message=f"matched ratio {matched:.4f} < {MATCHED_RATIO}" if exceeds else "",

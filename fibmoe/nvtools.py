@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -23,9 +22,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import REPO_ROOT
 from .errors import FibmoeError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 NCU_METRICS = {
     "duration": "gpu__time_duration.sum",
@@ -86,10 +84,9 @@ def runner_argv(solution_path: Path, ds, trace, device: str, warmup: int, profil
 
 
 def tool_env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.update(extra or {})
-    return env
+    from .runner import child_env
+
+    return {**child_env(), **(extra or {})}
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -7,7 +7,7 @@
 - The trace set is built in memory from one of our datasets (`dataset.load`): its definition, the chosen
   workloads and the packed solutions; `run_all(dump_traces=False)` so nothing is written into the dataset.
 - flashinfer-bench's `Trace`/`Evaluation` objects become records shaped like `fibmoe bench`'s (same table,
-  same JSON, same `bench.summary`), with the roofline floor beside every latency.
+  same JSON, same `runner.summary`), with the roofline floor beside every latency.
 - The FlashInfer baseline solution (`flashinfer_wrapper_9sdjf3`, Blackwell only) runs beside ours when the
   dataset has it and the GPU can run it; the official score is then the mean over workloads of
   baseline latency / our latency, zeroed if any workload failed. Elsewhere it is reported unavailable.
@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import judge
-from .errors import FibmoeError
+from .errors import FibmoeError, error_text
+from .runner import add_previous_rung_speedups, summary, workload_facts
 
 BASELINE_NAME = "flashinfer_wrapper_9sdjf3"
 NO_RESULT = "flashinfer-bench returned no result for this workload (its reference or its runner failed)"
-ERROR_LINES, ERROR_CHARS = 40, 4000
 
 
 @dataclass(frozen=True)
@@ -226,12 +226,6 @@ def run_official(
 # ---- conversion --------------------------------------------------------------------------------
 
 
-def error_text(log: str) -> str:
-    """The tail of an evaluation's log: where the traceback and the harness's own message are."""
-    lines = [line.rstrip() for line in (log or "").strip().splitlines()]
-    return "\n".join(lines[-ERROR_LINES:])[-ERROR_CHARS:]
-
-
 def _message(ev) -> str:
     """One line for the table: the error's last line, or the numbers that failed the tolerance."""
     if ev is None:
@@ -253,38 +247,17 @@ def _status(ev) -> str:
     return ev.status.value if hasattr(ev.status, "value") else str(ev.status)
 
 
-def _workload_facts(ds, trace, hw) -> dict:
-    from .dataset import routing_tensors
-    from .geometry import Geometry
-    from .roofline import work_of
-
-    w = trace.workload
-    offset = w.inputs["local_expert_offset"].value
-    routing = routing_tensors(ds, trace)
-    work = work_of(Geometry.from_definition(ds.definition), routing["routing_logits"], routing["routing_bias"], offset)
-    return {
-        "seq_len": w.axes["seq_len"],
-        "local_expert_offset": offset,
-        "floor_ms": work.floor_s(hw) * 1e3 if hw else None,
-        "active_experts": work.active_experts,
-        "local_rows": work.local_rows,
-        "bound": work.bound(hw) if hw else None,
-    }
-
-
 def records_from_traces(traces: list, ds, workloads: list, meta: dict, hw=None) -> list[dict]:
     """One record per (workload, solution), in workload order, shaped like `fibmoe bench`'s records.
 
     `meta`: solution name -> {"rung": int|None, "baseline": bool}, in the order to report them. A pair
     the harness returned nothing for (it logs and skips a workload whose reference failed) is a failure.
     """
-    from .bench import _add_previous_rung_speedups
-
     by_key = {(t.workload.uuid, t.solution): t for t in traces if t.solution is not None}
     records = []
     for wl in workloads:
         uuid = wl.workload.uuid
-        facts = _workload_facts(ds, wl, hw)
+        facts = workload_facts(ds, wl, hw)
         for name, m in meta.items():
             trace = by_key.get((uuid, name))
             ev = trace.evaluation if trace is not None else None
@@ -319,7 +292,7 @@ def records_from_traces(traces: list, ds, workloads: list, meta: dict, hw=None) 
                     "hardware": ev.environment.hardware if ev is not None else None,
                 }
             )
-    _add_previous_rung_speedups(records)
+    add_previous_rung_speedups(records)
     return records
 
 
@@ -346,8 +319,6 @@ def add_baseline_speedups(records: list[dict], unavailable: str = "") -> None:
 def official_score(records: list[dict], total_workloads: int | None = None) -> dict:
     """Per solution of ours: the contest score (mean over workloads of baseline / our latency, zero if
     any workload failed; None where the baseline is missing) beside the mean speedup over the reference."""
-    from .bench import summary
-
     ours = [r for r in records if not r.get("baseline")]
     base_summary = summary(ours)
     out = {}

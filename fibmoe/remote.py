@@ -1,7 +1,8 @@
 """Remote GPUs through Modal: the same official run (`official.run`) inside a Modal container.
 
-Everything Modal-specific is named once here; the app itself lives in `modal_app` (imported only when
-a run starts, since modal is optional: the GPU machines we use do not have it). The remote function
+Everything Modal-specific is named once here; the app and the executor that calls it live in `modal_app`,
+which imports this module (never the other way round) and is imported only when a run starts, since
+modal is optional: the GPU machines we use do not have it. The remote function
 receives Solution JSON strings and plain settings, and returns plain JSON: `remote_body` is its whole
 body, run in-process by the tests.
 
@@ -12,9 +13,7 @@ flashinfer-bench silently sees an empty dataset.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
@@ -252,8 +251,8 @@ def make_requests(
 
 def merge(responses: list[dict]) -> dict:
     """One payload from the containers' payloads: records in workload order, summary and score redone."""
-    from .bench import _add_previous_rung_speedups
     from .official import official_score
+    from .runner import add_previous_rung_speedups
 
     errors = [r["error"] for r in responses if "error" in r]
     if errors:
@@ -271,7 +270,7 @@ def merge(responses: list[dict]) -> dict:
     uuid_order = {u: i for i, u in enumerate(dict.fromkeys(rec["uuid"] for rec in records))}
     name_order = {n: i for i, n in enumerate(dict.fromkeys(rec["variant"] for rec in records))}
     records.sort(key=lambda rec: (uuid_order[rec["uuid"]], bool(rec.get("baseline")), name_order[rec["variant"]]))
-    _add_previous_rung_speedups(records)
+    add_previous_rung_speedups(records)
     total = first.get("official", {}).get("dataset_workloads")
     baseline = dict(first["official"]["baseline"])
     baseline["ran"] = any(r["official"]["baseline"]["ran"] for r in responses)
@@ -298,7 +297,7 @@ def credentials_problem(get: Callable | None = None) -> str:
     return NO_CREDENTIALS
 
 
-def _import_modal():
+def import_modal():
     try:
         import modal
     except ImportError:
@@ -308,7 +307,7 @@ def _import_modal():
     return modal
 
 
-def _modal_error(modal, e: Exception) -> FibmoeError | None:
+def modal_error(modal, e: Exception) -> FibmoeError | None:
     """Modal's own failures as one line; None for anything else (a bug, or the remote body's exception)."""
     exc = modal.exception
     if isinstance(e, exc.AuthError):
@@ -325,38 +324,14 @@ def _modal_error(modal, e: Exception) -> FibmoeError | None:
     return None
 
 
-def modal_executor(gpu: str, requests: list[dict]) -> list[dict]:
-    """Run the requests on Modal, one container each, in parallel when there are several."""
-    modal = _import_modal()
-    problem = credentials_problem()
-    if problem:
-        raise FibmoeError(problem)
-    from . import modal_app
-
-    print(f"running {len(requests)} container(s) on Modal {gpu} ...", file=sys.stderr)
-    try:
-        with contextlib.redirect_stdout(sys.stderr), modal.enable_output():  # stdout stays for --json
-            with modal_app.app.run():
-                fn = modal_app.bench_remote.with_options(gpu=gpu)
-                if len(requests) == 1:
-                    return [fn.remote(requests[0])]
-                return list(fn.map(requests))
-    except Exception as e:
-        mapped = _modal_error(modal, e)
-        if mapped is None:
-            raise
-        raise mapped from None
-
-
-def run_remote(
-    solutions: list, definition: str, gpu: str, settings, executor: Callable | None = None, **options
-) -> dict:
+def run_remote(solutions: list, definition: str, gpu: str, settings, executor: Callable, **options) -> dict:
     """Send packed Solutions to Modal, run them officially there, and return the merged payload.
+    `executor(gpu, requests)` runs the requests (`modal_app.execute`; tests pass a stand-in);
     `options` are `make_requests`'s (workload_uuids, all_uuids, parallel, baseline, rungs, bandwidth, fp8_rate)."""
     from . import results, variants
 
     gpu = resolve_gpu(gpu)
     solution_jsons = [variants.solution_json(s) for s in solutions]
     requests = make_requests(solution_jsons, definition, gpu, settings, git_revision=results.git_revision(), **options)
-    responses = (executor or modal_executor)(gpu, requests)
+    responses = executor(gpu, requests)
     return merge(list(responses))

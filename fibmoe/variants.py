@@ -16,9 +16,9 @@ from typing import Literal, Optional
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import REPO_ROOT
 from .errors import FibmoeError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VARIANTS_DIR = REPO_ROOT / "variants"
 SPEC_FILE = "variant.toml"
 SOURCE_SUFFIXES = {".py", ".cu", ".cuh", ".cpp", ".cc", ".h", ".hpp"}
@@ -144,11 +144,15 @@ def solution_json(solution) -> str:
     return json.dumps(solution.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
 
 
-def read_solution(path: Path):
+def solution_from_json(text: str):
     from flashinfer_bench import Solution
 
+    return Solution.model_validate_json(text)
+
+
+def read_solution(path: Path):
     try:
-        return Solution.model_validate_json(Path(path).read_text())
+        return solution_from_json(Path(path).read_text())
     except OSError as e:
         raise FibmoeError(f"cannot read {path}: {e.strerror}") from None
     except ValidationError as e:

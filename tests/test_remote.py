@@ -293,8 +293,8 @@ def test_credentials_are_checked_before_any_connection(monkeypatch, no_network):
 def test_modal_failures_map_to_one_line():
     modal = pytest.importorskip("modal")
     exc = modal.exception
-    assert "modal token new" in str(remote._modal_error(modal, exc.AuthError("bad token")))
-    assert "modal volume create flashinfer-trace" in str(remote._modal_error(modal, exc.NotFoundError("Volume")))
-    assert "cannot reach Modal" in str(remote._modal_error(modal, exc.ConnectionError("down")))
-    assert "cannot reach Modal" in str(remote._modal_error(modal, OSError("no route")))
-    assert remote._modal_error(modal, KeyError("x")) is None  # a bug stays a bug
+    assert "modal token new" in str(remote.modal_error(modal, exc.AuthError("bad token")))
+    assert "modal volume create flashinfer-trace" in str(remote.modal_error(modal, exc.NotFoundError("Volume")))
+    assert "cannot reach Modal" in str(remote.modal_error(modal, exc.ConnectionError("down")))
+    assert "cannot reach Modal" in str(remote.modal_error(modal, OSError("no route")))
+    assert remote.modal_error(modal, KeyError("x")) is None  # a bug stays a bug
