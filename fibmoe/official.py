@@ -278,12 +278,16 @@ def records_from_traces(traces: list, ds, workloads: list, meta: dict, hw=None) 
                     "message": _message(ev),
                     "error": None if passed else (error_text(ev.log) if ev is not None else NO_RESULT),
                     "latency_ms": latency,
+                    "median_ms": None,  # the Benchmark keeps only each trial's mean
                     "trial_ms": [],
                     "reference_ms": perf.reference_latency_ms if perf is not None else None,
                     "speedup_vs_reference": perf.speedup_factor if passed else None,
                     "max_abs_error": corr.max_absolute_error if corr is not None else None,
                     "max_rel_error": corr.max_relative_error if corr is not None else None,
                     "matched_ratio": (corr.extra or {}).get("matched_ratio") if corr is not None else None,
+                    "rel_l2_error": None,  # figures of our own judge, not the Benchmark's
+                    "routing_agreement": None,
+                    "failed_at": None if passed else "run",
                     "floor_ms": floor_ms,
                     "active_experts": facts["active_experts"],
                     "local_rows": facts["local_rows"],

@@ -4,7 +4,7 @@ contest-shaped T in {1, 3}, loaded from its packed Solution as flashinfer-bench 
 import pytest
 import torch
 
-from fibmoe import check, dataset, variants
+from fibmoe import check, dataset, runner, variants
 from fibmoe.geometry import CONTEST, SMALL
 
 
@@ -21,9 +21,9 @@ def test_rung1_small_definition_every_workload(rung1, style):
     ds = dataset.load(SMALL.name)
     cases = check.run_check(variants.resolve(["r1-torch"]), ds, ds.workloads, "cpu", trials=2, style=style)
     for c in cases:
-        assert c.status == "PASSED", c.to_dict()
-        assert c.worst("rel_l2_error") < 4e-3  # bf16 rounding of the output is ~1.7e-3
-        assert c.worst("routing_agreement", min) == 1.0
+        assert c["status"] == "PASSED", c
+        assert c["rel_l2_error"] < 4e-3  # bf16 rounding of the output is ~1.7e-3
+        assert c["routing_agreement"] == 1.0
 
 
 @pytest.mark.parametrize("seq_len", [1, 3])
@@ -41,7 +41,7 @@ def test_rung1_contest_shapes(rung1, seq_len):
     inp = inputs.generate(ds, trace, "cpu", "contest", routing={**routing, "routing_logits": logits})
     ref32 = reference.forward(*inp)
     assert (ref32 != 0).any(1).all(), "every token must hit this rank for the test to mean something"
-    out = check.call(rung1[CONTEST.name], inp, ref32.to(torch.bfloat16))
+    out = runner.call(rung1[CONTEST.name], inp, ref32.to(torch.bfloat16))
     v = judge.judge(out, ref32.to(torch.bfloat16), ref32)
     assert v.status == "PASSED", v
     assert v.rel_l2_error < 4e-3
