@@ -37,6 +37,7 @@ from . import REPO_ROOT, judge
 from .errors import FibmoeError, error_text
 
 DEFAULT_TIMEOUT_S = 300  # the contest's limit for one solution's subprocess
+STARTUP_S = 300  # a child's start (Python, torch, flashinfer-bench imports) on a busy machine
 DENSE_GEMM_MIN_T = 2048  # above this T, bench times a dense cuBLAS FP8 GEMM of the same FLOPs by default
 
 
@@ -338,6 +339,10 @@ class Worker:
                 env=child_env(),
                 start_new_session=True,
             )
+            try:  # the interpreter's start and imports do not count against the job's limit
+                _receive(self.proc.stdout.fileno(), time.monotonic() + STARTUP_S)
+            except (TimeoutError, EOFError, OSError):
+                return {"died": self.kill()}
         try:
             _send(self.proc.stdin, job)
             return _receive(self.proc.stdout.fileno(), time.monotonic() + timeout_s)
@@ -373,6 +378,10 @@ class Worker:
 def main() -> int:
     protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever the solution prints goes to stderr, never into the protocol
+    import flashinfer_bench  # noqa: F401 - imported before "ready": the job's limit is for the job
+    import torch  # noqa: F401
+
+    _send(protocol, {"ready": True})
     session = Session()
     while True:
         try:
