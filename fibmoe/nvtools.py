@@ -367,22 +367,13 @@ def profile_variant(
     run=subprocess.run,
 ) -> tuple[dict, Path]:
     """`fibmoe profile`: the report under results/<gpu>/, and a JSON summary beside it."""
-    from . import results, variants
+
+    def measure(solution, base):
+        return {"ncu": profile(solution, ds, trace, device, base, section_set, timeout, run=run)}
 
     find_tool("ncu", NCU_HINT)
     require_cuda(device, "Nsight Compute profiling")
-    slug = slug or results.results_slug(device)
-    solution = variants.pack(variant, ds.definition.name)
-    base = report_base(results_dir, slug, "profile", variant.name, trace.workload.uuid)
-    summary = profile(solution, ds, trace, device, base, section_set, timeout, run=run)
-    payload = {
-        "provenance": provenance if provenance is not None else results.provenance(device),
-        "variant": variant.name,
-        "uuid": trace.workload.uuid,
-        "seq_len": trace.workload.axes["seq_len"],
-        "ncu": summary,
-    }
-    return payload, results.write_results("profile", device, payload, results_dir, slug=slug)
+    return _one_call_report("profile", variant, ds, trace, device, results_dir, slug, provenance, measure)
 
 
 def sanitize_variant(
@@ -398,23 +389,31 @@ def sanitize_variant(
     run=subprocess.run,
 ) -> tuple[dict, Path]:
     """`fibmoe sanitize`: each tool's full output under results/<gpu>/, and a JSON summary beside them."""
-    from . import results, variants
+
+    def measure(solution, base):
+        checks = sanitize(solution, ds, trace, device, base, tuple(tools), timeout, run=run)
+        return {"clean": all(c["status"] == "clean" for c in checks), "checks": checks}
 
     find_tool("compute-sanitizer", SANITIZER_HINT)
     require_cuda(device, "compute-sanitizer")
+    return _one_call_report("sanitize", variant, ds, trace, device, results_dir, slug, provenance, measure)
+
+
+def _one_call_report(kind, variant, ds, trace, device, results_dir, slug, provenance, measure) -> tuple[dict, Path]:
+    """Pack, run `measure(solution, report base path)` and write its JSON summary under results_dir/<gpu>/."""
+    from . import results, variants
+
     slug = slug or results.results_slug(device)
     solution = variants.pack(variant, ds.definition.name)
-    base = report_base(results_dir, slug, "sanitize", variant.name, trace.workload.uuid)
-    checks = sanitize(solution, ds, trace, device, base, tuple(tools), timeout, run=run)
+    base = report_base(results_dir, slug, kind, variant.name, trace.workload.uuid)
     payload = {
         "provenance": provenance if provenance is not None else results.provenance(device),
         "variant": variant.name,
         "uuid": trace.workload.uuid,
         "seq_len": trace.workload.axes["seq_len"],
-        "clean": all(c["status"] == "clean" for c in checks),
-        "checks": checks,
+        **measure(solution, base),
     }
-    return payload, results.write_results("sanitize", device, payload, results_dir, slug=slug)
+    return payload, results.write_results(kind, device, payload, results_dir, slug=slug)
 
 
 # ---- the runner the tools launch ----------------------------------------------------------------------
