@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -73,6 +74,28 @@ ResultsDirOpt = typer.Option(None, "--results-dir", help="write results into DIR
 TimeoutOpt = typer.Option(
     300.0, "--timeout", min=1, help="seconds per variant and workload; past it the verdict is TIMEOUT"
 )
+
+
+SELECTION = {  # the workload selection of every command that runs variants: name -> (type, option)
+    "dataset": (Optional[Path], DatasetOpt),
+    "definition": (str, DefinitionOpt),
+    "device": (str, DeviceOpt),
+    "workload": (Optional[List[str]], WorkloadOpt),
+    "seq_len": (Optional[List[int]], SeqLenOpt),
+}
+
+
+def with_selection(fn):
+    """Declare the SELECTION options once for a command: Typer reads them from the signature given here,
+    and the command receives them as `**selection`."""
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    added = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, (t, o) in SELECTION.items()
+    ]
+    fn.__signature__ = sig.replace(parameters=own + added)
+    fn.__annotations__ = {**fn.__annotations__, **{n: t for n, (t, _) in SELECTION.items()}}
+    return fn
 
 
 def _setup(dataset, definition, device, workload, seq_len):
@@ -165,25 +188,22 @@ def variants_new(
 
 @app.command()
 @guarded
+@with_selection
 def check(
     names: Optional[List[str]] = typer.Argument(None, help="variants (default: all)"),
-    dataset: Optional[Path] = DatasetOpt,
-    definition: str = DefinitionOpt,
-    device: str = DeviceOpt,
-    workload: Optional[List[str]] = WorkloadOpt,
-    seq_len: Optional[List[int]] = SeqLenOpt,
     trials: int = typer.Option(3, "--trials", min=1, help="fresh random inputs per workload"),
     style: str = StyleOpt,
     timeout: float = TimeoutOpt,
     save: bool = typer.Option(False, "--save", help="also write the results under results/<gpu>/"),
     results_dir: Optional[Path] = ResultsDirOpt,
     as_json: bool = JsonOpt,
+    **selection,
 ):
     """Diff-test variants against the reference with the official rule; exit 0 only if all passed."""
     from . import check as check_mod
     from . import results, variants
 
-    device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
+    device, ds, workloads = _setup(**selection)
     chosen = variants.resolve(names or [])
     writer = None
     if save or results_dir is not None:
@@ -257,13 +277,9 @@ CPU_INTERPRETER_WORKLOADS = 2  # Triton rungs in the interpreter: the smallest T
 
 @app.command()
 @guarded
+@with_selection
 def bench(
     names: Optional[List[str]] = typer.Argument(None, help="variants (default: all)"),
-    dataset: Optional[Path] = DatasetOpt,
-    definition: str = DefinitionOpt,
-    device: str = DeviceOpt,
-    workload: Optional[List[str]] = WorkloadOpt,
-    seq_len: Optional[List[int]] = SeqLenOpt,
     warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="default 10 (1 on a CPU)"),
     iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="default 50 (3 on a CPU)"),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="default 3 (1 on a CPU)"),
@@ -289,6 +305,7 @@ def bench(
     baseline: Optional[bool] = typer.Option(
         None, "--baseline/--no-baseline", help="run the FlashInfer baseline beside (default: where it can run)"
     ),
+    **selection,
 ):
     """Time variants and the reference with the official protocol, beside the roofline floor."""
     from . import results, runner, variants
@@ -299,12 +316,11 @@ def bench(
         counts = {k: v if v is not None else getattr(defaults, k) for k, v in counts.items()}
         folder = results.destination(save, results_dir)
         return _bench_official(
-            names, dataset, definition, device, workload, seq_len, style, bandwidth, fp8_rate, folder, as_json,
-            remote, parallel, baseline, **counts,
+            names, selection, style, bandwidth, fp8_rate, folder, as_json, remote, parallel, baseline, **counts,
         )  # fmt: skip
     if parallel or baseline is not None:
         raise FibmoeError("--parallel and --baseline go with --official or --remote")
-    device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
+    device, ds, workloads = _setup(**selection)
     chosen = variants.resolve(names or [])
     if not device.startswith("cuda") and all(v is None for v in counts.values()):
         counts = dict(CPU_BENCH)
@@ -435,8 +451,8 @@ def _hardware(device: str, bandwidth: Optional[float] = None, fp8_rate: Optional
 
 
 def _bench_official(
-    names, dataset, definition, device, workload, seq_len, style, bandwidth, fp8_rate, results_dir, as_json,
-    remote, parallel, baseline, warmup, iterations, trials,
+    names, selection, style, bandwidth, fp8_rate, results_dir, as_json, remote, parallel, baseline, warmup,
+    iterations, trials,
 ):  # fmt: skip
     """`bench --official` (flashinfer-bench's Benchmark here) and `bench --remote GPU` (the same on Modal)."""
     from . import dataset as dataset_mod
@@ -453,16 +469,17 @@ def _bench_official(
     slug = None
     if remote:
         gpu = remote_mod.resolve_gpu(remote)
-        geometry = dataset_mod.resolve_definition("contest" if definition == "auto" else definition)
-        ds = dataset_mod.load(geometry.name, dataset)  # the local copy: uuids to select and fan out
-        selected = ds.select(workload, seq_len)
+        chosen_definition, picked = selection["definition"], (selection["workload"], selection["seq_len"])
+        geometry = dataset_mod.resolve_definition("contest" if chosen_definition == "auto" else chosen_definition)
+        ds = dataset_mod.load(geometry.name, selection["dataset"])  # the local copy: uuids to select and fan out
+        selected = ds.select(*picked)
         solutions = [variants.pack(v, geometry.name) for v in chosen]
         payload = remote_mod.run_remote(
             solutions,
             geometry.name,
             gpu,
             settings,
-            workload_uuids=[w.workload.uuid for w in selected] if (workload or seq_len) else None,
+            workload_uuids=[w.workload.uuid for w in selected] if any(picked) else None,
             all_uuids=[w.workload.uuid for w in selected],
             parallel=parallel,
             baseline=baseline,
@@ -474,7 +491,7 @@ def _bench_official(
         device = "cuda"
         slug = results.slug_of(payload["provenance"].get("device_name", gpu))
     else:
-        device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
+        device, ds, workloads = _setup(**selection)
         if not device.startswith("cuda"):
             raise FibmoeError(
                 "--official needs a CUDA GPU (flashinfer-bench's Benchmark refuses to start without one): "
@@ -539,13 +556,9 @@ EntryOpt = typer.Option("run", "--entry", help="entry function of a kernel file"
 
 @app.command("eval")
 @guarded
+@with_selection
 def eval_(
     target: str = TargetArg,
-    dataset: Optional[Path] = DatasetOpt,
-    definition: str = DefinitionOpt,
-    device: str = DeviceOpt,
-    workload: Optional[List[str]] = WorkloadOpt,
-    seq_len: Optional[List[int]] = SeqLenOpt,
     quick: bool = typer.Option(False, "--quick", help="5 workloads, 1 trial, 3 warm-up and 10 timed calls"),
     ncu: bool = typer.Option(False, "--ncu", help="add Nsight Compute figures for the hottest kernel"),
     official: bool = typer.Option(False, "--official", help="time with flashinfer-bench's Benchmark (GPU)"),
@@ -554,14 +567,15 @@ def eval_(
     save: bool = typer.Option(False, "--save", help="also write the result under results/<gpu>/"),
     results_dir: Optional[Path] = ResultsDirOpt,
     as_json: bool = JsonOpt,
+    **selection,
 ):
     """Score one candidate for a search loop or an agent: pack, check, bench; one JSON object with --json."""
     import tempfile
 
     from . import evaluate, nvtools, results
 
-    device, ds, workloads = _setup(dataset, definition, device, workload, seq_len)
-    if quick and not (workload or seq_len):
+    device, ds, workloads = _setup(**selection)
+    if quick and not (selection["workload"] or selection["seq_len"]):
         workloads = evaluate.quick_workloads(workloads)
     if ncu:
         nvtools.find_tool("ncu", nvtools.NCU_HINT)
