@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -76,38 +79,67 @@ TimeoutOpt = typer.Option(
 )
 
 
-SELECTION = {  # the workload selection of every command that runs variants: name -> (type, option)
-    "dataset": (Optional[Path], DatasetOpt),
-    "definition": (str, DefinitionOpt),
-    "device": (str, DeviceOpt),
-    "workload": (Optional[List[str]], WorkloadOpt),
-    "seq_len": (Optional[List[int]], SeqLenOpt),
-}
+SaveOpt = typer.Option(False, "--save", help="write the results as evidence under the checkout's results/<gpu>/")
 
 
-def with_selection(fn):
-    """Declare the SELECTION options once for a command: Typer reads them from the signature given here,
-    and the command receives them as `**selection`."""
-    sig = inspect.signature(fn)
-    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    added = [
-        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, (t, o) in SELECTION.items()
-    ]
-    fn.__signature__ = sig.replace(parameters=own + added)
-    fn.__annotations__ = {**fn.__annotations__, **{n: t for n, (t, _) in SELECTION.items()}}
-    return fn
+@dataclass(frozen=True)
+class Selection:
+    """Which workloads a command runs on (check, bench, eval)."""
+
+    dataset: Optional[Path] = DatasetOpt
+    definition: str = DefinitionOpt
+    device: str = DeviceOpt
+    workload: Optional[List[str]] = WorkloadOpt
+    seq_len: Optional[List[int]] = SeqLenOpt
 
 
-def _setup(dataset, definition, device, workload, seq_len):
+@dataclass(frozen=True)
+class Recording:
+    """How long one variant may take on one workload, and where and how the results go (check, bench, eval)."""
+
+    timeout: float = TimeoutOpt
+    save: bool = SaveOpt
+    results_dir: Optional[Path] = ResultsDirOpt
+    as_json: bool = JsonOpt
+
+
+def option_groups(fn):
+    """Each parameter of `fn` annotated with an option group (Selection, Recording) becomes that group's
+    options on the command line (declared once, in the group) and reaches `fn` as one group object."""
+    sig = inspect.signature(fn, eval_str=True)
+    params, groups = [], {}
+    for p in sig.parameters.values():
+        if p.annotation not in (Selection, Recording):
+            params.append(p)
+            continue
+        groups[p.name] = p.annotation
+        hints = typing.get_type_hints(p.annotation)
+        for f in dataclasses.fields(p.annotation):
+            params.append(
+                inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+            )
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        for name, group in groups.items():
+            kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(group)})
+        return fn(*args, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=params)
+    return command
+
+
+def _setup(selection: Selection):
     from . import check
     from . import dataset as dataset_mod
 
-    device = check.resolve_device(device)
+    device = check.resolve_device(selection.device)
+    definition = selection.definition
     if definition == "auto":
         definition = "contest" if device.startswith("cuda") else "small"
     geometry = dataset_mod.resolve_definition(definition)
-    ds = dataset_mod.load(geometry.name, dataset)
-    return device, ds, ds.select(workload, seq_len)
+    ds = dataset_mod.load(geometry.name, selection.dataset)
+    return device, ds, ds.select(selection.workload, selection.seq_len)
 
 
 def _fmt(x, spec=".3g", none="-"):
@@ -188,33 +220,32 @@ def variants_new(
 
 @app.command()
 @guarded
-@with_selection
+@option_groups
 def check(
     names: Optional[List[str]] = typer.Argument(None, help="variants (default: all)"),
     trials: int = typer.Option(3, "--trials", min=1, help="fresh random inputs per workload"),
     style: str = StyleOpt,
-    timeout: float = TimeoutOpt,
-    save: bool = typer.Option(False, "--save", help="also write the results under results/<gpu>/"),
-    results_dir: Optional[Path] = ResultsDirOpt,
-    as_json: bool = JsonOpt,
-    **selection,
+    *,
+    selection: Selection,
+    recording: Recording,
 ):
     """Diff-test variants against the reference with the official rule; exit 0 only if all passed."""
     from . import check as check_mod
     from . import results, variants
 
-    device, ds, workloads = _setup(**selection)
+    device, ds, workloads = _setup(selection)
     chosen = variants.resolve(names or [])
     writer = None
-    if save or results_dir is not None:
+    if recording.save or recording.results_dir is not None:
         head = {"provenance": results.provenance(device)}
-        writer = _Writer("check", device, ds, results.destination(save, results_dir), head)
+        writer = _Writer("check", device, ds, results.destination(recording.save, recording.results_dir), head)
     records = check_mod.run_check(
-        chosen, ds, workloads, device, trials, style, _progress(), timeout, writer.update if writer else None
-    )
+        chosen, ds, workloads, device, trials, style, _progress(), recording.timeout,
+        writer.update if writer else None,
+    )  # fmt: skip
     if writer:
         writer.finish(records)
-    if as_json:
+    if recording.as_json:
         print(results.dumps(records))
     else:
         table = Table(title=f"check: {ds.definition.name} on {device}, {trials} trial(s), {style} inputs")
@@ -277,7 +308,7 @@ CPU_INTERPRETER_WORKLOADS = 2  # Triton rungs in the interpreter: the smallest T
 
 @app.command()
 @guarded
-@with_selection
+@option_groups
 def bench(
     names: Optional[List[str]] = typer.Argument(None, help="variants (default: all)"),
     warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="default 10 (1 on a CPU)"),
@@ -289,10 +320,6 @@ def bench(
     dense_gemm: Optional[bool] = typer.Option(
         None, "--dense-gemm/--no-dense-gemm", help="time cuBLAS FP8 GEMMs of each workload's FLOPs (default: T > 2048)"
     ),
-    timeout: float = TimeoutOpt,
-    save: bool = typer.Option(False, "--save", help="write the results under the checkout's results/<gpu>/"),
-    results_dir: Optional[Path] = ResultsDirOpt,
-    as_json: bool = JsonOpt,
     official: bool = typer.Option(
         False, "--official", help="run flashinfer-bench's own Benchmark with the contest's MoE settings (GPU)"
     ),
@@ -305,7 +332,9 @@ def bench(
     baseline: Optional[bool] = typer.Option(
         None, "--baseline/--no-baseline", help="run the FlashInfer baseline beside (default: where it can run)"
     ),
-    **selection,
+    *,
+    selection: Selection,
+    recording: Recording,
 ):
     """Time variants and the reference with the official protocol, beside the roofline floor."""
     from . import results, runner, variants
@@ -314,13 +343,12 @@ def bench(
     if official or remote:
         defaults = runner.Settings()
         counts = {k: v if v is not None else getattr(defaults, k) for k, v in counts.items()}
-        folder = results.destination(save, results_dir)
         return _bench_official(
-            names, selection, style, bandwidth, fp8_rate, folder, as_json, remote, parallel, baseline, **counts,
-        )  # fmt: skip
+            names, selection, recording, style, bandwidth, fp8_rate, remote, parallel, baseline, **counts
+        )
     if parallel or baseline is not None:
         raise FibmoeError("--parallel and --baseline go with --official or --remote")
-    device, ds, workloads = _setup(**selection)
+    device, ds, workloads = _setup(selection)
     chosen = variants.resolve(names or [])
     if not device.startswith("cuda") and all(v is None for v in counts.values()):
         counts = dict(CPU_BENCH)
@@ -332,15 +360,15 @@ def bench(
         workloads = _cpu_bench_selection(chosen, ds, workloads, device)
     defaults = runner.Settings()
     counts = {k: v if v is not None else getattr(defaults, k) for k, v in counts.items()}
-    settings = runner.Settings(**counts, style=style, timeout_s=timeout, dense_gemm=dense_gemm)
+    settings = runner.Settings(**counts, style=style, timeout_s=recording.timeout, dense_gemm=dense_gemm)
     settings = runner.resolve_seed(settings)
     hw = _hardware(device, bandwidth, fp8_rate)
     head = {"provenance": results.provenance(device, settings), "hardware": hw.__dict__ if hw else None}
     if device.startswith("cuda"):
         _progress()("empty launch spans (same protocol)")
         head["launch"] = runner.launch_spans(device, settings)
-    folder = results.destination(save, results_dir)
-    if not save and results_dir is None:
+    folder = results.destination(recording.save, recording.results_dir)
+    if not recording.save and recording.results_dir is None:
         err.print("ad-hoc run: results go to the per-user data folder (--save puts evidence in results/<gpu>/)")
     writer = _Writer("bench", device, ds, folder, head)
     records = runner.run(
@@ -349,7 +377,7 @@ def bench(
     )  # fmt: skip
     payload = {**head, "definition": ds.definition.name, "summary": runner.summary(records), "records": records}
     writer.finish(records, summary=payload["summary"])
-    if as_json:
+    if recording.as_json:
         print(results.dumps({**payload, "kind": "bench", "complete": True}))
     else:
         _print_bench(payload, device)
@@ -451,8 +479,8 @@ def _hardware(device: str, bandwidth: Optional[float] = None, fp8_rate: Optional
 
 
 def _bench_official(
-    names, selection, style, bandwidth, fp8_rate, results_dir, as_json, remote, parallel, baseline, warmup,
-    iterations, trials,
+    names, selection: Selection, recording: Recording, style, bandwidth, fp8_rate, remote, parallel, baseline,
+    warmup, iterations, trials,
 ):  # fmt: skip
     """`bench --official` (flashinfer-bench's Benchmark here) and `bench --remote GPU` (the same on Modal)."""
     from . import dataset as dataset_mod
@@ -469,9 +497,9 @@ def _bench_official(
     slug = None
     if remote:
         gpu = remote_mod.resolve_gpu(remote)
-        chosen_definition, picked = selection["definition"], (selection["workload"], selection["seq_len"])
+        chosen_definition, picked = selection.definition, (selection.workload, selection.seq_len)
         geometry = dataset_mod.resolve_definition("contest" if chosen_definition == "auto" else chosen_definition)
-        ds = dataset_mod.load(geometry.name, selection["dataset"])  # the local copy: uuids to select and fan out
+        ds = dataset_mod.load(geometry.name, selection.dataset)  # the local copy: uuids to select and fan out
         selected = ds.select(*picked)
         solutions = [variants.pack(v, geometry.name) for v in chosen]
         payload = remote_mod.run_remote(
@@ -491,7 +519,7 @@ def _bench_official(
         device = "cuda"
         slug = results.slug_of(payload["provenance"].get("device_name", gpu))
     else:
-        device, ds, workloads = _setup(**selection)
+        device, ds, workloads = _setup(selection)
         if not device.startswith("cuda"):
             raise FibmoeError(
                 "--official needs a CUDA GPU (flashinfer-bench's Benchmark refuses to start without one): "
@@ -509,8 +537,9 @@ def _bench_official(
             baseline=baseline,
             progress=_progress(),
         )
-    path = results.write_results("official", device, {**payload, "complete": True}, results_dir, slug=slug)
-    if as_json:
+    folder = results.destination(recording.save, recording.results_dir)
+    path = results.write_results("official", device, {**payload, "complete": True}, folder, slug=slug)
+    if recording.as_json:
         print(results.dumps(payload))
     else:
         _print_bench(payload, device)
@@ -556,26 +585,24 @@ EntryOpt = typer.Option("run", "--entry", help="entry function of a kernel file"
 
 @app.command("eval")
 @guarded
-@with_selection
+@option_groups
 def eval_(
     target: str = TargetArg,
     quick: bool = typer.Option(False, "--quick", help="5 workloads, 1 trial, 3 warm-up and 10 timed calls"),
     ncu: bool = typer.Option(False, "--ncu", help="add Nsight Compute figures for the hottest kernel"),
     official: bool = typer.Option(False, "--official", help="time with flashinfer-bench's Benchmark (GPU)"),
     entry: str = EntryOpt,
-    timeout: float = TimeoutOpt,
-    save: bool = typer.Option(False, "--save", help="also write the result under results/<gpu>/"),
-    results_dir: Optional[Path] = ResultsDirOpt,
-    as_json: bool = JsonOpt,
-    **selection,
+    *,
+    selection: Selection,
+    recording: Recording,
 ):
     """Score one candidate for a search loop or an agent: pack, check, bench; one JSON object with --json."""
     import tempfile
 
     from . import evaluate, nvtools, results
 
-    device, ds, workloads = _setup(**selection)
-    if quick and not (selection["workload"] or selection["seq_len"]):
+    device, ds, workloads = _setup(selection)
+    if quick and not (selection.workload or selection.seq_len):
         workloads = evaluate.quick_workloads(workloads)
     if ncu:
         nvtools.find_tool("ncu", nvtools.NCU_HINT)
@@ -584,19 +611,19 @@ def eval_(
         v = evaluate.load_candidate(target, Path(tmp), entry)
         res = evaluate.evaluate(
             v, ds, workloads, device, quick, _hardware(device), official, progress=_progress(), source=target,
-            timeout_s=timeout,
+            timeout_s=recording.timeout,
         )  # fmt: skip
         if ncu:
             if res["all_passed"]:
                 evaluate.add_ncu(res, v, ds, workloads, device)
             else:
                 res["ncu"] = {"error": "not profiled: the candidate did not pass"}
-    if save or results_dir is not None:
-        folder = results.destination(save, results_dir)
+    if recording.save or recording.results_dir is not None:
+        folder = results.destination(recording.save, recording.results_dir)
         path = results.write_results("eval", device, {"provenance": results.provenance(device), **res}, folder)
         results.write_traces(path, results.traces_of(res["per_workload"], ds, device))
         err.print(f"wrote {path} and its flashinfer-bench traces")
-    if as_json:
+    if recording.as_json:
         print(results.dumps(res))
     else:
         _print_eval(res)
@@ -658,7 +685,7 @@ def profile(
     from . import evaluate, nvtools, results
 
     nvtools.find_tool("ncu", nvtools.NCU_HINT)
-    device, ds, workloads = _setup(dataset, definition, device, [workload], None)
+    device, ds, workloads = _setup(Selection(dataset, definition, device, [workload], None))
     with tempfile.TemporaryDirectory(prefix="fibmoe-profile-") as tmp:
         v = evaluate.load_candidate(name, Path(tmp), entry)
         folder = _tool_results(results_dir)
@@ -709,7 +736,7 @@ def sanitize(
     from . import evaluate, nvtools, results
 
     nvtools.find_tool("compute-sanitizer", nvtools.SANITIZER_HINT)
-    device, ds, workloads = _setup(dataset, definition, device, [workload] if workload else None, None)
+    device, ds, workloads = _setup(Selection(dataset, definition, device, [workload] if workload else None, None))
     trace = workloads[0] if workload else min(workloads, key=lambda w: w.workload.axes["seq_len"])
     with tempfile.TemporaryDirectory(prefix="fibmoe-sanitize-") as tmp:
         v = evaluate.load_candidate(name, Path(tmp), entry)

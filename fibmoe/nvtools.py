@@ -355,16 +355,7 @@ def report_base(results_dir: Path, slug: str, kind: str, name: str, uuid: str) -
 
 
 def profile_variant(
-    variant,
-    ds,
-    trace,
-    device,
-    results_dir,
-    section_set="full",
-    timeout=900,
-    slug=None,
-    provenance=None,
-    run=subprocess.run,
+    variant, ds, trace, device, results_dir, section_set="full", timeout=900, run=subprocess.run, **where
 ) -> tuple[dict, Path]:
     """`fibmoe profile`: the report under results/<gpu>/, and a JSON summary beside it."""
 
@@ -373,20 +364,11 @@ def profile_variant(
 
     find_tool("ncu", NCU_HINT)
     require_cuda(device, "Nsight Compute profiling")
-    return _one_call_report("profile", variant, ds, trace, device, results_dir, slug, provenance, measure)
+    return _one_call_report("profile", variant, ds, trace, device, results_dir, measure, **where)
 
 
 def sanitize_variant(
-    variant,
-    ds,
-    trace,
-    device,
-    results_dir,
-    tools=SANITIZER_TOOLS,
-    timeout=900,
-    slug=None,
-    provenance=None,
-    run=subprocess.run,
+    variant, ds, trace, device, results_dir, tools=SANITIZER_TOOLS, timeout=900, run=subprocess.run, **where
 ) -> tuple[dict, Path]:
     """`fibmoe sanitize`: each tool's full output under results/<gpu>/, and a JSON summary beside them."""
 
@@ -396,11 +378,14 @@ def sanitize_variant(
 
     find_tool("compute-sanitizer", SANITIZER_HINT)
     require_cuda(device, "compute-sanitizer")
-    return _one_call_report("sanitize", variant, ds, trace, device, results_dir, slug, provenance, measure)
+    return _one_call_report("sanitize", variant, ds, trace, device, results_dir, measure, **where)
 
 
-def _one_call_report(kind, variant, ds, trace, device, results_dir, slug, provenance, measure) -> tuple[dict, Path]:
-    """Pack, run `measure(solution, report base path)` and write its JSON summary under results_dir/<gpu>/."""
+def _one_call_report(
+    kind, variant, ds, trace, device, results_dir, measure, slug=None, provenance=None
+) -> tuple[dict, Path]:
+    """Pack, run `measure(solution, report base path)` and write its JSON summary under results_dir/<gpu>/
+    (`slug`: the GPU folder when the GPU is not this machine's; `provenance`: given rather than read here)."""
     from . import results, variants
 
     slug = slug or results.results_slug(device)
