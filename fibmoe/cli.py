@@ -462,7 +462,7 @@ def _print_bench(payload: dict, device: str) -> None:
         )
 
 
-def _progress(*_):
+def _progress():
     """Progress lines go to stderr in every mode (stdout stays clean for --json)."""
     return lambda msg: err.print(f"  {msg}", style="dim", highlight=False, markup=False)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -84,9 +85,11 @@ def runner_argv(solution_path: Path, ds, trace, device: str, warmup: int, profil
 
 
 def tool_env(extra: dict | None = None) -> dict:
-    from .runner import child_env
-
-    return {**child_env(), **(extra or {})}
+    """The tools' environment: this checkout's fibmoe first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(extra or {})
+    return env
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -12,28 +12,26 @@ own `do_bench` with its argument cloning, exactly as its `time_runnable` calls i
 the latency is the MEAN of the spans (what the contest scores), the median is reported beside it. On a
 CPU (the Triton interpreter) the same loop with the wall clock.
 
-Isolation: each variant's jobs run in a child process of its own (`Worker`, `python -m fibmoe.runner`)
-in a session of its own. A job that outlives its limit is a TIMEOUT: the child is killed with its whole
-process group (a hung CUDA context or a `time.sleep` cannot stop that) and the next job gets a fresh one.
+Isolation: each variant's jobs run in a child process of its own (`Worker`, forked from a forkserver that
+has torch imported), in a session of its own. A job that outlives its limit is a TIMEOUT: the child is
+killed with its whole process group (a hung CUDA context or a `time.sleep` cannot stop that) and the next
+job gets a fresh one.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import pickle
 import secrets
-import select
 import signal
 import statistics
-import subprocess
-import sys
 import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import REPO_ROOT, judge
+from . import judge
 from .errors import FibmoeError, error_text
 
 DEFAULT_TIMEOUT_S = 300  # the contest's limit for one solution's subprocess
@@ -281,76 +279,68 @@ def reference_outputs(ds, inp: list):
 
 # ---- the child process ---------------------------------------------------------------------------------
 
-
-def _send(stream, obj) -> None:
-    data = pickle.dumps(obj)
-    stream.write(len(data).to_bytes(8, "little") + data)
-    stream.flush()
+_FORKSERVER = None
 
 
-def _read_exactly(stream, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = stream.read(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
+def _context():
+    """Children are forked from a forkserver that imported torch and flashinfer-bench once (a fresh
+    interpreter per child would cost seconds each); the server itself never touches CUDA."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        _FORKSERVER = multiprocessing.get_context("forkserver")
+        _FORKSERVER.set_forkserver_preload(["torch", "flashinfer_bench", "fibmoe.runner"])
+    return _FORKSERVER
 
 
-def _receive(fd: int, deadline: float):
-    """One message from a pipe, or TimeoutError at `deadline`, EOFError when the child is gone."""
-    buf, size = b"", None
+def _child(conn) -> None:
+    """A child's life: a session (process group) of its own, then jobs until the parent hangs up."""
+    os.setsid()
+    conn.send({"ready": True})
+    session = Session()
     while True:
-        need = 8 if size is None else size
-        while len(buf) < need:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        if size is not None:
-            return pickle.loads(buf[:size])
-        size, buf = int.from_bytes(buf[:8], "little"), buf[8:]
-
-
-def child_env() -> dict:
-    """The environment for our own child processes: this checkout's fibmoe first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        conn.send(session.execute(job))
 
 
 class Worker:
     """One child process that runs the jobs of one variant, in a session (process group) of its own."""
 
     def __init__(self):
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc = None
+        self.conn = None
 
     def run(self, job: Job, timeout_s: float) -> dict:
         """The job's result; {"timeout": s} or {"died": exit status} when it did not come back."""
         if self.proc is None:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fibmoe.runner"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env=child_env(),
-                start_new_session=True,
-            )
-            try:  # the interpreter's start and imports do not count against the job's limit
-                _receive(self.proc.stdout.fileno(), time.monotonic() + STARTUP_S)
-            except (TimeoutError, EOFError, OSError):
+            ctx = _context()
+            self.conn, theirs = ctx.Pipe()
+            self.proc = ctx.Process(target=_child, args=(theirs,), name="fibmoe-runner")
+            self.proc.start()
+            theirs.close()
+            if not self._answer(STARTUP_S):  # its start does not count against the job's limit
                 return {"died": self.kill()}
         try:
-            _send(self.proc.stdin, job)
-            return _receive(self.proc.stdout.fileno(), time.monotonic() + timeout_s)
-        except TimeoutError:
-            self.kill()
-            return {"timeout": timeout_s}
-        except (EOFError, OSError):
+            self.conn.send(job)
+        except OSError:
             return {"died": self.kill()}
+        if not self._answer(timeout_s):
+            if self.proc.is_alive():
+                self.kill()
+                return {"timeout": timeout_s}
+            return {"died": self.kill()}
+        return self.answer
+
+    def _answer(self, timeout_s: float) -> bool:
+        try:
+            if self.conn.poll(timeout_s):
+                self.answer = self.conn.recv()
+                return True
+        except (EOFError, OSError):
+            pass
+        return False
 
     def kill(self) -> Optional[int]:
         """Kill the child and everything it started; its exit status."""
@@ -358,39 +348,20 @@ class Worker:
             return None
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        code = self.proc.wait()
-        self.proc = None
+        except (ProcessLookupError, PermissionError):
+            self.proc.kill()
+        self.proc.join()
+        code = self.proc.exitcode
+        self.conn.close()
+        self.proc = self.conn = None
         return code
 
     def close(self) -> None:
         if self.proc is None:
             return
-        try:
-            self.proc.stdin.close()  # end of jobs: the child returns from main
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        self.conn.close()  # end of jobs: the child returns
+        self.proc.join(timeout=10)
         self.kill()
-
-
-def main() -> int:
-    protocol = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # whatever the solution prints goes to stderr, never into the protocol
-    import flashinfer_bench  # noqa: F401 - imported before "ready": the job's limit is for the job
-    import torch  # noqa: F401
-
-    _send(protocol, {"ready": True})
-    session = Session()
-    while True:
-        try:
-            job = pickle.loads(
-                _read_exactly(sys.stdin.buffer, int.from_bytes(_read_exactly(sys.stdin.buffer, 8), "little"))
-            )
-        except EOFError:
-            return 0
-        _send(protocol, session.execute(job))
 
 
 # ---- the run (in the parent) ---------------------------------------------------------------------------
@@ -608,7 +579,3 @@ def launch_spans(device: str, settings: Settings) -> dict:
     if "spans" not in res:
         return {"error": res.get("harness_error") or f"no result: {res}"}
     return {name: {"mean_ms": _mean(s), "median_ms": statistics.median(s)} for name, s in res["spans"].items()}
-
-
-if __name__ == "__main__":
-    sys.exit(main())

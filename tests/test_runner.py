@@ -119,12 +119,16 @@ def test_plain_bench_on_a_cpu_times_interpreter_rungs_on_the_smallest_workloads_
 
 
 def test_results_are_written_as_each_workload_ends(tmp_path):
-    # The candidate kills the whole run (its parent, the CLI) on the second workload: the first stays on disk.
-    folder = correct_until(tmp_path, "    if hs.shape[0] == 3:\n        os.kill(os.getppid(), signal.SIGKILL)\n")
+    # The candidate kills the whole run (the CLI's process) on the second workload: the first stays on disk.
+    pid_file = tmp_path / "cli.pid"
+    kill = f"    if hs.shape[0] == 3:\n        os.kill(int(open(r'{pid_file}').read()), signal.SIGKILL)\n"
+    folder = correct_until(tmp_path, kill)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FIBMOE_DATA_DIR": str(tmp_path / "data")}
     cmd = [sys.executable, "-m", "fibmoe", "check", str(folder), *SMALL, "--trials", "1", "-t", "1", "-t", "3"]
-    proc = subprocess.run([*cmd, "--results-dir", str(tmp_path / "res")], env=env, capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr
+    proc = subprocess.Popen([*cmd, "--results-dir", str(tmp_path / "res")], env=env, stderr=subprocess.PIPE)
+    pid_file.write_text(str(proc.pid))
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == -9, stderr
     (path,) = (tmp_path / "res" / "cpu").glob("check-*.json")
     data = strict_json(path.read_text())
     assert data["complete"] is False and [(r["seq_len"], r["status"]) for r in data["records"]] == [(1, "PASSED")]
