@@ -3,7 +3,7 @@
 Without a GPU the kernels run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1
 before triton is imported). The interpreter gets two casts wrong (TRACK_A.md section 5): fp32 -> fp8e4nv
 where rounding crosses a power of two, and fp32 -> bf16 (truncation). Rung 3's kernels therefore
-round to the fp8 / bf16 grid themselves when interpreted (EXACT_CASTS), so that the interpreter's
+round to the fp8 / bf16 grid themselves when interpreted (variants/_shared/exact.py), so that the interpreter's
 cast only converts representable values; `test_interpreter_cast_bugs_are_still_there` fails the day
 the interpreter is fixed, and `test_exact_cast_helpers_match_torch` proves the kernels' own rounding
 is torch's round-to-nearest-even.
@@ -11,7 +11,7 @@ is torch's round-to-nearest-even.
 Tolerances. Rung 3 re-quantizes C = silu(gate) * up to FP8 (per row, per 128 columns) before GEMM2,
 as a hi/lo pair of terms (v7): hi = fp8(C / s_hi), s_hi = amax(C) / 448, and lo = fp8(r / s_lo) of the
 fp32 residual r = C - hi * s_hi, s_lo = amax(r) / 448; GEMM2 runs one fp8 dot per term and K block.
-With hi alone (v6, `hl=False`) an e4m3 rounding error is uniform within +-1/16 of a value and O sums
+With hi alone (v6, `c_hi_lo=False`) an e4m3 rounding error is uniform within +-1/16 of a value and O sums
 128..2048 such independent terms: ||out - ref|| / ||ref|| was 0.019-0.025 against the fp32 reference.
 The pair leaves an error of ~2^-4 of the residual (itself ~2^-5 of C), below the final bf16 rounding:
 measured 1.6-1.8e-3 on every workload here (rung 1, C in fp32: 1.7e-3), so we assert < 5e-3, which
@@ -24,6 +24,7 @@ an fp8 rounding midpoint: one element of a row off by one fp8 ulp. So we assert 
 the elements are bitwise equal and the relative L2 error is < 1e-2 (measured <= 1.4e-4).
 """
 
+import dataclasses
 import importlib
 import os
 
@@ -45,7 +46,7 @@ from flashinfer_bench.bench.utils import compute_error_stats  # noqa: E402
 
 OFFICIAL = BenchmarkConfig(atol=1.0, rtol=0.3, required_matched_ratio=0.9)
 REL_L2_FP32 = 5e-3  # vs the fp32 reference: hi/lo FP8 re-quantization of C (module docstring)
-REL_L2_FP32_SINGLE = 0.05  # the same with C as one FP8 term (`hl=False`, v6)
+REL_L2_FP32_SINGLE = 0.05  # the same with C as one FP8 term (`c_hi_lo=False`, v6)
 REL_L2_FP8_AWARE = 1e-2  # vs the reference with the same FP8 quantization of C (module docstring)
 EQUAL_FP8_AWARE = 0.98  # fraction of elements bitwise equal to it (module docstring)
 BLOCK = 128
@@ -68,6 +69,21 @@ def _call(fn, inp):
     out = torch.full((n_tokens, hidden), float("nan"), dtype=torch.bfloat16, device=inp[2].device)
     ret = fn(*inp, out)
     assert ret is None or ret is out or torch.equal(ret, out)
+    return out
+
+
+def _tiles(mod, T, **changes):
+    """Rung 3's tile table for T on this device, with `changes` (field names of `tiles.Tiles`)."""
+    return dataclasses.replace(mod.tiles_for(T, mod.capability(torch.device(DEVICE))), **changes)
+
+
+def _call_with(mod, tiles, inp):
+    """A call through a fresh workspace cut as `tiles` says (an experiment's path; `run` uses the table)."""
+    n_tokens, n_experts = inp[0].shape
+    n_local, n1, hidden = inp[4].shape
+    ws = mod.Workspace(inp[2].device, n_tokens, n_experts, n_local, hidden, n1 // 2, tiles)
+    out = torch.full((n_tokens, hidden), float("nan"), dtype=torch.bfloat16, device=inp[2].device)
+    assert ws.run(*inp, out) is out
     return out
 
 
@@ -177,7 +193,7 @@ def _cast_kernel(x_ptr, f8_ptr, bf_ptr, N: tl.constexpr):
 
 @pytest.mark.skipif(not INTERPRET, reason="a fact about Triton's CPU interpreter")
 def test_interpreter_cast_bugs_are_still_there():
-    """When this fails, the interpreter's casts were fixed: drop EXACT_CASTS and tighten the tests."""
+    """When this fails, the interpreter's casts were fixed: drop the EXACT rounding (exact.py) and tighten the tests."""
     x = torch.tensor([7.9, -7.81, 1.0 + 2**-8 + 2**-10, 3.0], dtype=torch.float32)
     f8 = torch.empty(4, dtype=torch.float8_e4m3fn)
     bf = torch.empty(4, dtype=torch.bfloat16)
@@ -244,10 +260,51 @@ def test_last_rank_offset_and_split_k(ds, built):
         for w in ds.workloads
         if w.workload.inputs["local_expert_offset"].value == 48 and w.workload.axes["seq_len"] <= 4
     ]
-    assert mod._config(w.workload.axes["seq_len"])["s1"] > 1
+    assert _tiles(mod, w.workload.axes["seq_len"]).gemm1_split_k > 1
     torch.manual_seed(5)
     inp = inputs.generate(ds, w, DEVICE, "quantized")
     _check_output(_call(fn, inp), inp)
+
+
+# ---- the tile table and the compile plan -----------------------------------------------------------
+
+
+def test_tile_table_buckets_and_inconsistent_tiles(built):
+    """`tiles_for`'s bucket edges, the sm_90 / sm_100 difference at large T, and one clear ValueError
+    for tiles that cannot run together."""
+    _, mod = built
+    t = {T: mod.tiles_for(T, 90) for T in (4, 5, 8, 9, 16, 128, 129, 2048, 2049)}
+    assert t[4].gemm1_split_k == 2 and t[5].gemm1_split_k == 1
+    assert t[8].fused_routing and not t[9].fused_routing
+    assert t[128].inline_rows and t[128].gemm1_swapped and t[128].gemm2_swapped
+    assert not t[129].inline_rows and not t[129].gemm1_swapped and t[129].bf16_partial_rows
+    assert not t[2048].gemm1_tiles_fastest and t[2049].gemm1_tiles_fastest
+    assert mod.tiles_for(14107, 90).gemm1_block_m == 128 and mod.tiles_for(14107, 100).gemm1_block_m == 64
+    assert all(x.c_hi_lo and x.pdl and not x.atomic_reduction for x in t.values())
+    with pytest.raises(ValueError, match="fused_routing needs inline_rows"):
+        dataclasses.replace(t[8], inline_rows=False)
+    with pytest.raises(ValueError, match="needs pdl"):
+        dataclasses.replace(t[16], pdl=False)
+    with pytest.raises(ValueError, match="exclude each other"):
+        dataclasses.replace(t[129], atomic_reduction=True)
+
+
+def test_compile_plan_lists_each_buckets_launches(built):
+    """The hook of scripts/compile_check.py: the kernels a contest-size workspace builds, on the meta
+    device (nothing allocated, nothing launched), each with all of its arguments."""
+    _, mod = built
+    names = {T: [p[0] for p in mod.compile_plan(T, 90)] for T in (1, 56, 901)}
+    assert names == {
+        1: ["gemm1", "gemm2", "finalize"],
+        56: ["route", "gemm1", "gemm2", "finalize"],
+        901: ["route", "sort", "gemm1", "gemm2", "finalize"],
+    }
+    for name, fn, args, consts, opts in mod.compile_plan(14107, 100, sms=148):
+        assert len(args) + len(consts) == len(fn.arg_names), name
+        assert all(a.device.type == "meta" for a in args if isinstance(a, torch.Tensor)), name
+        assert opts["num_warps"] in (1, 4, 8), name
+    (gemm1,) = [p for p in mod.compile_plan(14107, 100, sms=148) if p[0] == "gemm1"]
+    assert gemm1[3]["BM"] == 64 and gemm1[3]["USE_LIBDEVICE"]  # compiled as for a GPU
 
 
 # ---- routing ties, crafted ------------------------------------------------------------------------
@@ -358,14 +415,7 @@ def test_reductions_agree_and_are_deterministic(ds, built):
     inp = inputs.generate(ds, w, DEVICE, "quantized")
     a, b = _call(fn, inp), _call(fn, inp)
     assert torch.equal(a, b)
-    saved = mod.REDUCE_MODE
-    try:
-        mod.REDUCE_MODE = "atomic"
-        mod.reset_workspaces()
-        c = _call(fn, inp)
-    finally:
-        mod.REDUCE_MODE = saved
-        mod.reset_workspaces()
+    c = _call_with(mod, _tiles(mod, 16, atomic_reduction=True), inp)
     assert not c.isnan().any()
     torch.testing.assert_close(c.float(), a.float(), rtol=2**-7, atol=0)  # fp32 sum order, then bf16
 
@@ -379,17 +429,9 @@ def test_sort_path_matches_the_inline_path(ds, built):
     torch.manual_seed(4)
     inp = inputs.generate(ds, w, DEVICE, "contest")
     inline = _call(fn, inp)
-    try:
-        mod.CONFIG_OVERRIDE.update(inline=False, bt_route=16, w_route=4, bm1=32, bm2=32)
-        mod.reset_workspaces()
-        sorted_ = _call(fn, inp)
-        mod.REDUCE_MODE = "atomic"
-        mod.reset_workspaces()
-        atomic = _call(fn, inp)
-    finally:
-        mod.CONFIG_OVERRIDE.clear()
-        mod.REDUCE_MODE = "buffer"
-        mod.reset_workspaces()
+    tiles = _tiles(mod, 40, inline_rows=False, routing_block_t=16, routing_warps=4, gemm1_block_m=32, gemm2_block_m=32)
+    sorted_ = _call_with(mod, tiles, inp)
+    atomic = _call_with(mod, dataclasses.replace(tiles, atomic_reduction=True), inp)
     assert torch.equal(sorted_, inline)
     _check_output(sorted_, inp)
     assert not atomic.isnan().any()
@@ -407,19 +449,22 @@ def test_unswapped_tiles_bf16_rows_and_fused_routing(ds, built):
     inp = inputs.generate(ds, w, DEVICE, "contest")
     base = _call(fn, inp)
     outs = {}
-    try:
-        for name, ov in (
-            ("unswapped64", dict(inline=False, bm1=64, bm2=64, bt_route=16, w_route=4)),
-            ("unswapped128_bf16rows", dict(inline=False, bm1=128, bm2=128, obf=True, spf1=False, spf2=False, ku2=2)),
-        ):
-            mod.CONFIG_OVERRIDE.clear()
-            mod.CONFIG_OVERRIDE.update(ov)
-            mod.reset_workspaces()
-            assert not mod._config(40)["sw1"] and not mod._config(40)["sw2"]
-            outs[name] = _call(fn, inp)
-    finally:
-        mod.CONFIG_OVERRIDE.clear()
-        mod.reset_workspaces()
+    for name, changes in (
+        (
+            "unswapped64",
+            dict(inline_rows=False, gemm1_block_m=64, gemm2_block_m=64, routing_block_t=16, routing_warps=4),
+        ),
+        (
+            "unswapped128_bf16rows",
+            dict(
+                inline_rows=False, gemm1_block_m=128, gemm2_block_m=128, bf16_partial_rows=True,
+                gemm1_scale_prefetch=False, gemm2_scale_prefetch=False, gemm2_k_blocks_per_step=2,
+            ),
+        ),
+    ):  # fmt: skip
+        tiles = _tiles(mod, 40, **changes)
+        assert not tiles.gemm1_swapped and not tiles.gemm2_swapped
+        outs[name] = _call_with(mod, tiles, inp)
     ref32 = reference.forward(*inp)
     ref_bf16 = reference.run(*inp)
     for name, out in outs.items():
@@ -431,35 +476,23 @@ def test_unswapped_tiles_bf16_rows_and_fused_routing(ds, built):
     # fused routing (T <= 8 by default) against the routing kernel: the same bits
     (w7,) = [w for w in ds.workloads if w.workload.axes["seq_len"] == 7]
     inp7 = inputs.generate(ds, w7, DEVICE, "contest")
-    assert mod._config(7)["fr"]
+    assert _tiles(mod, 7).fused_routing
     fused = _call(fn, inp7)
-    try:
-        mod.CONFIG_OVERRIDE.update(fr=False)
-        mod.reset_workspaces()
-        unfused = _call(fn, inp7)
-    finally:
-        mod.CONFIG_OVERRIDE.clear()
-        mod.reset_workspaces()
+    unfused = _call_with(mod, _tiles(mod, 7, fused_routing=False), inp7)
     assert torch.equal(fused, unfused)
 
 
 def test_hi_lo_pair_of_c(ds, built):
-    """C as a hi/lo pair of FP8 terms (default) against hi alone (`hl=False`, rung 3 up to v6): the
+    """C as a hi/lo pair of FP8 terms (default) against hi alone (`c_hi_lo=False`, rung 3 up to v6): the
     single term matches its own FP8-aware reference but misses the 5e-3 bound against the fp32
     reference by ~4x, which the pair meets; the pair's lo term carries the single term's error."""
     fn, mod = built
     (w,) = [w for w in ds.workloads if w.workload.axes["seq_len"] == 16]
     torch.manual_seed(9)
     inp = inputs.generate(ds, w, DEVICE, "contest")
-    assert mod._config(16)["hl"]
+    assert _tiles(mod, 16).c_hi_lo
     pair = _call(fn, inp)
-    try:
-        mod.CONFIG_OVERRIDE.update(hl=False)
-        mod.reset_workspaces()
-        single = _call(fn, inp)
-    finally:
-        mod.CONFIG_OVERRIDE.clear()
-        mod.reset_workspaces()
+    single = _call_with(mod, _tiles(mod, 16, c_hi_lo=False), inp)
     ref32 = reference.forward(*inp)
     ref8_single = _fp8_aware_reference(inp, n_terms=1).to(torch.bfloat16)
     assert not single.isnan().any()
