@@ -1,0 +1,140 @@
+"""Compile a Triton rung's kernels offline for sm_90 and sm_100, exactly as its workspace of each T
+builds them, and report what the compiler made of them. No GPU needed: Triton's own ptxas compiles,
+its bundled cuobjdump reads the cubin.
+
+    python scripts/compile_check.py r3-triton-fp8                   # sm_90 and sm_100, the contest's T
+    python scripts/compile_check.py r3-triton-fp8 --cap 100 -t 1 -t 14107 -k gemm1
+
+One line per kernel: registers per thread, stack (bytes spilled to local memory), shared memory, warps,
+stages, and counts of telling SASS instructions: the MMA ones (QGMMA/HGMMA on sm_90, UTC*MMA on sm_100,
+HMMA/QMMA otherwise), local loads/stores (LDL/STL: spills), async copies and atomics.
+
+The hook: a rung's entry module provides `compile_plan(T, cap, sms)`, returning the kernels a workspace
+of T tokens builds on a GPU of compute capability `cap` (x 10) with `sms` SMs, as a list of
+(name, jit function, arguments, constexprs, launch options): arguments in the kernel's order (tensors,
+typically on the "meta" device, give each pointer's element type; ints are i32, floats fp32), the
+constexprs by name, the options as given to the launch (num_warps, num_stages, ...).
+"""
+
+import argparse
+import importlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for a GPU even where there is none
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from fibmoe import variants  # noqa: E402
+from fibmoe.errors import FibmoeError  # noqa: E402
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+CONTEST_T = (1, 7, 16, 56, 901, 14107)  # one workload per tile bucket of the contest's 19
+SMS = {90: 132, 100: 148}  # H100/H200, B200
+TYPES = {
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float8_e4m3fn: "fp8e4nv",
+    torch.int32: "i32",
+    torch.int64: "i64",
+    torch.uint8: "u8",
+}
+SASS_OPS = ("QGMMA", "HGMMA", "UTCQMMA", "UTCHMMA", "UTCMMA", "HMMA", "QMMA", "IMMA", "LDL", "STL", "LDGSTS",
+            "UTMALDG", "ATOMG", "REDG", "RED.", "MUFU.EX2")  # fmt: skip
+
+
+def load_entry_module(name: str):
+    """The variant's entry module, packed (shared files beside its own) and imported as a package."""
+    variant = variants.resolve([name])[0]
+    pkg = Path(tempfile.mkdtemp(prefix="compile_check_")) / "packed"
+    pkg.mkdir()
+    for rel, src in variant.source_files().items():
+        (pkg / rel).write_text(src.read_text())
+    (pkg / "__init__.py").touch()
+    sys.path.insert(0, str(pkg.parent))
+    module = importlib.import_module("packed." + variant.spec.entry_point.split("::")[0].removesuffix(".py"))
+    if not hasattr(module, "compile_plan"):
+        raise FibmoeError(f"{name}: its entry module has no compile_plan(T, cap, sms) (see scripts/compile_check.py)")
+    return module
+
+
+def signature(fn, args, consts):
+    """Triton's signature for `fn` from example arguments; pointers are assumed 16-byte aligned."""
+    sig, attrs = {}, {}
+    runtime = iter(args)
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+            continue
+        a = next(runtime)
+        if isinstance(a, torch.Tensor):
+            sig[name] = "*" + TYPES[a.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(a, bool) or not isinstance(a, (int, float)):
+            raise TypeError(f"{fn.__name__}: argument {name} is a {type(a).__name__}")
+        else:
+            sig[name] = "i32" if isinstance(a, int) else "fp32"
+    return sig, attrs
+
+
+def compile_one(name, fn, args, consts, opts, cap, workdir: Path):
+    sig, attrs = signature(fn, args, consts)
+    options = {k: v for k, v in opts.items() if k in ("num_warps", "num_stages")}
+    kernel = triton.compile(
+        ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", cap, 32), options=options
+    )
+    cubin = workdir / f"{name}_sm{cap}.cubin"
+    cubin.write_bytes(kernel.asm["cubin"])
+    usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
+    sass = subprocess.run([BIN / "cuobjdump", "--dump-sass", cubin], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", usage)
+    stack = re.search(r"STACK:(\d+)", usage)
+    ops = {op: n for op in SASS_OPS if (n := len(re.findall(r"\b" + re.escape(op), sass)))}
+    return dict(
+        regs=int(regs.group(1)) if regs else None,
+        stack=int(stack.group(1)) if stack else None,
+        smem=kernel.metadata.shared,
+        warps=kernel.metadata.num_warps,
+        stages=options.get("num_stages", 3),
+        sass=ops,
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variant", help="a Triton rung whose entry module has compile_plan, e.g. r3-triton-fp8")
+    parser.add_argument("--cap", type=int, action="append", help="compute capability x 10 (default: 90 and 100)")
+    parser.add_argument("-t", "--seq-len", type=int, action="append", help=f"T (default: {CONTEST_T})")
+    parser.add_argument("-k", "--kernel", action="append", help="only the kernels of these names (default: all)")
+    a = parser.parse_args(argv)
+    try:
+        module = load_entry_module(a.variant)
+    except FibmoeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="compile_check_cubin_"))
+    for cap in a.cap or (90, 100):
+        for T in a.seq_len or CONTEST_T:
+            for name, fn, args, consts, opts in module.compile_plan(T, cap, SMS.get(cap, 132)):
+                if a.kernel and name not in a.kernel:
+                    continue
+                r = compile_one(f"T{T}_{name}", fn, args, consts, opts, cap, workdir)
+                print(
+                    f"sm_{cap} T={T:<6} {name:10s} regs={r['regs']} stack={r['stack']} smem={r['smem']} "
+                    f"warps={r['warps']} stages={r['stages']} {r['sass']}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

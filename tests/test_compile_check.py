@@ -1,0 +1,36 @@
+"""scripts/compile_check.py: a Triton rung's kernels compiled offline (Triton's bundled ptxas, no GPU),
+through the `compile_plan` hook of the rung's entry module. Run as a subprocess: the script must import
+Triton without TRITON_INTERPRET, which this process may have set."""
+
+import os
+import subprocess
+import sys
+
+from fibmoe import variants
+
+SCRIPT = variants.REPO_ROOT / "scripts" / "compile_check.py"
+
+
+def _run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=variants.REPO_ROOT, env=env
+    )
+
+
+def test_rung3_gemm2_compiles_to_fp8_tensor_core_mmas_without_spilling():
+    """GEMM2 at T=1 for sm_90: warpgroup FP8 MMAs (QGMMA) in the SASS, nothing spilled to the stack."""
+    proc = _run("r3-triton-fp8", "--cap", "90", "-t", "1", "-k", "gemm2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith("sm_90 T=1") and " gemm2 " in line, line
+    fields = dict(f.split("=", 1) for f in line.split() if "=" in f and not f.startswith("T="))
+    assert 0 < int(fields["regs"]) <= 255 and fields["stack"] == "0", line
+    assert "'QGMMA'" in line and "'LDL'" not in line, line
+
+
+def test_a_variant_without_the_hook_or_unknown_is_one_error_line():
+    for name, message in (("r1-torch", "has no compile_plan"), ("no-such-rung", "unknown variant")):
+        proc = _run(name)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
