@@ -73,7 +73,7 @@ def _call(fn, inp):
 
 
 def _tiles(mod, T, **changes):
-    """Rung 3's tile table for T on this device, with `changes` (field names of `tiles.Tiles`)."""
+    """Rung 3's tile table for T on this device, with `changes` (field names of `tile_table.Tiles`)."""
     return dataclasses.replace(mod.tiles_for(T, mod.capability(torch.device(DEVICE))), **changes)
 
 

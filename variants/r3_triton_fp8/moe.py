@@ -17,7 +17,7 @@ GEMM2's programs start in the SM slots that GEMM1's finished programs free):
 A "row" is a (token, slot) pair, identified as token * 8 + slot everywhere (C, its scales, the routing
 weight, the parked rows of multi-expert tokens). Grids are persistent, sized from the SM count and the
 compiled kernel's occupancy; the loop bound is the worst case for T and items past the real work are
-skipped. Tiles come from `tiles.tiles_for(T, cap)` (no autotuning). NOTES.md has the measurements.
+skipped. Tiles come from `tile_table.tiles_for(T, cap)` (no autotuning). NOTES.md has the measurements.
 
 This module: `run` (the entry point), `route` (for the harness's routing agreement), `Workspace` (the
 scratch buffers and launches of one T, reusable with any `Tiles`), and `compile_plan` (the kernels a
@@ -31,7 +31,7 @@ from . import finalize, gemm1, gemm2, sort
 from .exact import INTERPRET
 from .launch import BLOCK, Kernel, capability, next_pow2, sm_count
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route, route_kernel, use_libdevice
-from .tiles import Tiles, tiles_for
+from .tile_table import Tiles, tiles_for
 
 __all__ = ["run", "route", "Workspace", "tiles_for", "compile_plan"]  # route: the harness's routing agreement
 
