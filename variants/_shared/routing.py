@@ -2,9 +2,11 @@
 Triton rungs.
 
 `route_tokens` routes a block of tokens in registers (a GEMM kernel can run it itself at tiny T);
-`route_kernel` is the stand-alone routing launch (expert ids and weights to memory, and optionally the
-exact zero output rows of tokens with no local expert); `route` is the host entry the harness calls to
-measure routing agreement (any rung's entry module re-exports it).
+`zero_rows` writes the exact zero output rows of tokens with no local expert, and `zero_sum_rows` (beyond
+the API first agreed for rung 4) zeroes the fp32 rows an atomic reduction sums into; `route_kernel` is
+the stand-alone routing launch (expert ids and weights to memory, optionally both kinds of zero rows);
+`route` is the host entry the harness calls to measure routing agreement (any rung's entry module
+re-exports it).
 """
 
 import torch
