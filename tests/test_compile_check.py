@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fibmoe import variants
 
 SCRIPT = variants.REPO_ROOT / "scripts" / "compile_check.py"
@@ -18,6 +20,7 @@ def _run(*args):
     )
 
 
+@pytest.mark.slow
 def test_rung3_gemm2_compiles_to_fp8_tensor_core_mmas_without_spilling():
     """GEMM2 at T=1 for sm_90: warpgroup FP8 MMAs (QGMMA) in the SASS, nothing spilled to the stack."""
     proc = _run("r3-triton-fp8", "--cap", "90", "-t", "1", "-k", "gemm2")
