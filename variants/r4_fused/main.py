@@ -6,9 +6,11 @@ sizing, scratch allocation) a call checks that the workload is the one cached an
 kernel straight through its C launcher with integer pointers: no allocation, no torch op.
 """
 
+import torch
 import triton
 
 from .launch import capability
+from .moe import compile_plan as compile_plan_rung3
 from .moe import run as run_rung3
 from .persistent import Workspace
 from .routing import route  # noqa: F401  (the harness measures routing agreement through it)
@@ -110,3 +112,27 @@ def run(
         routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale,
         gemm2_weights, gemm2_weights_scale, local_expert_offset, routed_scaling_factor, output,
     )  # fmt: skip
+
+
+def compile_plan(T: int, cap: int, sms: int = 132):
+    """The kernels a call of T tokens launches on a GPU of capability `cap` (scripts/compile_check.py):
+    the one persistent kernel up to MAX_FUSED_T, rung 3's above. Built on the "meta" device."""
+    if T > MAX_FUSED_T:
+        return compile_plan_rung3(T, cap, sms)
+    meta = torch.device("meta")
+    E, NL, H, I = 256, 32, 7168, 2048
+    fp8 = torch.float8_e4m3fn
+    ws = Workspace(meta, T, E, NL, H, I, None, cap, sms)
+    inputs = (
+        torch.empty(T, E, device=meta),
+        torch.empty(E, dtype=torch.bfloat16, device=meta),
+        torch.empty(T, H, dtype=fp8, device=meta),
+        torch.empty(H // 128, T, device=meta),
+        torch.empty(NL, 2 * I, H, dtype=fp8, device=meta),
+        torch.empty(NL, 2 * I // 128, H // 128, device=meta),
+        torch.empty(NL, H, I, dtype=fp8, device=meta),
+        torch.empty(NL, H // 128, I // 128, device=meta),
+        torch.empty(T, H, dtype=torch.bfloat16, device=meta),
+    )
+    consts = dict(ws.kernel.consts, USE_LIBDEVICE=True)
+    return [("moe", ws.kernel.fn, (*inputs, *ws.scratch, T, 0, 2.5), consts, ws.kernel.opts)]

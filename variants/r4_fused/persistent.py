@@ -460,7 +460,7 @@ def max_tiles(T: int, n_local: int, bm: int) -> int:
 class Workspace:
     """Scratch buffers and the compiled kernel for one (device, T, geometry), reused across calls."""
 
-    def __init__(self, device, T, E, NL, H, I, tiles=None, cap=90):
+    def __init__(self, device, T, E, NL, H, I, tiles=None, cap=90, sms=None):
         if H % BLOCK or I % BLOCK or E % N_GROUP:
             raise ValueError(f"unsupported geometry H={H} I={I} E={E}")
         t = tiles or tiles_for(T, cap, INTERPRET)
@@ -506,7 +506,8 @@ class Workspace:
             + nhb * triton.cdiv(T, t.tokens_per_finalize_block)
         )
         # optional trace (tiles.trace): a record per work item, then one per program (at most 8 per SM)
-        self.trace = torch.zeros((items + 8 * sm_count(device)) * 4 if t.trace else 1, dtype=torch.int64, device=device)
+        sms = sms or sm_count(device)
+        self.trace = torch.zeros((items + 8 * sms) * 4 if t.trace else 1, dtype=torch.int64, device=device)
         self.scratch = (self.ids, self.wts, self.counts, self.lists, self.cq, self.cs, self.part, self.ticket,
                         self.obuf, self.sync, self.trace)  # fmt: skip
         bc_sort = min(1024, max(16, next_pow2(T)))
@@ -518,5 +519,5 @@ class Workspace:
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip
-        self.kernel = Kernel(moe_kernel, (items,), consts, persistent_sms=sm_count(device),
+        self.kernel = Kernel(moe_kernel, (items,), consts, persistent_sms=sms,
                              num_warps=t.num_warps, num_stages=t.num_stages)  # fmt: skip
