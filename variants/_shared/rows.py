@@ -66,3 +66,31 @@ def tile_rows(tile, c, loc, lists_ptr, T, BM: tl.constexpr, NLP: tl.constexpr, T
     else:
         rid = tl.load(lists_ptr + e * T + rows, mask=rmask, other=0)
     return e, rmask, rid
+
+
+@triton.jit
+def expert_rows(e, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK: tl.constexpr, BC: tl.constexpr,
+                NCHUNK: tl.constexpr):  # fmt: skip
+    """The sort of local expert e: its rows (token * TOPK + slot) in token order at lists[e * T + rank],
+    and their count at counts[e]. NCHUNK = cdiv(T, BC) (a constexpr: T is fixed per workspace)."""
+    k = tl.arange(0, TOPK)[None, :]
+    base = 0
+    for ci in range(0, NCHUNK):
+        t = ci * BC + tl.arange(0, BC)
+        tm = t < T
+        loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=tm[:, None], other=-1) - local_off
+        m = loc == e
+        hit = tl.max(m.to(tl.int32), axis=1)  # a token selects an expert at most once
+        slot = tl.sum(tl.where(m, k, 0), axis=1)
+        pos = base + tl.cumsum(hit, axis=0) - hit
+        tl.store(lists_ptr + e * T + pos, t * TOPK + slot, mask=hit > 0)
+        base += tl.sum(hit)
+    tl.store(counts_ptr + e, base)
+
+
+def max_tiles(T: int, n_local: int, bm: int, top_k: int = 8) -> int:
+    """Worst-case number of M tiles over all local experts: sum_e ceil(c_e / bm) where
+    sum_e c_e <= T * min(top_k, n_local), c_e <= T, and at most min(n_local, rows) experts are hit."""
+    rows = T * min(top_k, n_local)
+    hit = min(n_local, rows)
+    return max(1, min(n_local * triton.cdiv(T, bm), (rows + hit * (bm - 1)) // bm))

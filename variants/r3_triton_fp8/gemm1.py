@@ -13,6 +13,7 @@ and runs the epilogue; T <= 8: every program routes all T tokens itself (no rout
 import triton
 import triton.language as tl
 
+from .gemm1_tile import split_k_park, w1_tile
 from .launch import Kernel, gdc_launch_dependents, gdc_wait
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOPK_GROUP, route_tokens, zero_rows, zero_sum_rows
@@ -103,8 +104,6 @@ def gemm1_kernel(
     c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
     n_tiles = tl.sum((c + BM - 1) // BM)
     n_items = n_tiles * (NJ * SPLIT_K)
-    kk = tl.arange(0, BK)
-    jn = tl.arange(0, BJ)
     for it in range(0, ITERS):
         item = pid + it * nprog
         if item < n_items:
@@ -121,74 +120,13 @@ def gemm1_kernel(
             tj = tile * NJ + jb
             e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
             tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked tiles
-            e64 = e.to(tl.int64)
-            su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB
-            sg_ptr = w1s_ptr + (e * (2 * NJ) + NJ + jb) * NKB
-            if SWAP:
-                wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[:, None] * H + kk[None, :]  # [BJ, BK]
-                a_ptrs = hs_ptr + tok.to(tl.int64)[None, :] * H + kk[:, None]  # [BK, BM], K contiguous
-                amask = rmask[None, :]
-                acc_u = tl.zeros((BJ, BM), tl.float32)
-                acc_g = tl.zeros((BJ, BM), tl.float32)
-            else:
-                wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[None, :] * H + kk[:, None]  # [BK, BJ]
-                a_ptrs = hs_ptr + tok.to(tl.int64)[:, None] * H + kk[None, :]  # [BM, BK]
-                amask = rmask[:, None]
-                acc_u = tl.zeros((BM, BJ), tl.float32)
-                acc_g = tl.zeros((BM, BJ), tl.float32)
-            wg_ptrs = wu_ptrs + I * H
-            kb0 = sk * KPS
-            # SPF: the block scales of the next K block are loaded one iteration ahead, so that their
-            # latency is off each iteration's critical path (the tiles themselves are pipelined)
-            asc_n = tl.load(hss_ptr + kb0 * T + tok)
-            su_n = tl.load(su_ptr + kb0)
-            sg_n = tl.load(sg_ptr + kb0)
-            for ki in range(0, KPS // KU):  # KU K blocks per iteration: their tiles load together
-                for u in tl.static_range(KU):
-                    kb = kb0 + ki * KU + u
-                    if SPF:
-                        asc = asc_n
-                        su = su_n
-                        sg = sg_n
-                        kn = tl.minimum(kb + 1, NKB - 1)
-                        asc_n = tl.load(hss_ptr + kn * T + tok)
-                        su_n = tl.load(su_ptr + kn)
-                        sg_n = tl.load(sg_ptr + kn)
-                    else:
-                        asc = tl.load(hss_ptr + kb * T + tok)
-                        su = tl.load(su_ptr + kb)
-                        sg = tl.load(sg_ptr + kb)
-                    a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
-                    wu = tl.load(wu_ptrs + kb * BK)
-                    wg = tl.load(wg_ptrs + kb * BK)
-                    # one fp8 dot per 128-wide K block; its block scales applied to the fp32 partial sum
-                    if SWAP:
-                        acc_u += tl.dot(wu, a) * (asc * su)[None, :]
-                        acc_g += tl.dot(wg, a) * (asc * sg)[None, :]
-                    else:
-                        acc_u += tl.dot(a, wu) * (asc * su)[:, None]
-                        acc_g += tl.dot(a, wg) * (asc * sg)[:, None]
+            acc_u, acc_g = w1_tile(e, jb, tok, rmask, sk * KPS, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H, I, BM,
+                                   KPS, SWAP, SPF, KU)  # fmt: skip
             if SPLIT_K == 1:
                 swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
-            else:
-                # split-K: park the fp32 partials; the last program of the tile sums them in split order
-                if SWAP:
-                    el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
-                else:
-                    el = tl.arange(0, BM)[:, None] * BJ + jn[None, :]
-                pbase = part_ptr + (tj * SPLIT_K).to(tl.int64) * (2 * BJ * BM)
-                tl.store(pbase + sk * (2 * BJ * BM) + el, acc_u)
-                tl.store(pbase + sk * (2 * BJ * BM) + BJ * BM + el, acc_g)
-                tl.debug_barrier()
-                ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
-                tl.debug_barrier()
-                if ticket == SPLIT_K - 1:
-                    up = tl.zeros(acc_u.shape, tl.float32)
-                    gate = tl.zeros(acc_g.shape, tl.float32)
-                    for s in tl.static_range(SPLIT_K):
-                        up += tl.load(pbase + s * (2 * BJ * BM) + el, cache_modifier=".cg")
-                        gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el, cache_modifier=".cg")
-                    tl.store(ticket_ptr + tj, 0)  # ready for the next call
+            else:  # the last split of the tile to arrive sums the partials in split order
+                last, up, gate = split_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, sk, SPLIT_K, BM, SWAP)
+                if last:
                     swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
 
 

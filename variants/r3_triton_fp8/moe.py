@@ -31,6 +31,7 @@ from . import finalize, gemm1, gemm2, sort
 from .exact import INTERPRET
 from .launch import BLOCK, Kernel, capability, next_pow2, sm_count
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route, route_kernel, use_libdevice
+from .rows import max_tiles
 from .tile_table import Tiles, tiles_for
 
 __all__ = ["run", "route", "Workspace", "tiles_for", "compile_plan"]  # route: the harness's routing agreement
@@ -41,14 +42,6 @@ def _largest_divisor(n: int, at_most: int) -> int:
     while n % d:
         d -= 1
     return d
-
-
-def max_tiles(T: int, n_local: int, bm: int) -> int:
-    """Worst-case number of M tiles over all local experts: sum_e ceil(c_e / bm) where
-    sum_e c_e <= T * min(8, n_local), c_e <= T, and at most min(n_local, rows) experts are hit."""
-    rows = T * min(TOP_K, n_local)
-    hit = min(n_local, rows)
-    return max(1, min(n_local * triton.cdiv(T, bm), (rows + hit * (bm - 1)) // bm))
 
 
 class Workspace:

@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 
 from .launch import Kernel
+from .rows import expert_rows
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -22,20 +23,7 @@ def sort_kernel(
     NCHUNK: tl.constexpr,
 ):
     """Program e: the rows (token * TOPK + slot) of local expert e in token order, and their count."""
-    e = tl.program_id(0)
-    k = tl.arange(0, TOPK)[None, :]
-    base = 0
-    for ci in range(0, NCHUNK):
-        t = ci * BC + tl.arange(0, BC)
-        tm = t < T
-        loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=tm[:, None], other=-1) - local_off
-        m = loc == e
-        hit = tl.max(m.to(tl.int32), axis=1)  # a token selects an expert at most once
-        slot = tl.sum(tl.where(m, k, 0), axis=1)
-        pos = base + tl.cumsum(hit, axis=0) - hit
-        tl.store(lists_ptr + e * T + pos, t * TOPK + slot, mask=hit > 0)
-        base += tl.sum(hit)
-    tl.store(counts_ptr + e, base)
+    expert_rows(tl.program_id(0), ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK, BC, NCHUNK)
 
 
 def launch_for(ws) -> Kernel:

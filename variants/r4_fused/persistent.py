@@ -36,10 +36,11 @@ import triton
 import triton.language as tl
 
 from .exact import INTERPRET, round_to_bf16
+from .gemm1_tile import split_k_park, w1_tile
 from .launch import Kernel, next_pow2, prefetch_l2, sm_count
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
-from .rows import expert_counts, local_ids, tile_rows
+from .rows import expert_counts, expert_rows, local_ids, max_tiles, tile_rows
 from .tiles import tiles_for
 
 BLOCK = 128
@@ -93,25 +94,6 @@ def _claim(sync_ptr):
 
 
 @triton.jit
-def _sort_item(e, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK: tl.constexpr, BC: tl.constexpr,
-               NCHUNK: tl.constexpr):  # fmt: skip
-    """The rows (token * TOPK + slot) of local expert e in token order, and their count."""
-    k = tl.arange(0, TOPK)[None, :]
-    base = 0
-    for ci in range(0, NCHUNK):  # NCHUNK = cdiv(T, BC): a constexpr bound (T is fixed per workspace)
-        t = ci * BC + tl.arange(0, BC)
-        tm = t < T
-        loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=tm[:, None], other=-1) - local_off
-        m = loc == e
-        hit = tl.max(m.to(tl.int32), axis=1)  # a token selects an expert at most once
-        slot = tl.sum(tl.where(m, k, 0), axis=1)
-        pos = base + tl.cumsum(hit, axis=0) - hit
-        tl.store(lists_ptr + e * T + pos, t * TOPK + slot, mask=hit > 0)
-        base += tl.sum(hit)
-    tl.store(counts_ptr + e, base)
-
-
-@triton.jit
 def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                 tile_done_ptr, T, H: tl.constexpr, I: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
                 TOPK: tl.constexpr, BM: tl.constexpr, SPLIT_K: tl.constexpr, INLINE: tl.constexpr,
@@ -130,70 +112,14 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
     tj = tile * NJ + jb
     e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
     tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked
-    kk = tl.arange(0, BK)
-    jn = tl.arange(0, BJ)
-    e64 = e.to(tl.int64)
-    su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB
-    sg_ptr = w1s_ptr + (e * (2 * NJ) + NJ + jb) * NKB
-    if SWAP:  # weight rows on the MMA's M side, tokens on its N side: acc is G1^T
-        wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[:, None] * H + kk[None, :]  # [BJ, BK]
-        a_ptrs = hs_ptr + tok.to(tl.int64)[None, :] * H + kk[:, None]  # [BK, BM]
-        amask = rmask[None, :]
-        acc_u = tl.zeros((BJ, BM), tl.float32)
-        acc_g = tl.zeros((BJ, BM), tl.float32)
-    else:
-        wu_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + jn)[None, :] * H + kk[:, None]  # [BK, BJ]
-        a_ptrs = hs_ptr + tok.to(tl.int64)[:, None] * H + kk[None, :]  # [BM, BK]
-        amask = rmask[:, None]
-        acc_u = tl.zeros((BM, BJ), tl.float32)
-        acc_g = tl.zeros((BM, BJ), tl.float32)
-    wg_ptrs = wu_ptrs + I * H
-    kb0 = sk * KPS
-    # the next K block's scales are loaded one iteration ahead (a longer distance, a shift register of
-    # three, turned the tile loads' pipelining off in Triton 3.6: measured, v2)
-    asc_n = tl.load(hss_ptr + kb0 * T + tok)
-    su_n = tl.load(su_ptr + kb0)
-    sg_n = tl.load(sg_ptr + kb0)
-    for ki in range(0, KPS):
-        kb = kb0 + ki
-        asc = asc_n
-        su = su_n
-        sg = sg_n
-        kn = tl.minimum(kb + 1, NKB - 1)
-        asc_n = tl.load(hss_ptr + kn * T + tok)
-        su_n = tl.load(su_ptr + kn)
-        sg_n = tl.load(sg_ptr + kn)
-        a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
-        wu = tl.load(wu_ptrs + kb * BK)
-        wg = tl.load(wg_ptrs + kb * BK)
-        if SWAP:
-            acc_u += tl.dot(wu, a) * (asc * su)[None, :]
-            acc_g += tl.dot(wg, a) * (asc * sg)[None, :]
-        else:
-            acc_u += tl.dot(a, wu) * (asc * su)[:, None]
-            acc_g += tl.dot(a, wg) * (asc * sg)[:, None]
+    acc_u, acc_g = w1_tile(e, jb, tok, rmask, sk * KPS, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H, I, BM, KPS, SWAP,
+                           True, 1)  # fmt: skip
     if SPLIT_K == 1:
         swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
         _signal(tile_done_ptr + tile)
-    else:
-        # park the fp32 partials; the last split of (tile, jb) to arrive sums them in split order
-        if SWAP:
-            el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
-        else:
-            el = tl.arange(0, BM)[:, None] * BJ + jn[None, :]
-        pbase = part_ptr + (tj * SPLIT_K).to(tl.int64) * (2 * BJ * BM)
-        tl.store(pbase + sk * (2 * BJ * BM) + el, acc_u)
-        tl.store(pbase + sk * (2 * BJ * BM) + BJ * BM + el, acc_g)
-        tl.debug_barrier()
-        ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
-        tl.debug_barrier()
-        if ticket == SPLIT_K - 1:
-            up = tl.zeros(acc_u.shape, tl.float32)
-            gate = tl.zeros(acc_g.shape, tl.float32)
-            for s in tl.static_range(SPLIT_K):
-                up += tl.load(pbase + s * (2 * BJ * BM) + el)
-                gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el)
-            tl.store(ticket_ptr + tj, 0)  # ready for the next call
+    else:  # the last split of (tile, jb) to arrive sums the partials in split order
+        last, up, gate = split_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, sk, SPLIT_K, BM, SWAP)
+        if last:
             swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             _signal(tile_done_ptr + tile)
 
@@ -404,7 +330,7 @@ def moe_kernel(
     if SORTED:
         n_sort = NL
         while item < n_route + NL:
-            _sort_item(item - n_route, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK, BC_SORT, NCHUNK_SORT)
+            expert_rows(item - n_route, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK, BC_SORT, NCHUNK_SORT)
             _signal(sync_ptr + SORTED_CNT)
             item = _claim(sync_ptr)
         _wait_at_least(sync_ptr + SORTED_CNT, NL)
@@ -447,14 +373,6 @@ def moe_kernel(
     if tl.atomic_add(sync_ptr + EXITED, 1, sem="acq_rel") == nprog - 1:
         z = tl.arange(0, NSYNC)
         tl.store(sync_ptr + z, tl.zeros((NSYNC,), tl.int32))
-
-
-def max_tiles(T: int, n_local: int, bm: int) -> int:
-    """Worst-case number of M tiles over all local experts: sum_e ceil(c_e / bm) where
-    sum_e c_e <= T * min(8, n_local), c_e <= T, and at most min(n_local, rows) experts are hit."""
-    rows = T * min(TOP_K, n_local)
-    hit = min(n_local, rows)
-    return max(1, min(n_local * triton.cdiv(T, bm), (rows + hit * (bm - 1)) // bm))
 
 
 class Workspace:
