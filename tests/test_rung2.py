@@ -40,6 +40,7 @@ from flashinfer_bench.bench.utils import compute_error_stats
 from fibmoe import dataset, inputs, reference, variants
 from fibmoe.geometry import SMALL
 
+pytestmark = pytest.mark.slow  # the Triton-interpreter tier: `make test-slow`, not `make test`
 VARIANT = "r2-triton-dequant"
 OFFICIAL = BenchmarkConfig(atol=1.0, rtol=0.3, required_matched_ratio=0.9)
 LAST_RANK_OFFSET = SMALL.num_experts - SMALL.num_local_experts  # 48
