@@ -11,9 +11,11 @@ BIN := $(VENV)/bin
 #         contest's Triton, so the two agree (torch 2.12 and 2.13 CUDA builds require triton 3.7).
 TORCH_INDEX ?= cpu
 ifeq ($(TORCH_INDEX),cpu)
-TORCH := torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu
+TORCH := torch==2.13.0+cpu
+TORCH_FROM := --extra-index-url https://download.pytorch.org/whl/cpu
 else ifeq ($(TORCH_INDEX),cuda)
 TORCH := torch==2.11.0
+TORCH_FROM :=
 else
 $(error TORCH_INDEX is cpu or cuda, not '$(TORCH_INDEX)')
 endif
@@ -28,8 +30,8 @@ MISSING_ON_PURPOSE := flashinfer-bench 0.1.2 requires flashinfer-python, which i
 setup:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q triton==3.6.0 "pydantic>=2.7,<3" "safetensors>=0.5" "typer>=0.12" "rich>=13" numpy \
+	$(BIN)/pip install -q --no-deps $(TORCH) $(TORCH_FROM)  # torch alone from its index; its dependencies next
+	$(BIN)/pip install -q $(TORCH) triton==3.6.0 "pydantic>=2.7,<3" "safetensors>=0.5" "typer>=0.12" "rich>=13" numpy \
 		"modal>=1.0" "apache-tvm-ffi>=0.1.2" "docstring-parser>=0.16" "pytest>=8" "ruff>=0.6"
 	$(BIN)/pip install -q --no-deps flashinfer-bench==0.1.2
 	$(BIN)/pip install -q --no-deps -e .
@@ -49,7 +51,7 @@ lint:
 test:
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The Triton-interpreter tier: rungs 2 and 3 run on a CPU in Triton's interpreter (slow).
+# The slow tier: rungs 2 and 3 in Triton's CPU interpreter, and contest-size tensors on a CPU.
 test-slow:
 	$(BIN)/python -m pytest -q -m slow
 
