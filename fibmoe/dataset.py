@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import REPO_ROOT
+from . import REPO_ROOT, files
 from .errors import FibmoeError
 from .geometry import CONTEST, GEOMETRIES, SMALL, Geometry
 
@@ -226,8 +226,8 @@ def generate(root: Path = BUNDLED) -> None:
     for g in (CONTEST, SMALL):
         defn = build_definition(g)
         (root / "definitions" / "moe").mkdir(parents=True, exist_ok=True)
-        (root / "definitions" / "moe" / f"{g.name}.json").write_text(
-            json.dumps(defn.model_dump(mode="json"), indent=2) + "\n"
+        files.write_text(
+            root / "definitions" / "moe" / f"{g.name}.json", json.dumps(defn.model_dump(mode="json"), indent=2) + "\n"
         )
         blob_dir = root / "blob" / "workloads" / "moe" / g.name
         blob_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ def generate(root: Path = BUNDLED) -> None:
             }
             lines.append(json.dumps(record))
         (root / "workloads" / "moe").mkdir(parents=True, exist_ok=True)
-        (root / "workloads" / "moe" / f"{g.name}.jsonl").write_text("\n".join(lines) + "\n")
+        files.write_text(root / "workloads" / "moe" / f"{g.name}.jsonl", "\n".join(lines) + "\n")
 
 
 def routing_tensors(ds: Dataset, trace) -> dict[str, torch.Tensor]:
