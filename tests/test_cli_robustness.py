@@ -285,3 +285,16 @@ def test_only_the_interpreters_exp_overflow_is_silenced():
         )
     shown = [(str(w.message), w.filename) for w in seen]
     assert shown == [("overflow encountered in exp", "x.py"), ("overflow encountered in multiply", "x.py")]
+
+
+# ---- issue 9: no test forces the interpreter on a GPU machine -----------------------------------
+
+
+def test_no_test_sets_triton_interpret_for_the_whole_process():
+    """The interpreter is chosen in one place (fibmoe.triton_env, only without a GPU); a test that wants it
+    elsewhere sets it for a subprocess (env=...) or with monkeypatch, never in os.environ at import."""
+    import re
+
+    forcing = re.compile(r"os\.environ(\[['\"]TRITON_INTERPRET['\"]\]\s*=|\.setdefault\(['\"]TRITON_INTERPRET)")
+    offenders = [p.name for p in sorted((REPO / "tests").rglob("*.py")) if forcing.search(p.read_text())]
+    assert offenders == []
