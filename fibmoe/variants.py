@@ -247,7 +247,8 @@ def unpack(
         if taken:
             raise FibmoeError(f"a variant named {new_name!r} already exists ({taken[0]}): unpack with --name NEW-NAME")
     contents = {src.path: src.content for src in solution.sources}
-    shared = [rel for rel in packed.get("shared") or [] if _same_file(REPO_ROOT / rel, contents.get(Path(rel).name))]
+    listed = packed.get("shared") if isinstance(packed.get("shared"), list) else []
+    shared = [p for p in listed if isinstance(p, str) and _same_file(REPO_ROOT / p, contents.get(Path(p).name))]
     own = {p: text for p, text in contents.items() if p not in {Path(rel).name for rel in shared}}
     try:
         spec = VariantSpec(
