@@ -265,7 +265,8 @@ def unpack(
         )
     except ValidationError as e:
         err = e.errors()[0]
-        raise FibmoeError(f"cannot unpack as {new_name!r}: field '{err['loc'][0]}': {err['msg']}") from None
+        field = ".".join(str(x) for x in err["loc"]) or "(spec)"
+        raise FibmoeError(f"cannot unpack as {new_name!r}: field '{field}': {err['msg']}") from None
     _write_folder(folder, {**own, SPEC_FILE: spec_toml(spec)})
     return Variant(spec=spec, path=folder)
 
