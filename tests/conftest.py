@@ -1,4 +1,6 @@
-from fibmoe.triton_env import use_interpreter_without_gpu
+import pytest
+
+from fibmoe.triton_env import silence_interpreter_exp_overflow, use_interpreter_without_gpu
 
 # Without a GPU, Triton kernels run in Triton's CPU interpreter, chosen as the CLI chooses it (before
 # triton is first imported). With a GPU nothing is set: no test forces the interpreter there.
@@ -9,3 +11,10 @@ use_interpreter_without_gpu()
 import torch  # noqa: E402
 
 collect_ignore = [] if torch.cuda.is_available() else ["gpu"]
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_exp_overflow_is_noise():
+    """pytest resets warning filters around every test (and around loading this file), so the CLI's
+    filter for the interpreter's known exp overflow is applied again per test; other warnings still show."""
+    silence_interpreter_exp_overflow()
