@@ -4,6 +4,7 @@ fresh random inputs for each trial of each workload and judged against the refer
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -12,12 +13,18 @@ from .dataset import Dataset
 
 
 def resolve_device(device: str) -> str:
+    from .errors import FibmoeError
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        from .errors import FibmoeError
-
-        raise FibmoeError("--device cuda: no CUDA device is visible on this machine")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise FibmoeError(f"--device {device!r}: choose auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FibmoeError(f"--device {device}: no CUDA device is visible on this machine")
+        if ":" in device and int(device.split(":")[1]) >= count:
+            raise FibmoeError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
 
 

@@ -15,6 +15,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import FibmoeError
 
@@ -27,8 +28,14 @@ app = typer.Typer(
 variants_app = typer.Typer(help="The ladder of variants.", invoke_without_command=True)
 app.add_typer(variants_app, name="variants")
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
+# markup=False: paths, kernel messages, names and table cells come from outside and are printed as
+# they are (a "[/x]" in a path is text, not a rich tag); our own colours are given as styles.
+out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)  # an error stays one line, however long
+
+
+def _error(label: str, message: str) -> None:
+    err.print(Text.assemble((label, "red"), f" {message}"), highlight=False)
 
 
 def guarded(fn):
@@ -39,7 +46,11 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except FibmoeError as e:
-            err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+            _error("error:", str(e))
+            raise typer.Exit(2) from None
+        except OSError as e:  # the file system said no (a full disk, a permission, a file-size limit)
+            where = f"{e.filename}: " if e.filename else ""
+            _error("error:", f"{where}{e.strerror or e}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -49,7 +60,7 @@ def guarded(fn):
         except Exception as e:  # a bug of ours: still one line, the traceback on request
             if os.environ.get("FIBMOE_DEBUG"):
                 raise
-            err.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (FIBMOE_DEBUG=1 shows the traceback)")
+            _error("internal error:", f"{type(e).__name__}: {e} (FIBMOE_DEBUG=1 shows the traceback)")
             raise typer.Exit(3) from None
 
     return wrapper
@@ -58,13 +69,18 @@ def guarded(fn):
 @app.callback()
 def main():
     """Without a GPU, Triton kernels run in Triton's CPU interpreter (set before triton is imported)."""
-    import torch
+    from .triton_env import use_interpreter_without_gpu
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    use_interpreter_without_gpu()
 
 
 # ---- shared options --------------------------------------------------------------------------
+
+
+def flag(name: str, help: str):
+    """An on/off option; metavar="" keeps Typer from showing `<bool>` as if it took a value."""
+    return typer.Option(False, name, help=help, metavar="")
+
 
 DatasetOpt = typer.Option(None, "--dataset", help="dataset folder (default: $FIB_DATASET_PATH, else workloads/)")
 DefinitionOpt = typer.Option("auto", "--definition", "-d", help="contest, small, or auto (contest on a GPU)")
@@ -72,14 +88,14 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
 WorkloadOpt = typer.Option(None, "--workload", "-w", help="uuid prefix (repeatable)")
 SeqLenOpt = typer.Option(None, "--seq-len", "-t", help="only workloads with this T (repeatable)")
 StyleOpt = typer.Option("contest", "--style", help="contest (as the harness draws inputs) or quantized")
-JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
+JsonOpt = flag("--json", "print JSON instead of a table")
 ResultsDirOpt = typer.Option(None, "--results-dir", help="write results into DIR/<gpu>/ (implies --save)")
 TimeoutOpt = typer.Option(
     300.0, "--timeout", min=1, help="seconds per variant and workload; past it the verdict is TIMEOUT"
 )
 
 
-SaveOpt = typer.Option(False, "--save", help="write the results as evidence under the checkout's results/<gpu>/")
+SaveOpt = flag("--save", "write the results as evidence under the checkout's results/<gpu>/")
 
 
 @dataclass(frozen=True)
@@ -146,9 +162,8 @@ def _fmt(x, spec=".3g", none="-"):
     return none if x is None else format(x, spec)
 
 
-def _status(s: str) -> str:
-    color = {"PASSED": "green", "SKIPPED": "yellow"}.get(s, "red")
-    return f"[{color}]{s}[/{color}]"
+def _status(s: str) -> Text:
+    return Text(s, style={"PASSED": "green", "SKIPPED": "yellow"}.get(s, "red"))
 
 
 # ---- variants --------------------------------------------------------------------------------
@@ -162,18 +177,24 @@ def variants_list(ctx: typer.Context, as_json: bool = JsonOpt):
         return
     from . import results, variants
 
-    rows = []
-    for v in variants.discover():
-        rows.append(
-            {
-                "name": v.name,
-                "rung": v.spec.rung,
-                "language": v.spec.language,
-                "changes": v.spec.changes,
-                "path": str(v.path),
-                **_evidence(results.evidence(v.name)),
-            }
-        )
+    usable, broken = variants.scan()
+    rows = [
+        {
+            "name": v.name,
+            "rung": v.spec.rung,
+            "language": v.spec.language,
+            "changes": v.spec.changes,
+            "path": str(v.path),
+            **_evidence(results.evidence(v.name)),
+            "error": None,
+        }
+        for v in usable
+    ]
+    rows += [
+        {"name": b.name, "rung": None, "language": None, "changes": "", "path": str(b.path), **_evidence(None)}
+        | {"error": b.error}
+        for b in broken
+    ]
     if as_json:
         print(results.dumps(rows))
         return
@@ -181,11 +202,25 @@ def variants_list(ctx: typer.Context, as_json: bool = JsonOpt):
     for col in ("rung", "name", "language", "what it changes", "strongest evidence", "from"):
         table.add_column(col)
     for r in rows:
+        status = Text(f"error: {r['error']}", style="red") if r["error"] else r["last_status"] or "never run"
         table.add_row(
-            _fmt(r["rung"], "d"), r["name"], r["language"], r["changes"], r["last_status"] or "never run",
+            _fmt(r["rung"], "d"), r["name"], r["language"] or "-", r["changes"], status,
             _shown_path(r["evidence_file"]),
         )  # fmt: skip
     out.print(table)
+
+
+def _chosen(names: Optional[List[str]]) -> list:
+    """The variants named (all usable ones when none is); when all are asked for, a line for each broken
+    one left out, so that one broken folder never stops work on the others."""
+    from . import variants
+
+    if names:
+        return variants.resolve(names)
+    usable, broken = variants.scan()
+    for b in broken:
+        err.print(f"warning: left out {b.name}: {b.error} (see `fibmoe variants`)", style="yellow", highlight=False)
+    return usable
 
 
 def _evidence(found: Optional[dict]) -> dict:
@@ -212,7 +247,7 @@ def variants_new(
     from . import variants
 
     v = variants.scaffold(name, variants.resolve([source])[0])
-    out.print(f"created {v.path} from {source}; give it a rung in {v.path / variants.SPEC_FILE}")
+    out.print(f"created {v.path} from {source}; give it a rung in {v.path / variants.SPEC_FILE}", highlight=False)
 
 
 # ---- check -----------------------------------------------------------------------------------
@@ -231,10 +266,10 @@ def check(
 ):
     """Diff-test variants against the reference with the official rule; exit 0 only if all passed."""
     from . import check as check_mod
-    from . import results, variants
+    from . import results
 
     device, ds, workloads = _setup(selection)
-    chosen = variants.resolve(names or [])
+    chosen = _chosen(names)
     writer = None
     if recording.save or recording.results_dir is not None:
         head = {"provenance": results.provenance(device)}
@@ -264,9 +299,12 @@ def check(
                 r["message"][:90],
             )
         out.print(table)
-        skipped = {r["variant"]: r["message"] for r in records if r["status"] == "SKIPPED"}
-        for name, why in skipped.items():
-            out.print(f"skipped {name}: {why}")
+        for name in dict.fromkeys(r["variant"] for r in records):
+            rows = [r for r in records if r["variant"] == name]
+            passed = sum(r["status"] == "PASSED" for r in rows)
+            skipped = [r["message"] for r in rows if r["status"] == "SKIPPED"]
+            why = f", skipped: {skipped[0]}" if skipped else ""
+            out.print(f"{name}: {passed}/{len(rows)} passed{why}", highlight=False)
     if not check_mod.all_passed(records):
         raise typer.Exit(1)
 
@@ -320,15 +358,11 @@ def bench(
     dense_gemm: Optional[bool] = typer.Option(
         None, "--dense-gemm/--no-dense-gemm", help="time cuBLAS FP8 GEMMs of each workload's FLOPs (default: T > 2048)"
     ),
-    official: bool = typer.Option(
-        False, "--official", help="run flashinfer-bench's own Benchmark with the contest's MoE settings (GPU)"
-    ),
+    official: bool = flag("--official", "run flashinfer-bench's own Benchmark with the contest's MoE settings (GPU)"),
     remote: Optional[str] = typer.Option(
         None, "--remote", help="run the official path on Modal: b200, h100, h200 or any Modal GPU string"
     ),
-    parallel: bool = typer.Option(
-        False, "--parallel", help="with --remote: one container per variant (per workload for one variant)"
-    ),
+    parallel: bool = flag("--parallel", "with --remote: one container per variant (per workload for one variant)"),
     baseline: Optional[bool] = typer.Option(
         None, "--baseline/--no-baseline", help="run the FlashInfer baseline beside (default: where it can run)"
     ),
@@ -337,7 +371,7 @@ def bench(
     recording: Recording,
 ):
     """Time variants and the reference with the official protocol, beside the roofline floor."""
-    from . import results, runner, variants
+    from . import results, runner
 
     counts = {"warmup": warmup, "iterations": iterations, "trials": trials}
     if official or remote:
@@ -349,7 +383,7 @@ def bench(
     if parallel or baseline is not None:
         raise FibmoeError("--parallel and --baseline go with --official or --remote")
     device, ds, workloads = _setup(selection)
-    chosen = variants.resolve(names or [])
+    chosen = _chosen(names)
     if not device.startswith("cuda") and all(v is None for v in counts.values()):
         counts = dict(CPU_BENCH)
         err.print(
@@ -458,7 +492,7 @@ def _print_bench(payload: dict, device: str) -> None:
         )
     if not device.startswith("cuda"):
         out.print(
-            "[yellow]CPU wall-clock figures: not comparable with GPU timings; no roofline floor for a CPU[/yellow]"
+            "CPU wall-clock figures: not comparable with GPU timings; no roofline floor for a CPU", style="yellow"
         )
 
 
@@ -492,7 +526,7 @@ def _bench_official(
     if parallel and not remote:
         raise FibmoeError("--parallel fans out over Modal containers: use it with --remote")
     settings = official.OfficialSettings(warmup=warmup, iterations=iterations, trials=trials)
-    chosen = variants.resolve(names or [])
+    chosen = _chosen(names)
     rungs = {v.name: v.spec.rung for v in chosen}
     slug = None
     if remote:
@@ -565,7 +599,7 @@ def _print_official(payload: dict) -> None:
             out.print(f"{r['variant']} T={r['seq_len']} {r['uuid']}: {r['status']}: {r['message']}", highlight=False)
     info = payload["official"]
     if not info["official_settings"]:
-        out.print(f"[yellow]not the official settings: {info['settings']}[/yellow]")
+        out.print(f"not the official settings: {info['settings']}", style="yellow", highlight=False)
     for name, s in payload["summary"].items():
         score = s["score_vs_baseline"]
         shown = f"{score:.3f}" if score is not None else "unavailable"
@@ -588,9 +622,9 @@ EntryOpt = typer.Option("run", "--entry", help="entry function of a kernel file"
 @option_groups
 def eval_(
     target: str = TargetArg,
-    quick: bool = typer.Option(False, "--quick", help="5 workloads, 1 trial, 3 warm-up and 10 timed calls"),
-    ncu: bool = typer.Option(False, "--ncu", help="add Nsight Compute figures for the hottest kernel"),
-    official: bool = typer.Option(False, "--official", help="time with flashinfer-bench's Benchmark (GPU)"),
+    quick: bool = flag("--quick", "5 workloads, 1 trial, 3 warm-up and 10 timed calls"),
+    ncu: bool = flag("--ncu", "add Nsight Compute figures for the hottest kernel"),
+    official: bool = flag("--official", "time with flashinfer-bench's Benchmark (GPU)"),
     entry: str = EntryOpt,
     *,
     selection: Selection,
@@ -650,7 +684,7 @@ def _print_eval(res: dict) -> None:
     out.print(table)
     out.print(f"combined_score {res['combined_score']:.4f} ({res['passed']}/{res['workloads']} passed)")
     if res["error"]:
-        out.print(f"[red]{res['stage']} failed:[/red] {res['error']}", highlight=False)
+        out.print(Text.assemble((f"{res['stage']} failed:", "red"), f" {res['error']}"), highlight=False)
     if "ncu" in res:
         n = res["ncu"]
         out.print(
@@ -751,7 +785,7 @@ def sanitize(
             color = "green" if c["status"] == "clean" else "red"
             errors = "" if c["errors"] is None else f", {c['errors']} error(s)"
             issue = f": {c['first_issue']}" if c["first_issue"] else ""
-            out.print(f"  {c['tool']:10s} [{color}]{c['status']}[/{color}]{errors}{issue}", highlight=False)
+            out.print(Text.assemble(f"  {c['tool']:10s} ", (c["status"], color), f"{errors}{issue}"), highlight=False)
             out.print(f"  {'':10s} {c['log']}", style="dim", highlight=False)
     err.print(f"wrote {path}")
     if not payload["clean"]:
@@ -765,22 +799,32 @@ def sanitize(
 @guarded
 def pack(
     name: str = typer.Argument(..., help="variant to pack"),
-    output: Path = typer.Option(Path("solution.json"), "--output", "-o", help="Solution JSON to write"),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Solution JSON to write (default: ./solution.json, never replaced without --force)"
+    ),
     definition: str = typer.Option("contest", "--definition", "-d", help="contest or small"),
     starter_kit: Optional[Path] = typer.Option(
         None, "--starter-kit", help="also write a starter-kit submission repo here"
     ),
+    force: bool = flag("--force", "replace an existing ./solution.json when no -o is given"),
 ):
     """Pack a variant into a flashinfer-bench Solution (validated by flashinfer-bench before writing)."""
     from . import dataset as dataset_mod
-    from . import variants
+    from . import files, variants
 
+    if output is None:  # a file named with -o is replaced on purpose; the default one only with --force
+        output = Path("solution.json")
+        if output.exists() and not force:
+            raise FibmoeError(f"{output} exists: name the file with -o, or replace it with --force")
     v = variants.resolve([name])[0]
     solution = variants.pack(v, dataset_mod.resolve_definition(definition).name)
-    output.write_text(variants.solution_json(solution))
-    out.print(f"wrote {output} ({solution.name}, {len(solution.sources)} sources, definition {solution.definition})")
+    files.write_text(output, variants.solution_json(solution, v))
+    out.print(
+        f"wrote {output} ({solution.name}, {len(solution.sources)} sources, definition {solution.definition})",
+        highlight=False,
+    )
     if starter_kit:
-        variants.write_starter_kit(solution, starter_kit)
+        variants.write_starter_kit(solution, starter_kit, v)
         out.print(f"wrote starter-kit repository {starter_kit}")
 
 
@@ -789,13 +833,15 @@ def pack(
 def unpack(
     solution_file: Path = typer.Argument(..., help="Solution JSON"),
     folder: Path = typer.Argument(..., help="variant folder to create"),
-    force: bool = typer.Option(False, "--force", help="overwrite files in a non-empty folder"),
+    force: bool = flag("--force", "overwrite files in a non-empty folder"),
+    name: Optional[str] = typer.Option(None, "--name", help="unpack under this variant name instead"),
 ):
     """Write a Solution's sources and a variant.toml into a folder (the reverse of pack)."""
     from . import variants
 
-    v = variants.unpack(variants.read_solution(solution_file), folder, force)
-    out.print(f"unpacked {v.name} into {folder}")
+    solution, packed = variants.read_packed(solution_file)
+    v = variants.unpack(solution, folder, force, packed=packed, name=name)
+    out.print(f"unpacked {v.name} into {folder}", highlight=False)
 
 
 def run():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import REPO_ROOT
+from . import REPO_ROOT, files
 from .errors import FibmoeError
 from .geometry import CONTEST, GEOMETRIES, SMALL, Geometry
 
@@ -101,7 +101,6 @@ def dataset_path(explicit: str | Path | None) -> Path:
 def load(definition_name: str, path: str | Path | None = None) -> Dataset:
     """One definition and its workloads from a dataset folder; any problem is one clear error."""
     from flashinfer_bench import Definition, Trace
-    from pydantic import ValidationError
 
     root = dataset_path(path)
     if not (root / "definitions").is_dir():
@@ -109,18 +108,41 @@ def load(definition_name: str, path: str | Path | None = None) -> Dataset:
     matches = [p for p in (root / "definitions").rglob("*.json") if p.stem == definition_name]
     if not matches:
         raise FibmoeError(f"dataset {root} has no definition named {definition_name}")
-    try:
-        definition = Definition.model_validate_json(matches[0].read_text())
-        workloads = []
-        for p in sorted((root / "workloads").rglob(f"{definition_name}.jsonl")):
-            for line in p.read_text().splitlines():
-                if line.strip():
-                    workloads.append(Trace.model_validate_json(line))
-    except ValidationError as e:
-        raise FibmoeError(f"dataset {root}: invalid record: {e.errors()[0]['msg']}") from None
+    definition = _parse(matches[0], Definition.model_validate_json)
+    workloads = []
+    for p in sorted((root / "workloads").rglob(f"{definition_name}.jsonl")):
+        for number, line in enumerate(_read(p).splitlines(), 1):
+            if line.strip():
+                workloads.append(_parse(p, Trace.model_validate_json, line, number))
     if not workloads:
         raise FibmoeError(f"dataset {root} has no workloads for {definition_name}")
     return Dataset(root=root, definition=definition, workloads=workloads)
+
+
+LFS_POINTER = "version https://git-lfs.github.com/spec/"  # how a Git LFS pointer file begins
+
+
+def _read(path: Path) -> str:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FibmoeError(f"{path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+    if text.startswith(LFS_POINTER):
+        raise FibmoeError(f"{path} is a Git LFS pointer, not the file: run `git lfs pull` in the dataset")
+    return text
+
+
+def _parse(path: Path, validate, text: str | None = None, line: int | None = None):
+    """One definition or workload record, or one error line naming the file (and line) at fault."""
+    from pydantic import ValidationError
+
+    try:
+        return validate(_read(path) if text is None else text)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = f"{path}, line {line}" if line else str(path)
+        field = ".".join(map(str, err["loc"]))
+        raise FibmoeError(f"{where}: invalid record{f' ({field})' if field else ''}: {err['msg']}") from None
 
 
 def resolve_definition(choice: str) -> Geometry:
@@ -204,8 +226,8 @@ def generate(root: Path = BUNDLED) -> None:
     for g in (CONTEST, SMALL):
         defn = build_definition(g)
         (root / "definitions" / "moe").mkdir(parents=True, exist_ok=True)
-        (root / "definitions" / "moe" / f"{g.name}.json").write_text(
-            json.dumps(defn.model_dump(mode="json"), indent=2) + "\n"
+        files.write_text(
+            root / "definitions" / "moe" / f"{g.name}.json", json.dumps(defn.model_dump(mode="json"), indent=2) + "\n"
         )
         blob_dir = root / "blob" / "workloads" / "moe" / g.name
         blob_dir.mkdir(parents=True, exist_ok=True)
@@ -232,17 +254,30 @@ def generate(root: Path = BUNDLED) -> None:
             }
             lines.append(json.dumps(record))
         (root / "workloads" / "moe").mkdir(parents=True, exist_ok=True)
-        (root / "workloads" / "moe" / f"{g.name}.jsonl").write_text("\n".join(lines) + "\n")
+        files.write_text(root / "workloads" / "moe" / f"{g.name}.jsonl", "\n".join(lines) + "\n")
 
 
 def routing_tensors(ds: Dataset, trace) -> dict[str, torch.Tensor]:
     """The stored routing tensors of one workload (checked against the definition by flashinfer-bench)."""
     from flashinfer_bench.bench.utils import load_safetensors
 
+    blobs = {inp.path for inp in trace.workload.inputs.values() if getattr(inp, "type", "") == "safetensors"}
+    for rel in sorted(blobs):
+        path = ds.root / rel
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(LFS_POINTER))
+        except OSError as e:
+            raise FibmoeError(f"workload {trace.workload.uuid}: cannot read {path}: {e.strerror}") from None
+        if head == LFS_POINTER.encode():
+            raise FibmoeError(f"{path} is a Git LFS pointer, not the tensors: run `git lfs pull` in {ds.root}")
     try:
         return load_safetensors(ds.definition, trace.workload, ds.root)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise FibmoeError(f"workload {trace.workload.uuid}: cannot load its tensors: {e}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type is not an OSError
+        raise FibmoeError(
+            f"workload {trace.workload.uuid}: cannot load its tensors ({', '.join(sorted(blobs))}): "
+            f"{type(e).__name__}: {e}"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import REPO_ROOT
+from . import REPO_ROOT, files
 from .errors import FibmoeError
 
 NCU_METRICS = {
@@ -100,7 +100,7 @@ def _write_solution(solution, path: Path) -> Path:
     from .variants import solution_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(solution_json(solution))
+    files.write_text(path, solution_json(solution))
     return path
 
 
@@ -234,7 +234,7 @@ def profile(
         raise FibmoeError(f"ncu did not finish within {timeout} s (raise --timeout)") from None
     report = Path(str(out_base) + ".ncu-rep")
     log = (proc.stdout or "") + (proc.stderr or "")
-    Path(str(out_base) + ".log").write_text(log)
+    files.write_text(Path(str(out_base) + ".log"), log)
     if proc.returncode != 0 or not report.is_file():
         raise FibmoeError(f"ncu failed (exit {proc.returncode}): {_ncu_failure(log)}".replace("\n", " | "))
     imp = run(
@@ -247,7 +247,7 @@ def profile(
     if imp.returncode != 0:
         raise FibmoeError(f"ncu --import failed: {_tail(imp.stdout + imp.stderr, 3)}".replace("\n", " | "))
     csv_path = Path(str(out_base) + ".csv")
-    csv_path.write_text(imp.stdout)
+    files.write_text(csv_path, imp.stdout)
     return {
         "report": str(report),
         "csv": str(csv_path),
@@ -309,7 +309,7 @@ def sanitize(
         try:
             proc = run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO_ROOT))
         except subprocess.TimeoutExpired:
-            log.write_text(f"timed out after {timeout} s\n")
+            files.write_text(log, f"timed out after {timeout} s\n")
             out.append(
                 {
                     "tool": tool,
@@ -322,7 +322,7 @@ def sanitize(
             )
             continue
         text = (proc.stdout or "") + (proc.stderr or "")
-        log.write_text(text)
+        files.write_text(log, text)
         parsed = parse_sanitizer(text)
         if parsed["summary"] and parsed["errors"]:
             status = "issues"

@@ -19,13 +19,12 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from . import REPO_ROOT
+from . import REPO_ROOT, files
 
 EVIDENCE_DIR = REPO_ROOT / "results"
 
@@ -127,16 +126,9 @@ def dumps(obj) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary name beside `path`, then rename: a reader never sees half a file."""
+    """Create the folder, then write through `files.write_text` (a temporary name beside it, renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_text(path, text)
 
 
 # ---- result files ----------------------------------------------------------------------------------------

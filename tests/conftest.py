@@ -1,12 +1,20 @@
-import os
+import pytest
 
-import torch
+from fibmoe.triton_env import silence_interpreter_exp_overflow, use_interpreter_without_gpu
 
-# Triton kernels run in Triton's CPU interpreter when there is no GPU; it must be chosen before
-# triton is first imported.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Without a GPU, Triton kernels run in Triton's CPU interpreter, chosen as the CLI chooses it (before
+# triton is first imported). With a GPU nothing is set: no test forces the interpreter there.
+use_interpreter_without_gpu()
 
 # tests/gpu holds checks that only mean something on a GPU; they run on the device machine
 # (`python -m pytest tests/gpu`) and are not collected where there is none.
+import torch  # noqa: E402
+
 collect_ignore = [] if torch.cuda.is_available() else ["gpu"]
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_exp_overflow_is_noise():
+    """pytest resets warning filters around every test (and around loading this file), so the CLI's
+    filter for the interpreter's known exp overflow is applied again per test; other warnings still show."""
+    silence_interpreter_exp_overflow()

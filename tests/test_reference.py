@@ -98,6 +98,7 @@ def test_reference_matches_float64_small_definition(n_tokens, offset):
     assert reference.run(*inp).dtype == torch.bfloat16
 
 
+@pytest.mark.slow  # contest-size weights in float64 on a CPU
 @pytest.mark.parametrize("offset", [0, 224])
 def test_reference_matches_float64_contest_offsets_0_and_224(offset):
     # One token that picks three of this rank's experts (the rest of its 8 elsewhere), as T=1 does.

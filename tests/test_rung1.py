@@ -26,6 +26,7 @@ def test_rung1_small_definition_every_workload(rung1, style):
         assert c["routing_agreement"] == 1.0
 
 
+@pytest.mark.slow  # contest-size weights (32 x 4096 x 7168) on a CPU
 @pytest.mark.parametrize("seq_len", [1, 3])
 def test_rung1_contest_shapes(rung1, seq_len):
     ds = dataset.load(CONTEST.name)

@@ -44,6 +44,7 @@ import triton.language as tl  # noqa: E402
 from flashinfer_bench import BenchmarkConfig  # noqa: E402
 from flashinfer_bench.bench.utils import compute_error_stats  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the Triton-interpreter tier: `make test-slow`, not `make test`
 OFFICIAL = BenchmarkConfig(atol=1.0, rtol=0.3, required_matched_ratio=0.9)
 REL_L2_FP32 = 5e-3  # vs the fp32 reference: hi/lo FP8 re-quantization of C (module docstring)
 REL_L2_FP32_SINGLE = 0.05  # the same with C as one FP8 term (`c_hi_lo=False`, v6)

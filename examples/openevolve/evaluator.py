@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_fibmoe_eval(program_path, *flags):
     """The JSON object `fibmoe eval` prints, or one with combined_score 0 and the error when it printed none."""
-    cmd = [os.environ.get("FIBMOE_PYTHON", sys.executable), "-m", "fibmoe", "eval", str(program_path), "--json"]
+    python = os.environ.get("FIBMOE_PYTHON", sys.executable)
+    cmd = [python, "-m", "fibmoe", "eval", str(program_path), "--json"]
     cmd += list(flags) + shlex.split(os.environ.get("FIBMOE_EVAL_ARGS", ""))
     timeout = int(os.environ.get("FIBMOE_EVAL_TIMEOUT", "1800"))
     try:
@@ -38,6 +39,12 @@ def run_fibmoe_eval(program_path, *flags):
         return json.loads(proc.stdout)  # exit 0 (all passed) and 1 (the candidate failed) both print JSON
     except ValueError:
         why = (proc.stderr or proc.stdout).strip()[-4000:] or f"fibmoe eval exited with {proc.returncode}"
+        if "No module named fibmoe" in why:  # a set-up problem: every candidate would score 0 for it
+            why = (
+                f"fibmoe is not importable from {python}: set FIBMOE_PYTHON to the interpreter that has it "
+                f"(after `make setup`: {REPO / '.venv' / 'bin' / 'python'})"
+            )
+            print(f"fibmoe evaluator: {why}", file=sys.stderr)
         return {"combined_score": 0.0, "passed": 0, "workloads": 0, "error": why}
 
 
