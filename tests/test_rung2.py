@@ -233,11 +233,7 @@ def test_other_tile_configs_and_many_tiles_per_expert(ds, built, config):
     logits[:, 3] = 4.0  # expert 3 (local at offset 0): all 64 tokens, 4 row tiles of 16
     logits[:, 20] = 3.0
     inp = _inputs_with_logits(ds, logits.to(torch.bfloat16).float(), 0, style="quantized")
-    module.CONFIG_OVERRIDE = cfg
-    try:
-        judge(call(fn, inp), inp, config)
-    finally:
-        module.CONFIG_OVERRIDE = None
+    judge(call(lambda *a: module.run_with(cfg, *a), inp), inp, config)
 
 
 def test_no_host_sync_in_the_source():

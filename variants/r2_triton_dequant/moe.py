@@ -233,13 +233,10 @@ CONFIGS = {
     "large": dict(bm=128, bn1=64, bn2=128, bk=64, w1=8, s1=4, w2=8, s2=4, per_sm=2, dot="bf16"),
 }
 _DOT = {"bf16": (tl.bfloat16, torch.bfloat16), "fp32": (tl.float32, torch.float32)}
-CONFIG_OVERRIDE = None  # a dict replacing the table's choice (for sweeps)
 _SM_COUNT = {}
 
 
 def _config(n_tokens: int) -> dict:
-    if CONFIG_OVERRIDE is not None:
-        return CONFIG_OVERRIDE
     if n_tokens <= 128:
         return CONFIGS["small"]
     if n_tokens <= 2048:
@@ -268,7 +265,6 @@ def _grid_m(max_pairs: int, n_local: int, bm: int, n_tiles: int, device, per_sm:
     return min(_row_tile_bound(max_pairs, n_local, bm), cap)
 
 
-@torch.no_grad()
 def run(
     routing_logits,
     routing_bias,
@@ -282,13 +278,36 @@ def run(
     routed_scaling_factor,
     output,
 ):
+    """The solution: tiles from the table (`run_with` takes them explicitly)."""
+    return run_with(
+        _config(hidden_states.shape[0]), routing_logits, routing_bias, hidden_states, hidden_states_scale,
+        gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
+        routed_scaling_factor, output,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def run_with(
+    cfg,
+    routing_logits,
+    routing_bias,
+    hidden_states,
+    hidden_states_scale,
+    gemm1_weights,
+    gemm1_weights_scale,
+    gemm2_weights,
+    gemm2_weights_scale,
+    local_expert_offset,
+    routed_scaling_factor,
+    output,
+):
+    """`run` with an explicit tile config (an entry of CONFIGS, or a sweep's own dict)."""
     n_tokens, hidden = hidden_states.shape
     n_local, gemm1_out, _ = gemm1_weights.shape
     inter = gemm1_out // 2
     dev = hidden_states.device
     if n_tokens == 0:
         return
-    cfg = _config(n_tokens)
     bm, bn1, bn2, bk = cfg["bm"], cfg["bn1"], cfg["bn2"], cfg["bk"]
     # Triton's CPU interpreter (3.6) multiplies bf16 dot operands as their raw uint16 bits, so off
     # a GPU the dots take fp32 operands (and C is kept in fp32); same kernels, one constexpr apart.
