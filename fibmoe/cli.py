@@ -792,6 +792,182 @@ def sanitize(
         raise typer.Exit(1)
 
 
+# ---- search loops: agent / evolve --------------------------------------------------------------
+
+ProviderOpt = typer.Option("openai", "--provider", help="openai (any OpenAI-compatible endpoint) or anthropic")
+ModelOpt = typer.Option("", "--model", help="model name (default: gpt-4.1 / claude-sonnet-4-5)")
+BaseUrlOpt = typer.Option(None, "--base-url", help="endpoint, e.g. http://localhost:8000/v1 for vLLM")
+KeyEnvOpt = typer.Option("", "--api-key-env", help="environment variable with the key (default per provider)")
+MaxTokensOpt = typer.Option(16000, "--max-tokens", min=1, help="reply length limit")
+TemperatureOpt = typer.Option(None, "--temperature", help="sampling temperature (default: the model's)")
+PriceOpt = typer.Option(None, "--price", help="USD per million input,output tokens (e.g. 3,15) for the cost")
+TimeoutOpt = typer.Option(900.0, "--timeout", min=1, help="seconds per evaluation; the process group is killed")
+RepeatsOpt = typer.Option(3, "--repeats", min=1, help="full evaluations that must all pass to promote")
+GpusOpt = typer.Option(None, "--gpus", help="GPU indices (0,1) or a count: one evaluation worker each")
+WorkersOpt = typer.Option(1, "--workers", min=1, help="evaluation workers without GPUs (CPU smoke runs)")
+BackendOpt = typer.Option("local", "--eval-backend", help="local, or modal (each evaluation on a Modal GPU)")
+ModalGpuOpt = typer.Option("b200", "--gpu", help="Modal GPU for --eval-backend modal")
+PromptsOpt = typer.Option(None, "--prompts", help="folder of prompt files that replace the shipped ones")
+ResumeOpt = typer.Option(None, "--resume", help="continue this run folder (runs/<mode>-<time>)")
+RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="where run folders go")
+
+
+def _loop_configs(provider, model, base_url, api_key_env, max_tokens, temperature, price, definition, device,
+                  workload, seq_len, timeout, repeats, gpus, workers, eval_backend, gpu, ncu):  # fmt: skip
+    from .loops import llm, sandbox
+
+    if eval_backend not in ("local", "modal"):
+        raise FibmoeError(f"--eval-backend {eval_backend!r}: choose local or modal")
+    if eval_backend == "modal":
+        from .remote import resolve_gpu
+
+        gpu = resolve_gpu(gpu)
+    llm_config = llm.LLMConfig(
+        provider=provider,
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        price=llm.parse_price(price),
+    )
+    options = sandbox.EvalOptions(
+        definition=definition,
+        device=device,
+        workloads=list(workload or []),
+        seq_lens=list(seq_len or []),
+        timeout_s=timeout,
+        repeats=repeats,
+        gpus=sandbox.parse_gpus(gpus, device) if eval_backend == "local" else [],
+        workers=workers,
+        backend=eval_backend,
+        modal_gpu=gpu,
+        ncu=ncu,
+    )
+    return llm_config, options
+
+
+def _print_loop_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    best = summary["best"]
+    gain = f", {summary['gain_over_start']:.3f}x the start" if summary.get("gain_over_start") else ""
+    u = summary["usage"]
+    cost = "unknown cost" if u["cost_usd"] is None else f"${u['cost_usd']:.4f}"
+    out.print(f"run {summary['folder']}", highlight=False)
+    out.print(f"  start {summary['start']['from']}: score {_fmt(summary['start']['score'], '.4g')}", highlight=False)
+    out.print(
+        f"  best: {best['id']} score {best['score']:.4g}{gain} -> {best['variant']}"
+        if best
+        else "  best: none verified",
+        highlight=False,
+    )
+    out.print(f"  verdicts: {summary['statuses']}", highlight=False)
+    out.print(f"  model calls {u['calls']}, tokens {u['input_tokens']} in / {u['output_tokens']} out, {cost}")
+
+
+@app.command()
+@guarded
+def agent(
+    start: str = typer.Option("r3-triton-fp8", "--from", help="variant, variant folder, kernel .py, or scratch"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="steps (default 10; with --resume: extend)"),
+    provider: str = ProviderOpt,
+    model: str = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    api_key_env: str = KeyEnvOpt,
+    max_tokens: int = MaxTokensOpt,
+    temperature: Optional[float] = TemperatureOpt,
+    price: Optional[str] = PriceOpt,
+    definition: str = DefinitionOpt,
+    device: str = DeviceOpt,
+    workload: Optional[List[str]] = WorkloadOpt,
+    seq_len: Optional[List[int]] = SeqLenOpt,
+    timeout: float = TimeoutOpt,
+    repeats: int = RepeatsOpt,
+    gpus: Optional[str] = GpusOpt,
+    workers: int = WorkersOpt,
+    eval_backend: str = BackendOpt,
+    gpu: str = ModalGpuOpt,
+    ncu: bool = typer.Option(False, "--ncu", help="show the model Nsight Compute's reading of the best kernel"),
+    prompts: Optional[Path] = PromptsOpt,
+    resume: Optional[Path] = ResumeOpt,
+    runs_dir: Path = RunsDirOpt,
+    as_json: bool = JsonOpt,
+):
+    """The iterative agent: prompt, apply the reply, check, evaluate, keep the best verified kernel."""
+    from .loops import agent as agent_mod
+
+    config = None
+    if resume is None:
+        llm_config, options = _loop_configs(provider, model, base_url, api_key_env, max_tokens, temperature, price,
+                                            definition, device, workload, seq_len, timeout, repeats, gpus, workers,
+                                            eval_backend, gpu, ncu)  # fmt: skip
+        config = agent_mod.AgentConfig(
+            start=start, steps=steps or 10, llm=llm_config, eval=options, prompts_dir=str(prompts) if prompts else None
+        )
+    elif steps:
+        config = agent_mod.AgentConfig(steps=steps)
+    _print_loop_summary(agent_mod.agent(config, resume, runs_dir), as_json)
+
+
+@app.command()
+@guarded
+def evolve(
+    start: str = typer.Option(
+        "examples/openevolve/initial_program.py", "--from", help="variant, variant folder or kernel .py to evolve"
+    ),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="default 20; with --resume: extend"),
+    provider: str = ProviderOpt,
+    model: str = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    api_key_env: str = KeyEnvOpt,
+    max_tokens: int = MaxTokensOpt,
+    temperature: Optional[float] = TemperatureOpt,
+    price: Optional[str] = PriceOpt,
+    definition: str = DefinitionOpt,
+    device: str = DeviceOpt,
+    workload: Optional[List[str]] = WorkloadOpt,
+    seq_len: Optional[List[int]] = SeqLenOpt,
+    timeout: float = TimeoutOpt,
+    repeats: int = RepeatsOpt,
+    gpus: Optional[str] = GpusOpt,
+    workers: int = WorkersOpt,
+    eval_backend: str = BackendOpt,
+    gpu: str = ModalGpuOpt,
+    islands: int = typer.Option(3, "--islands", min=1, help="OpenEvolve islands"),
+    population: int = typer.Option(100, "--population", min=2, help="OpenEvolve population size"),
+    quick_threshold: float = typer.Option(0.01, "--quick-threshold", help="quick score needed for the full run"),
+    seed: int = typer.Option(42, "--seed", help="OpenEvolve's random seed"),
+    prompts: Optional[Path] = PromptsOpt,
+    resume: Optional[Path] = ResumeOpt,
+    runs_dir: Path = RunsDirOpt,
+    as_json: bool = JsonOpt,
+):
+    """Population search with OpenEvolve as the engine and fibmoe's evaluation as its cascade."""
+    from .loops import evolve as evolve_mod
+
+    config = None
+    if resume is None:
+        llm_config, options = _loop_configs(provider, model, base_url, api_key_env, max_tokens, temperature, price,
+                                            definition, device, workload, seq_len, timeout, repeats, gpus, workers,
+                                            eval_backend, gpu, False)  # fmt: skip
+        config = evolve_mod.EvolveConfig(
+            start=start,
+            iterations=iterations or 20,
+            llm=llm_config,
+            eval=options,
+            islands=islands,
+            population=population,
+            quick_threshold=quick_threshold,
+            seed=seed,
+            prompts_dir=str(prompts) if prompts else None,
+        )
+    elif iterations:
+        config = evolve_mod.EvolveConfig(iterations=iterations)
+    _print_loop_summary(evolve_mod.evolve(config, resume, runs_dir), as_json)
+
+
 # ---- pack / unpack ---------------------------------------------------------------------------
 
 
