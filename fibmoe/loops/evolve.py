@@ -91,6 +91,7 @@ def openevolve_client(model_cfg):
     class FibmoeLLM(LLMInterface):
         def __init__(self):
             self.llm = LLM(config.llm)
+            self.model = config.llm.model  # OpenEvolve's ensemble logs it
             self.last_usage = None
 
         async def generate(self, prompt: str, **kwargs) -> str:
