@@ -795,7 +795,7 @@ def sanitize(
 # ---- search loops: agent / evolve --------------------------------------------------------------
 
 ProviderOpt = typer.Option("openai", "--provider", help="openai (any OpenAI-compatible endpoint) or anthropic")
-ModelOpt = typer.Option("", "--model", help="model name (default: gpt-4.1 / claude-sonnet-4-5)")
+ModelOpt = typer.Option("", "--model", help="model name (default: gpt-4.1 / claude-sonnet-4-6)")
 BaseUrlOpt = typer.Option(None, "--base-url", help="endpoint, e.g. http://localhost:8000/v1 for vLLM")
 KeyEnvOpt = typer.Option("", "--api-key-env", help="environment variable with the key (default per provider)")
 MaxTokensOpt = typer.Option(16000, "--max-tokens", min=1, help="reply length limit")

@@ -63,7 +63,7 @@ class FakeLLM:
                     return self._send(200, b"<html>not json at all", "text/html")
                 if "status" in turn:
                     err = {"error": {"type": "rate_limit_error", "message": "slow down (scripted)"}}
-                    headers = {"retry-after": str(turn.get("retry_after", 0))}
+                    headers = {"retry-after": str(turn["retry_after"])} if "retry_after" in turn else {}
                     return self._send(turn["status"], json.dumps(err).encode(), headers=headers)
                 text = turn.get("text", "")
                 tin, tout = 1000 + len(json.dumps(body)) // 4, 50 + len(text) // 4

@@ -18,7 +18,7 @@ from ..errors import FibmoeError
 
 PROVIDERS = ("openai", "anthropic")
 KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-DEFAULT_MODEL = {"openai": "gpt-4.1", "anthropic": "claude-sonnet-4-5"}
+DEFAULT_MODEL = {"openai": "gpt-4.1", "anthropic": "claude-sonnet-4-6"}
 # List prices in USD per million (input, output) tokens, as published when this was written; `--price`
 # overrides them, and an unknown model's cost is reported as unknown rather than guessed.
 PRICES = {
@@ -30,6 +30,7 @@ PRICES = {
     "gpt-5": (1.25, 10.00),
     "gpt-5-mini": (0.25, 2.00),
     "claude-opus-4-1": (15.00, 75.00),
+    "claude-sonnet-4-6": (3.00, 15.00),  # Sonnet's list price since 3.5, assumed unchanged
     "claude-sonnet-4-5": (3.00, 15.00),
     "claude-sonnet-4": (3.00, 15.00),
     "claude-haiku-4-5": (1.00, 5.00),
@@ -182,7 +183,8 @@ class LLM:
                 kwargs["temperature"] = c.temperature
             r = self.client().chat.completions.create(**kwargs, **c.extra)
             if not getattr(r, "choices", None):
-                raise LLMError(f"the endpoint's answer is not a chat completion (got {type(r).__name__}: {str(r)[:80]})")
+                got = f"{type(r).__name__}: {str(r)[:80]}"
+                raise LLMError(f"the endpoint's answer is not a chat completion (got {got})")
             text = r.choices[0].message.content or ""
             u = r.usage
             return text, int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0)
