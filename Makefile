@@ -32,7 +32,8 @@ setup:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --no-deps $(TORCH) $(TORCH_FROM)  # torch alone from its index; its dependencies next
 	$(BIN)/pip install -q $(TORCH) triton==3.6.0 "pydantic>=2.7,<3" "safetensors>=0.5" "typer>=0.12" "rich>=13" numpy \
-		"modal>=1.0" "apache-tvm-ffi>=0.1.2" "docstring-parser>=0.16" "pytest>=8" "ruff>=0.6"
+		"modal>=1.0" "apache-tvm-ffi>=0.1.2" "docstring-parser>=0.16" "pytest>=8" "ruff>=0.6" \
+		"openai>=1.40" "anthropic>=0.40" openevolve==0.4.0
 	$(BIN)/pip install -q --no-deps flashinfer-bench==0.1.2
 	$(BIN)/pip install -q --no-deps -e .
 	$(MAKE) --no-print-directory deps-check
