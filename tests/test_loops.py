@@ -376,3 +376,38 @@ def test_evolve_runs_openevolve_and_resumes(tmp_path, fake_llm, start_file):
     assert more["iterations_done"] == 5 and len(server.requests) == 5
     new = {e["folder"] for e in eval_log(tmp_path)[evaluated:]}
     assert start["id"] not in new and improved["id"] not in new  # nothing done before was evaluated again
+
+
+# ---- the Modal backend (Modal itself stood in for: no network) -------------------------------------
+
+
+def test_modal_backend_speaks_the_eval_contract(monkeypatch, tmp_path, start_file):
+    from fib_fakes import evaluation, real_benchmark_factory, small_dataset_copy
+
+    from fibmoe import remote
+    from fibmoe.loops import modal_eval
+
+    volume = small_dataset_copy(tmp_path / "data")
+    failing = {}
+
+    def plan(solution, uuid):
+        if uuid in failing:
+            return evaluation("INCORRECT_NUMERICAL", log="matched ratio 0.5")
+        return evaluation(latency=2.0)
+
+    factory = real_benchmark_factory(monkeypatch, plan)
+    sent = []
+
+    def executor(gpu, requests):  # one "container" per request, run here
+        sent.append(gpu)
+        return [remote.remote_body({**r, "dataset_root": str(volume)}, factory) for r in requests]
+
+    res = modal_eval.evaluate_remote(str(start_file), "b200", "small", quick=True, executor=executor)
+    assert sent == ["B200"] and res["device"] == "modal:B200" and res["mode"] == "quick official"
+    assert res["all_passed"] and res["workloads"] == 5 and res["combined_score"] == pytest.approx(10.0)
+    assert res["settings"] == {"warmup": 3, "iterations": 10, "trials": 1}
+    failing[res["per_workload"][1]["uuid"]] = True
+    bad = modal_eval.evaluate_remote(str(start_file), "b200", "small", seq_lens=[1, 3], executor=executor)
+    assert not bad["all_passed"] and bad["combined_score"] == 0.0 and bad["workloads"] == 2
+    assert "INCORRECT_NUMERICAL" in bad["error"]
+    assert modal_eval.main([str(tmp_path / "missing.py"), "--definition", "small"]) == 2

@@ -11,6 +11,7 @@ candidate, so the gain over it is measured the same way.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,4 +333,9 @@ def agent(config: AgentConfig | None = None, resume: Path | None = None, runs_di
             raise FibmoeError("no configuration for a new agent run")
         start_candidate(config.start)  # a bad --from is one error line, before any folder is made
         run = Run.create("agent", {"agent": config.to_dict()}, runs_dir)
-    return Agent(run, config, **kw).run_loop()
+    try:
+        return Agent(run, config, **kw).run_loop()
+    except KeyboardInterrupt:
+        print(f"interrupted; everything done so far is in {run.folder}; continue with: "
+              f"fibmoe agent --resume {run.folder}", file=sys.stderr)  # fmt: skip
+        raise

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -411,7 +412,9 @@ def evolve(
         summary = summarize(run, config, entries)
         summary["wall_s_this_session"] = round(time.monotonic() - t0, 1)
         run.write_summary(summary)
-        _show(display, summary, "done")
+        _show(display, summary, "done" if summary["iterations_done"] >= config.iterations else "stopped early")
+    if summary["iterations_done"] < config.iterations:
+        print(f"continue with: fibmoe evolve --resume {run.folder}", file=sys.stderr)
     return summary
 
 
