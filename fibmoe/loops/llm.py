@@ -210,13 +210,17 @@ class LLM:
 
 
 def _retryable(e: Exception) -> bool:
-    import anthropic
-    import openai
+    import importlib
 
-    if isinstance(e, (openai.APIConnectionError, anthropic.APIConnectionError)):  # timeouts included
-        return True
-    if isinstance(e, (openai.APIStatusError, anthropic.APIStatusError)):
-        return e.status_code in (408, 409, 429) or e.status_code >= 500
+    for name in PROVIDERS:  # only the client in use need be installed (the GPU machines carry openai alone)
+        try:
+            sdk = importlib.import_module(name)
+        except ImportError:
+            continue
+        if isinstance(e, sdk.APIConnectionError):  # timeouts included
+            return True
+        if isinstance(e, sdk.APIStatusError):
+            return e.status_code in (408, 409, 429) or e.status_code >= 500
     return False
 
 
