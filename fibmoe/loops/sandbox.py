@@ -56,7 +56,7 @@ class EvalOptions:
     backend: str = "local"  # local | modal
     modal_gpu: str = "B200"
     ncu: bool = False
-    python: str = sys.executable
+    python: str = ""  # the interpreter for the evaluator; default: the one running the loop
     eval_command: list[str] = field(default_factory=list)  # instead of `python -m fibmoe eval` (tests)
 
     @classmethod
@@ -71,10 +71,14 @@ class EvalOptions:
 
     def command(self, folder: Path, quick: bool, ncu: bool = False) -> list[str]:
         if self.backend == "modal":
-            cmd = [self.python, "-m", "fibmoe.loops.modal_eval", str(folder), "--gpu", self.modal_gpu]
+            cmd = [self.python or sys.executable, "-m", "fibmoe.loops.modal_eval", str(folder), "--gpu", self.modal_gpu]
             cmd += ["--definition", "contest" if self.definition == "auto" else self.definition]
         else:
-            cmd = [*(self.eval_command or [self.python, "-m", "fibmoe", "eval"]), str(folder), "--json"]
+            cmd = [
+                *(self.eval_command or [self.python or sys.executable, "-m", "fibmoe", "eval"]),
+                str(folder),
+                "--json",
+            ]
             cmd += ["--definition", self.definition, "--device", self.device]
             if ncu:
                 cmd.append("--ncu")
