@@ -411,3 +411,39 @@ def test_modal_backend_speaks_the_eval_contract(monkeypatch, tmp_path, start_fil
     assert not bad["all_passed"] and bad["combined_score"] == 0.0 and bad["workloads"] == 2
     assert "INCORRECT_NUMERICAL" in bad["error"]
     assert modal_eval.main([str(tmp_path / "missing.py"), "--definition", "small"]) == 2
+
+
+def test_each_worker_sees_only_its_gpu():
+    code = "import json, os; print(json.dumps({'combined_score': 1.0, 'gpu': os.environ.get('CUDA_VISIBLE_DEVICES')}))"
+    assert sandbox.run_eval([sys.executable, "-c", code], 30, gpu="3")["gpu"] == "3"
+
+
+# ---- the commands: bad input is one line and exit status 2 -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["agent", "--from", "no-such-rung"], "unknown variant"),
+        (["agent", "--eval-backend", "slurm"], "--eval-backend 'slurm'"),
+        (["agent", "--eval-backend", "modal", "--gpu", "z9"], "unknown GPU"),
+        (["agent", "--gpus", "a,b"], "--gpus"),
+        (["agent", "--price", "cheap"], "--price"),
+        (["agent", "--provider", "mistral"], "unknown provider"),
+        (["agent", "--resume", "/no/such/run"], "not a run folder"),
+        (["evolve", "--resume", "/no/such/run"], "not a run folder"),
+        (["agent", "--from", "r1-torch", "--device", "cpu"], "set OPENAI_API_KEY"),
+        (["evolve", "--provider", "anthropic", "--device", "cpu"], "set ANTHROPIC_API_KEY"),
+    ],
+)
+def test_bad_input_is_one_error_line(args, message, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from fibmoe.cli import app
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = CliRunner().invoke(app, [*args, "--runs-dir", str(tmp_path / "runs")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()

@@ -64,6 +64,10 @@ def start_candidate(start: str) -> cand.Candidate | None:
         return None
     import tempfile
 
+    from ..variants import REPO_ROOT
+
+    if start.endswith(".py") and not Path(start).exists() and (REPO_ROOT / start).is_file():
+        start = str(REPO_ROOT / start)  # the shipped example, from anywhere
     with tempfile.TemporaryDirectory(prefix="fibmoe-start-") as tmp:
         v = evaluate_mod.load_candidate(start, Path(tmp))
         return cand.from_variant(v)
@@ -331,7 +335,8 @@ def agent(config: AgentConfig | None = None, resume: Path | None = None, runs_di
     else:
         if config is None:
             raise FibmoeError("no configuration for a new agent run")
-        start_candidate(config.start)  # a bad --from is one error line, before any folder is made
+        start_candidate(config.start)  # a bad --from or a missing key: one error line, before any folder is made
+        LLM(config.llm).check_ready()
         run = Run.create("agent", {"agent": config.to_dict()}, runs_dir)
     try:
         return Agent(run, config, **kw).run_loop()

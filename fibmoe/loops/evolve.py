@@ -382,6 +382,7 @@ def evolve(
         start = start_candidate(config.start)
         if start is None:
             raise FibmoeError("fibmoe evolve needs a kernel to start from: --from VARIANT or a kernel .py file")
+        LLM(config.llm).check_ready()
         config.smoke_seq_len = config.smoke_seq_len or _smallest_seq_len(config.eval)
         run = Run.create("evolve", {"evolve": config.to_dict()}, runs_dir)
         start.write(run.folder / "start", f"{run.name.lower()}-start", f"the start of {run.name}: {config.start}")

@@ -136,6 +136,10 @@ class LLM:
             f"set {self.config.api_key_env} to the API key for {self.config.provider} (or pass --base-url)", fatal=True
         )
 
+    def check_ready(self) -> None:
+        """Raise the one-line LLMError now if no call could be made (no key), before a run starts."""
+        self._key()
+
     def client(self):
         if self._client is None:
             c = self.config
