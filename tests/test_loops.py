@@ -447,3 +447,54 @@ def test_bad_input_is_one_error_line(args, message, monkeypatch, tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_evolve_resumes_after_a_kill(tmp_path, fake_llm, start_file):
+    """Kill `evolve` (the whole process group) while a hanging candidate is evaluated; resume from OpenEvolve's
+    last checkpoint: what was evaluated before is not evaluated again, and the run reaches its iterations."""
+    server = fake_llm(
+        [
+            {"text": edit("import torch", "import torch\n# FAKE_SCORE=2.0")},
+            {"text": edit("import torch", "import torch\n# FAKE_HANG")},
+            {"text": edit("import torch", "import torch\n# FAKE_SCORE=3.0")},
+        ]
+    )
+    runs = tmp_path / "runs"
+    config = evolve.EvolveConfig(
+        start=str(start_file),
+        iterations=2,
+        llm=llm.LLMConfig(base_url=server.url + "/v1"),
+        eval=fake_options(tmp_path, timeout_s=20),
+        smoke_seq_len=1,
+    )
+    code = (
+        "import json; from pathlib import Path; from fibmoe.loops import evolve\n"
+        f"cfg = evolve.EvolveConfig.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))}))\n"
+        f"evolve.evolve(cfg, runs_dir=Path({str(runs)!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    hang = "FAKE_HANG"
+    deadline = time.monotonic() + 120
+    folder = None
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None, "the hanging candidate never started"
+        folder = next(runs.iterdir(), None) if runs.is_dir() else None
+        started = [e["folder"] for e in eval_log(tmp_path)]
+        if folder and any(hang in (folder / "candidates" / c / "kernel.py").read_text() for c in set(started)):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {e["folder"] for e in eval_log(tmp_path)}
+    evaluated = len(eval_log(tmp_path))
+    summary = evolve.evolve(None, resume=folder)
+    assert summary["iterations_done"] == 2 and summary["best"]["score"] == 3.0
+    finished_before = {c for c in before if hang not in _entry_text(folder, c)}  # all but the killed one
+    again = {e["folder"] for e in eval_log(tmp_path)[evaluated:]}
+    assert again and not again & finished_before
+    assert len(server.requests) == 3  # the resumed run asked only for the iteration that was lost
+
+
+def _entry_text(run_folder: Path, cid: str) -> str:
+    return (run_folder / "candidates" / cid / "kernel.py").read_text()
