@@ -96,6 +96,9 @@ def test_evolve_cli_end_to_end_with_claude(tmp_path, slow_start):
         assert summary["iterations_done"] == 1 and summary["statuses"] == {"verified": 2}
         assert summary["gain_over_start"] > 1.2 and summary["usage"]["calls"] == 1
         assert all(req["path"] == "/v1/messages" for req in server.requests)
+        folder = Path(summary["folder"])
+        assert len(list(folder.glob("candidates/*/eval-smoke.json"))) == 2
+        assert not list(folder.glob("candidates/*/eval-quick.json"))  # -t 1: stage 2 is stage 1's command
         p = fibmoe("pack", summary["best"]["variant"], "-o", tmp_path / "s.json", "--definition", "small")
         assert p.returncode == 0, p.stderr
     finally:

@@ -132,7 +132,9 @@ def stage(folder: str, n: int, program_path: str):
         res = evaluator.evaluate(cdir, "smoke", quick=True)
         status = "passed" if res.get("all_passed") else (sandbox.TIMEOUT if res.get("timed_out") else "failed-smoke")
     elif n == 2:
-        res = evaluator.evaluate(cdir, "quick", quick=True)
+        # When the evaluation is restricted to the smallest workload alone, stage 1 already ran this very command.
+        same = _stage_options(config, 1).command(cdir, True) == config.eval.command(cdir, True)
+        res = evaluator.evaluate(cdir, "smoke" if same else "quick", quick=True)
         status = "passed" if res.get("all_passed") else (sandbox.TIMEOUT if res.get("timed_out") else "failed-quick")
     else:
         v = evaluator.verdict(cdir, quick_first=False)
