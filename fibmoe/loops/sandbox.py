@@ -195,45 +195,46 @@ class Evaluator:
         return res
 
     def verdict(self, folder: Path, quick_first: bool = True, on_stage=None) -> dict:
-        """{'status', 'score', 'error', 'eval': the last full (or quick) result, 'scores': per repeat}."""
+        """{'status', 'score', 'error', 'eval': the result to show, 'scores': per full run, 'eval_s'}."""
+        spent = []
         if quick_first:
             if on_stage:
                 on_stage("quick")
             q = self.evaluate(folder, "quick", quick=True)
+            spent.append(q)
             if not q.get("all_passed"):
-                return _verdict(TIMEOUT if q.get("timed_out") else FAILED_QUICK, None, q)
+                return _verdict(TIMEOUT if q.get("timed_out") else FAILED_QUICK, None, q, [], spent)
         if on_stage:
             on_stage("full")
         n = max(1, self.options.repeats)
-        labels = [f"full-{i}" for i in range(1, n + 1)]
-        workers = min(n, len(self.options.slots()))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(
+        with ThreadPoolExecutor(max_workers=min(n, len(self.options.slots()))) as pool:
+            runs = list(
                 pool.map(
-                    lambda i: self.evaluate(folder, labels[i], quick=False, ncu=self.options.ncu and i == 0),
+                    lambda i: self.evaluate(folder, f"full-{i + 1}", quick=False, ncu=self.options.ncu and i == 0),
                     range(n),
                 )
             )
-        passed = [bool(r.get("all_passed")) for r in results]
-        first_bad = next((r for r in results if not r.get("all_passed")), results[-1])
+        spent += runs
+        passed = [bool(r.get("all_passed")) for r in runs]
+        first_bad = next((r for r in runs if not r.get("all_passed")), runs[-1])
         if all(passed):
-            return _verdict(VERIFIED, min(float(r["combined_score"]) for r in results), results[0], results)
-        if any(r.get("timed_out") for r in results):
-            return _verdict(TIMEOUT, None, first_bad, results)
+            return _verdict(VERIFIED, min(float(r["combined_score"]) for r in runs), runs[0], runs, spent)
+        if any(r.get("timed_out") for r in runs):
+            return _verdict(TIMEOUT, None, first_bad, runs, spent)
         if any(passed):
-            why = f"the {n} full runs disagree ({sum(passed)} passed): not trusted"
-            return {**_verdict(FLAKY, None, first_bad, results), "error": why + "\n" + str(first_bad.get("error"))}
-        return _verdict(FAILED, None, first_bad, results)
+            why = f"the {n} full runs disagree ({sum(passed)} passed): not trusted\n{first_bad.get('error')}"
+            return {**_verdict(FLAKY, None, first_bad, runs, spent), "error": why}
+        return _verdict(FAILED, None, first_bad, runs, spent)
 
 
-def _verdict(status: str, score, res: dict, runs: list[dict] | None = None) -> dict:
+def _verdict(status: str, score, shown: dict, runs: list[dict], spent: list[dict]) -> dict:
     return {
         "status": status,
         "score": score,
-        "error": res.get("error"),
-        "eval": res,
-        "scores": [r.get("combined_score") for r in runs] if runs else [],
-        "eval_s": round(sum(r.get("wall_s", 0.0) for r in (runs or [res])), 2),
+        "error": shown.get("error"),
+        "eval": shown,
+        "scores": [r.get("combined_score") for r in runs],
+        "eval_s": round(sum(r.get("wall_s", 0.0) for r in spent), 2),
     }
 
 
