@@ -25,6 +25,7 @@ from .llm import LLM, LLMConfig, LLMError, Usage
 from .runs import Display, Run, gain, total_usage
 
 SCRATCH = "scratch"
+START_ID = "c0000"  # the start's candidate folder, written when the run is created
 SCRATCH_ENTRY = "kernel.py"
 HISTORY = 6  # attempts shown in the prompt
 ERROR_CHARS = 3000
@@ -121,19 +122,18 @@ class Agent:
         return self.write_summary(time.monotonic() - t0)
 
     def _step_zero(self) -> None:
-        start = start_candidate(self.config.start)
-        cid = "c0000"
-        if start is None:  # from scratch: nothing to evaluate yet
-            self._finish({"id": cid, "parent": None, "step": 0, "status": "scratch", "score": None}, None)
+        cid = START_ID
+        folder = self.run.candidate_dir(cid)
+        if not (folder / "variant.toml").is_file():  # from scratch: nothing to evaluate yet
+            self._finish({"id": cid, "parent": None, "step": 0, "status": "scratch", "score": None})
             return
-        folder = start.write(self.run.candidate_dir(cid), self._name(cid), f"the start: {self.config.start}")
-        problems = cand.static_problems(start)
+        problems = cand.static_problems(cand.load_folder(folder))
         if problems:  # said, not enforced: the start is the user's own kernel
             self.display.update(log=True, doing=f"note: the start breaks a static rule: {problems[0]}")
         self._refresh("evaluating the start", step=0)
         verdict = self.evaluator.verdict(folder, quick_first=False)
         entry = {"id": cid, "parent": None, "step": 0, **_verdict_fields(verdict)}
-        self._finish(entry, verdict)
+        self._finish(entry)
 
     def _step(self, step: int) -> None:
         cid = f"c{step:04d}"
@@ -155,7 +155,7 @@ class Agent:
                 if e.fatal:
                     raise  # no step can succeed: stop with the one line
                 self._finish({"id": cid, "parent": parent_id, "step": step, "status": sandbox.LLM_ERROR,
-                              "score": None, "error": str(e)}, None)  # fmt: skip
+                              "score": None, "error": str(e)})  # fmt: skip
                 return
             reply, usage = answer.text, answer.usage
             (folder / "usage.json").write_text(json.dumps(usage.to_dict()))
@@ -164,18 +164,18 @@ class Agent:
         try:
             new = cand.apply_reply(base, reply) if base else _scratch_reply(reply)
         except cand.CandidateError as e:
-            self._finish({**entry, "status": sandbox.BAD_REPLY, "score": None, "error": str(e)}, None)
+            self._finish({**entry, "status": sandbox.BAD_REPLY, "score": None, "error": str(e)})
             return
         new.write(folder, self._name(cid), f"fibmoe agent {self.run.name} step {step}")
         problems = cand.static_problems(new)
         if problems:
             error = "static checks refused it:\n" + "\n".join(problems)
-            self._finish({**entry, "status": sandbox.REJECTED, "score": None, "error": error}, None)
+            self._finish({**entry, "status": sandbox.REJECTED, "score": None, "error": error})
             return
         verdict = self.evaluator.verdict(folder, on_stage=lambda s: self._refresh(f"evaluating {cid} ({s})"))
-        self._finish({**entry, **_verdict_fields(verdict)}, verdict)
+        self._finish({**entry, **_verdict_fields(verdict)})
 
-    def _finish(self, entry: dict, verdict: dict | None) -> None:
+    def _finish(self, entry: dict) -> None:
         best = self._best()
         if entry.get("status") == sandbox.VERIFIED and (best is None or entry["score"] > best["score"]):
             entry["promoted"] = True
@@ -335,9 +335,11 @@ def agent(config: AgentConfig | None = None, resume: Path | None = None, runs_di
     else:
         if config is None:
             raise FibmoeError("no configuration for a new agent run")
-        start_candidate(config.start)  # a bad --from or a missing key: one error line, before any folder is made
+        start = start_candidate(config.start)  # a bad --from or a missing key: one line, before any folder
         LLM(config.llm).check_ready()
         run = Run.create("agent", {"agent": config.to_dict()}, runs_dir)
+        if start is not None:  # kept now: a resumed run starts from these sources, whatever happens to --from
+            start.write(run.candidate_dir(START_ID), f"{run.name.lower()}-{START_ID}", f"the start: {config.start}")
     try:
         return Agent(run, config, **kw).run_loop()
     except KeyboardInterrupt:
