@@ -1,6 +1,6 @@
 """A stand-in for `python -m fibmoe eval FOLDER --json [--quick] ...` that answers at once, for tests of
 the loops' logic (the end-to-end tests use the real evaluator). It reads markers in the entry file:
-    FAKE_HANG        sleeps until killed (the loop's time limit must kill it)
+    FAKE_HANG        sleeps until killed (the loop's time limit must kill it); FAKE_HANG_FULL: in full runs only
     FAKE_FAIL        the check fails on one workload (exit 1, as the evaluator does)
     FAKE_FLAKY       fails every second full run (the repeats disagree)
     FAKE_SCORE=<x>   the combined score (default 1.0)
@@ -22,8 +22,8 @@ text = (folder / spec["entry_point"].split("::")[0]).read_text()
 log = os.environ.get("FAKE_EVAL_LOG")
 if log:
     with open(log, "a") as fh:
-        fh.write(json.dumps({"folder": folder.name, "quick": quick, "args": sys.argv[2:]}) + "\n")
-if "FAKE_HANG" in text:
+        fh.write(json.dumps({"folder": folder.name, "quick": quick, "args": sys.argv[2:], "pid": os.getpid()}) + "\n")
+if "FAKE_HANG" in text and ("FAKE_HANG_FULL" not in text or not quick):
     time.sleep(3600)
 m = re.search(r"FAKE_SCORE=([0-9.]+)", text)
 score = float(m.group(1)) if m else 1.0

@@ -498,3 +498,40 @@ def test_evolve_resumes_after_a_kill(tmp_path, fake_llm, start_file):
 
 def _entry_text(run_folder: Path, cid: str) -> str:
     return (run_folder / "candidates" / cid / "kernel.py").read_text()
+
+
+def test_ctrl_c_stops_parallel_repeats_at_once_and_records_nothing_false(tmp_path, fake_llm, start_file):
+    """Ctrl-C while the full runs go side by side in worker threads: the agent exits at once, every
+    evaluation's process group is killed, no verdict is written for the interrupted candidate, and the
+    run says how to resume."""
+    server = fake_llm([{"text": edit("# FAKE_SCORE=1.0", "# FAKE_HANG_FULL")}])
+    runs = tmp_path / "runs"
+    config = agent.AgentConfig(
+        start=str(start_file),
+        steps=1,
+        llm=llm.LLMConfig(base_url=server.url + "/v1"),
+        eval=fake_options(tmp_path, timeout_s=120, workers=2),
+    )
+    code = (
+        "import json; from pathlib import Path; from fibmoe.loops import agent\n"
+        f"cfg = agent.AgentConfig.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))}))\n"
+        f"agent.agent(cfg, runs_dir=Path({str(runs)!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while sum(e["folder"] == "c0001" and not e["quick"] for e in eval_log(tmp_path)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the full runs never started"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)  # at once, not after the 120 s limit
+    assert proc.returncode != 0 and "fibmoe agent --resume" in stderr
+    for pid in [e["pid"] for e in eval_log(tmp_path) if e["folder"] == "c0001"]:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "State:\tZ" in status.read_text()
+    folder = next(runs.iterdir())
+    assert not list((folder / "candidates" / "c0001").glob("eval-full-*.json"))
+    assert (folder / "candidates" / "c0001" / "eval-quick.json").is_file()  # finished before: kept
+    assert [e["id"] for e in Run(folder).lineage()] == ["c0000"]

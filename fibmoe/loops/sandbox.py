@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -128,8 +129,12 @@ def run_eval(cmd: list[str], timeout_s: float, gpu: str | None = None) -> dict:
     proc = subprocess.Popen(
         cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    with _LOCK:
+        _LIVE.add(proc)
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
+        if _STOP.is_set():  # killed by kill_running (Ctrl-C in another thread): not a verdict on the candidate
+            raise Interrupted("the evaluation was stopped")
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         proc.communicate()
@@ -138,9 +143,30 @@ def run_eval(cmd: list[str], timeout_s: float, gpu: str | None = None) -> dict:
     except BaseException:  # Ctrl-C or any other exit: never leave the candidate running
         _kill_group(proc)
         raise
+    finally:
+        with _LOCK:
+            _LIVE.discard(proc)
     wall = round(time.monotonic() - start, 2)
     res = parse_eval_output(stdout, stderr, proc.returncode)
     return {**res, "wall_s": wall, "exit_status": proc.returncode}
+
+
+# Evaluations running now, in any thread: Ctrl-C kills them all (a worker thread never sees the interrupt).
+_LIVE: set[subprocess.Popen] = set()
+_LOCK = threading.Lock()
+_STOP = threading.Event()
+
+
+class Interrupted(Exception):
+    """An evaluation stopped by an interruption: nothing is recorded for it, a resumed run redoes it."""
+
+
+def kill_running() -> None:
+    _STOP.set()
+    with _LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        _kill_group(proc)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -197,6 +223,7 @@ class Evaluator:
     def verdict(self, folder: Path, quick_first: bool = True, on_stage=None) -> dict:
         """{'status', 'score', 'error', 'eval': the result to show, 'scores': per full run, 'eval_s'}."""
         spent = []
+        _STOP.clear()
         if quick_first:
             if on_stage:
                 on_stage("quick")
@@ -207,13 +234,22 @@ class Evaluator:
         if on_stage:
             on_stage("full")
         n = max(1, self.options.repeats)
-        with ThreadPoolExecutor(max_workers=min(n, len(self.options.slots()))) as pool:
-            runs = list(
-                pool.map(
-                    lambda i: self.evaluate(folder, f"full-{i + 1}", quick=False, ncu=self.options.ncu and i == 0),
-                    range(n),
-                )
-            )
+
+        def full(i: int) -> dict:
+            return self.evaluate(folder, f"full-{i + 1}", quick=False, ncu=self.options.ncu and i == 0)
+
+        workers = min(n, len(self.options.slots()))
+        if workers == 1:
+            runs = [full(i) for i in range(n)]
+        else:  # the repeats side by side, one per slot
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
+                runs = list(pool.map(full, range(n)))
+            except BaseException:  # Ctrl-C reaches this thread only: stop the others' evaluations too
+                kill_running()
+                raise
+            finally:
+                pool.shutdown(wait=True)
         spent += runs
         passed = [bool(r.get("all_passed")) for r in runs]
         first_bad = next((r for r in runs if not r.get("all_passed")), runs[-1])
