@@ -127,7 +127,14 @@ def run_eval(cmd: list[str], timeout_s: float, gpu: str | None = None) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     start = time.monotonic()
     proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     with _LOCK:
         _LIVE.add(proc)
@@ -167,6 +174,15 @@ def kill_running() -> None:
         live = list(_LIVE)
     for proc in live:
         _kill_group(proc)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the thread that started it dies (Linux prctl
+    PR_SET_PDEATHSIG). Its own session keeps it from the terminal's Ctrl-C, so without this a loop killed
+    outright (or an OpenEvolve worker torn down) would leave its evaluation running."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
