@@ -23,15 +23,18 @@ from fibmoe import variants
 v = variants.resolve(["r3-triton-fp8"])[0]
 entry = v.spec.entry_point.split("::")[0]
 text = (v.path / entry).read_text()
-anchor = "    ws = _LAST[0]"
-assert text.count(anchor) == 1 and "\nimport time\n" in text, "rung 3 changed: update the demo's edits"
-def edit(new_lines, why):
-    return f"{why}\nFILE: {entry}\n<<<<<<< SEARCH\n{anchor}\n=======\n{new_lines}{anchor}\n>>>>>>> REPLACE\n"
+anchor = "    ws = _LAST[0]"  # the first line of run's body
+assert text.count(anchor) == 1 and text.count("import torch\n") == 1, "rung 3 changed: update the demo's edits"
+def edit(new_lines, why, sleeps=False):
+    blocks = f"<<<<<<< SEARCH\n{anchor}\n=======\n{new_lines}{anchor}\n>>>>>>> REPLACE\n"
+    if sleeps and "\nimport time\n" not in text:
+        blocks = "<<<<<<< SEARCH\nimport torch\n=======\nimport time\n\nimport torch\n>>>>>>> REPLACE\n" + blocks
+    return f"{why}\nFILE: {entry}\n{blocks}"
 script = [
-    {"text": edit("    time.sleep(3600)  # deliberately hangs\n", "A kernel that hangs.")},
+    {"text": edit("    time.sleep(3600)  # deliberately hangs\n", "A kernel that hangs.", sleeps=True)},
     {"text": edit("    routed_scaling_factor = routed_scaling_factor * 1.5  # deliberately wrong\n", "A wrong one.")},
     {"text": edit("    # the same kernel, one comment more\n", "A neutral change.")},
-    {"text": edit("    time.sleep(0.0005)  # deliberately slower\n", "A slower one.")},
+    {"text": edit("    time.sleep(0.0005)  # deliberately slower\n", "A slower one.", sleeps=True)},
 ]
 json.dump(script, open(sys.argv[1], "w"))
 EOF
