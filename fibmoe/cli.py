@@ -848,8 +848,10 @@ def _loop_configs(provider, model, base_url, api_key_env, max_tokens, temperatur
 
 
 def _print_loop_summary(summary: dict, as_json: bool) -> None:
+    from . import results
+
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(results.dumps(summary))
         return
     best = summary["best"]
     gain = f", {summary['gain_over_start']:.3f}x the start" if summary.get("gain_over_start") else ""
