@@ -52,7 +52,7 @@ def evaluate_remote(
         try:
             solution = variants.pack(v, geometry.name)
         except FibmoeError as e:
-            rows = evaluate._rows_not_run(v.name, selected, "COMPILE_ERROR")
+            rows = evaluate._rows_not_run(v.name, selected, judge.COMPILE_ERROR)
             return evaluate.result(base, rows, "build", evaluate.error_text(e))
     settings = official.OfficialSettings(warmup=timing.warmup, iterations=timing.iterations, trials=timing.trials)
     payload = remote.run_remote(
@@ -64,7 +64,7 @@ def evaluate_remote(
         workload_uuids=[w.workload.uuid for w in selected],
         all_uuids=[w.workload.uuid for w in selected],
     )
-    rows = [evaluate._row(r, r) for r in payload["records"] if not r.get("baseline")]
+    rows = [r for r in payload["records"] if not r.get("baseline")]  # the official records are eval rows
     stage = "bench" if rows and all(r["status"] == judge.PASSED for r in rows) else "check"
     res = evaluate.result(base, rows, stage)
     res["official_score_vs_baseline"] = payload["summary"].get(v.name, {}).get("score_vs_baseline")
