@@ -52,7 +52,8 @@ lint:
 test:
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The slow tier: rungs 2 and 3 in Triton's CPU interpreter, and contest-size tensors on a CPU.
+# The slow tier: rungs 2 and 3 in Triton's CPU interpreter, contest-size tensors on a CPU, and the search
+# loops killed and resumed, or run end to end with the real evaluator.
 test-slow:
 	$(BIN)/python -m pytest -q -m slow
 

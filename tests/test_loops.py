@@ -275,6 +275,7 @@ def test_agent_runs_end_to_end(tmp_path, fake_llm, start_file, provider):
     assert json.loads((run.folder / "config.json").read_text())["agent"]["steps"] == 7
 
 
+@pytest.mark.slow  # a loop in a subprocess (torch and OpenEvolve imported again), killed
 def test_agent_resumes_after_a_kill_without_redoing_work(tmp_path, fake_llm, start_file):
     """Kill the agent (its whole process group) while a hanging candidate is being evaluated, resume it:
     the finished steps are neither asked nor evaluated again; the interrupted one is evaluated anew."""
@@ -458,6 +459,7 @@ def test_bad_input_is_one_error_line(args, message, monkeypatch, tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # a loop in a subprocess (torch and OpenEvolve imported again), killed
 def test_evolve_resumes_after_a_kill(tmp_path, fake_llm, start_file):
     """Kill `evolve` (the whole process group) while a hanging candidate is evaluated; resume from OpenEvolve's
     last checkpoint: what was evaluated before is not evaluated again, and the run reaches its iterations."""
@@ -511,6 +513,7 @@ def _entry_text(run_folder: Path, cid: str) -> str:
     return (run_folder / "candidates" / cid / "kernel.py").read_text()
 
 
+@pytest.mark.slow  # a loop in a subprocess (torch and OpenEvolve imported again), killed
 def test_ctrl_c_stops_parallel_repeats_at_once_and_records_nothing_false(tmp_path, fake_llm, start_file):
     """Ctrl-C while the full runs go side by side in worker threads: the agent exits at once, every
     evaluation's process group is killed, no verdict is written for the interrupted candidate, and the
