@@ -98,7 +98,14 @@ TimeoutOpt = typer.Option(
 SaveOpt = flag("--save", "write the results as evidence under the checkout's results/<gpu>/")
 
 
-@dataclass(frozen=True)
+def option_group(cls):
+    """A frozen dataclass whose fields (each a typer.Option) `option_groups` spreads onto a command."""
+    cls = dataclass(frozen=True)(cls)
+    cls.__option_group__ = True
+    return cls
+
+
+@option_group
 class Selection:
     """Which workloads a command runs on (check, bench, eval)."""
 
@@ -109,7 +116,7 @@ class Selection:
     seq_len: Optional[List[int]] = SeqLenOpt
 
 
-@dataclass(frozen=True)
+@option_group
 class Recording:
     """How long one variant may take on one workload, and where and how the results go (check, bench, eval)."""
 
@@ -120,12 +127,13 @@ class Recording:
 
 
 def option_groups(fn):
-    """Each parameter of `fn` annotated with an option group (Selection, Recording) becomes that group's
-    options on the command line (declared once, in the group) and reaches `fn` as one group object."""
+    """Each parameter of `fn` annotated with an option group (`option_group`: Selection, Recording, Model,
+    Evaluation) becomes that group's options on the command line (declared once, in the group) and reaches
+    `fn` as one group object."""
     sig = inspect.signature(fn, eval_str=True)
     params, groups = [], {}
     for p in sig.parameters.values():
-        if p.annotation not in (Selection, Recording):
+        if not getattr(p.annotation, "__option_group__", False):
             params.append(p)
             continue
         groups[p.name] = p.annotation
@@ -801,46 +809,77 @@ KeyEnvOpt = typer.Option("", "--api-key-env", help="environment variable with th
 MaxTokensOpt = typer.Option(16000, "--max-tokens", min=1, help="reply length limit")
 TemperatureOpt = typer.Option(None, "--temperature", help="sampling temperature (default: the model's)")
 PriceOpt = typer.Option(None, "--price", help="USD per million input,output tokens (e.g. 3,15) for the cost")
-TimeoutOpt = typer.Option(900.0, "--timeout", min=1, help="seconds per evaluation; the process group is killed")
+LoopTimeoutOpt = typer.Option(900.0, "--timeout", min=1, help="seconds per evaluation; the process group is killed")
 RepeatsOpt = typer.Option(3, "--repeats", min=1, help="full evaluations that must all pass to promote")
 GpusOpt = typer.Option(None, "--gpus", help="GPU indices (0,1) or a count: one evaluation worker each")
 WorkersOpt = typer.Option(1, "--workers", min=1, help="evaluation workers without GPUs (CPU smoke runs)")
 BackendOpt = typer.Option("local", "--eval-backend", help="local, or modal (each evaluation on a Modal GPU)")
 ModalGpuOpt = typer.Option("b200", "--gpu", help="Modal GPU for --eval-backend modal")
+
+
+@option_group
+class Model:
+    """The model a search loop asks for kernels (agent, evolve)."""
+
+    provider: str = ProviderOpt
+    model: str = ModelOpt
+    base_url: Optional[str] = BaseUrlOpt
+    api_key_env: str = KeyEnvOpt
+    max_tokens: int = MaxTokensOpt
+    temperature: Optional[float] = TemperatureOpt
+    price: Optional[str] = PriceOpt
+
+
+@option_group
+class Evaluation:
+    """How a search loop evaluates its candidates (agent, evolve)."""
+
+    definition: str = DefinitionOpt
+    device: str = DeviceOpt
+    workload: Optional[List[str]] = WorkloadOpt
+    seq_len: Optional[List[int]] = SeqLenOpt
+    timeout: float = LoopTimeoutOpt
+    repeats: int = RepeatsOpt
+    gpus: Optional[str] = GpusOpt
+    workers: int = WorkersOpt
+    eval_backend: str = BackendOpt
+    gpu: str = ModalGpuOpt
+
+
 PromptsOpt = typer.Option(None, "--prompts", help="folder of prompt files that replace the shipped ones")
 ResumeOpt = typer.Option(None, "--resume", help="continue this run folder (runs/<mode>-<time>)")
 RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="where run folders go")
 
 
-def _loop_configs(provider, model, base_url, api_key_env, max_tokens, temperature, price, definition, device,
-                  workload, seq_len, timeout, repeats, gpus, workers, eval_backend, gpu, ncu):  # fmt: skip
+def _loop_configs(m: Model, ev: Evaluation, ncu: bool):
     from .loops import llm, sandbox
 
-    if eval_backend not in ("local", "modal"):
-        raise FibmoeError(f"--eval-backend {eval_backend!r}: choose local or modal")
-    if eval_backend == "modal":
+    if ev.eval_backend not in ("local", "modal"):
+        raise FibmoeError(f"--eval-backend {ev.eval_backend!r}: choose local or modal")
+    gpu = ev.gpu
+    if ev.eval_backend == "modal":
         from .remote import resolve_gpu
 
         gpu = resolve_gpu(gpu)
     llm_config = llm.LLMConfig(
-        provider=provider,
-        model=model,
-        base_url=base_url,
-        api_key_env=api_key_env,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        price=llm.parse_price(price),
+        provider=m.provider,
+        model=m.model,
+        base_url=m.base_url,
+        api_key_env=m.api_key_env,
+        max_tokens=m.max_tokens,
+        temperature=m.temperature,
+        price=llm.parse_price(m.price),
     )
     options = sandbox.EvalOptions(
-        definition=definition,
-        device=device,
-        workloads=list(workload or []),
-        seq_lens=list(seq_len or []),
-        timeout_s=timeout,
-        repeats=repeats,
-        gpus=sandbox.parse_gpus(gpus, device) if eval_backend == "local" else [],
-        workers=workers,
-        backend=eval_backend,
+        definition=ev.definition,
+        device=ev.device,
+        workloads=list(ev.workload or []),
+        seq_lens=list(ev.seq_len or []),
+        timeout_s=ev.timeout,
+        repeats=ev.repeats,
+        gpus=sandbox.parse_gpus(ev.gpus, ev.device) if ev.eval_backend == "local" else [],
+        workers=ev.workers,
+        backend=ev.eval_backend,
         modal_gpu=gpu,
         ncu=ncu,
     )
@@ -871,40 +910,25 @@ def _print_loop_summary(summary: dict, as_json: bool) -> None:
 
 @app.command()
 @guarded
+@option_groups
 def agent(
     start: str = typer.Option("r3-triton-fp8", "--from", help="variant, variant folder, kernel .py, or scratch"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="steps (default 10; with --resume: extend)"),
-    provider: str = ProviderOpt,
-    model: str = ModelOpt,
-    base_url: Optional[str] = BaseUrlOpt,
-    api_key_env: str = KeyEnvOpt,
-    max_tokens: int = MaxTokensOpt,
-    temperature: Optional[float] = TemperatureOpt,
-    price: Optional[str] = PriceOpt,
-    definition: str = DefinitionOpt,
-    device: str = DeviceOpt,
-    workload: Optional[List[str]] = WorkloadOpt,
-    seq_len: Optional[List[int]] = SeqLenOpt,
-    timeout: float = TimeoutOpt,
-    repeats: int = RepeatsOpt,
-    gpus: Optional[str] = GpusOpt,
-    workers: int = WorkersOpt,
-    eval_backend: str = BackendOpt,
-    gpu: str = ModalGpuOpt,
-    ncu: bool = typer.Option(False, "--ncu", help="show the model Nsight Compute's reading of the best kernel"),
+    ncu: bool = flag("--ncu", "show the model Nsight Compute's reading of the best kernel"),
     prompts: Optional[Path] = PromptsOpt,
     resume: Optional[Path] = ResumeOpt,
     runs_dir: Path = RunsDirOpt,
     as_json: bool = JsonOpt,
+    *,
+    m: Model,
+    ev: Evaluation,
 ):
     """The iterative agent: prompt, apply the reply, check, evaluate, keep the best verified kernel."""
     from .loops import agent as agent_mod
 
     config = None
     if resume is None:
-        llm_config, options = _loop_configs(provider, model, base_url, api_key_env, max_tokens, temperature, price,
-                                            definition, device, workload, seq_len, timeout, repeats, gpus, workers,
-                                            eval_backend, gpu, ncu)  # fmt: skip
+        llm_config, options = _loop_configs(m, ev, ncu)
         config = agent_mod.AgentConfig(
             start=start, steps=steps or 10, llm=llm_config, eval=options, prompts_dir=str(prompts) if prompts else None
         )
@@ -915,28 +939,12 @@ def agent(
 
 @app.command()
 @guarded
+@option_groups
 def evolve(
     start: str = typer.Option(
         "examples/openevolve/initial_program.py", "--from", help="variant, variant folder or kernel .py to evolve"
     ),
     iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="default 20; with --resume: extend"),
-    provider: str = ProviderOpt,
-    model: str = ModelOpt,
-    base_url: Optional[str] = BaseUrlOpt,
-    api_key_env: str = KeyEnvOpt,
-    max_tokens: int = MaxTokensOpt,
-    temperature: Optional[float] = TemperatureOpt,
-    price: Optional[str] = PriceOpt,
-    definition: str = DefinitionOpt,
-    device: str = DeviceOpt,
-    workload: Optional[List[str]] = WorkloadOpt,
-    seq_len: Optional[List[int]] = SeqLenOpt,
-    timeout: float = TimeoutOpt,
-    repeats: int = RepeatsOpt,
-    gpus: Optional[str] = GpusOpt,
-    workers: int = WorkersOpt,
-    eval_backend: str = BackendOpt,
-    gpu: str = ModalGpuOpt,
     islands: int = typer.Option(3, "--islands", min=1, help="OpenEvolve islands"),
     population: int = typer.Option(100, "--population", min=2, help="OpenEvolve population size"),
     quick_threshold: float = typer.Option(0.01, "--quick-threshold", help="quick score needed for the full run"),
@@ -945,15 +953,16 @@ def evolve(
     resume: Optional[Path] = ResumeOpt,
     runs_dir: Path = RunsDirOpt,
     as_json: bool = JsonOpt,
+    *,
+    m: Model,
+    ev: Evaluation,
 ):
     """Population search with OpenEvolve as the engine and fibmoe's evaluation as its cascade."""
     from .loops import evolve as evolve_mod
 
     config = None
     if resume is None:
-        llm_config, options = _loop_configs(provider, model, base_url, api_key_env, max_tokens, temperature, price,
-                                            definition, device, workload, seq_len, timeout, repeats, gpus, workers,
-                                            eval_backend, gpu, False)  # fmt: skip
+        llm_config, options = _loop_configs(m, ev, False)
         config = evolve_mod.EvolveConfig(
             start=start,
             iterations=iterations or 20,
