@@ -830,6 +830,21 @@ class Model:
     price: Optional[str] = PriceOpt
 
 
+PromptsOpt = typer.Option(None, "--prompts", help="folder of prompt files that replace the shipped ones")
+ResumeOpt = typer.Option(None, "--resume", help="continue this run folder (runs/<mode>-<time>)")
+RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="where run folders go")
+
+
+@option_group
+class LoopRun:
+    """Where a search loop keeps its run, and how it starts (agent, evolve)."""
+
+    prompts: Optional[Path] = PromptsOpt
+    resume: Optional[Path] = ResumeOpt
+    runs_dir: Path = RunsDirOpt
+    as_json: bool = JsonOpt
+
+
 @option_group
 class Evaluation:
     """How a search loop evaluates its candidates (agent, evolve)."""
@@ -846,9 +861,8 @@ class Evaluation:
     gpu: str = ModalGpuOpt
 
 
-PromptsOpt = typer.Option(None, "--prompts", help="folder of prompt files that replace the shipped ones")
-ResumeOpt = typer.Option(None, "--resume", help="continue this run folder (runs/<mode>-<time>)")
-RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="where run folders go")
+def _prompts_dir(run: LoopRun) -> Optional[str]:
+    return str(run.prompts) if run.prompts else None
 
 
 def _loop_configs(m: Model, ev: Evaluation, ncu: bool):
@@ -915,26 +929,23 @@ def agent(
     start: str = typer.Option("r3-triton-fp8", "--from", help="variant, variant folder, kernel .py, or scratch"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="steps (default 10; with --resume: extend)"),
     ncu: bool = flag("--ncu", "show the model Nsight Compute's reading of the best kernel"),
-    prompts: Optional[Path] = PromptsOpt,
-    resume: Optional[Path] = ResumeOpt,
-    runs_dir: Path = RunsDirOpt,
-    as_json: bool = JsonOpt,
     *,
     m: Model,
     ev: Evaluation,
+    run: LoopRun,
 ):
     """The iterative agent: prompt, apply the reply, check, evaluate, keep the best verified kernel."""
     from .loops import agent as agent_mod
 
     config = None
-    if resume is None:
+    if run.resume is None:
         llm_config, options = _loop_configs(m, ev, ncu)
         config = agent_mod.AgentConfig(
-            start=start, steps=steps or 10, llm=llm_config, eval=options, prompts_dir=str(prompts) if prompts else None
+            start=start, steps=steps or 10, llm=llm_config, eval=options, prompts_dir=_prompts_dir(run)
         )
     elif steps:
         config = agent_mod.AgentConfig(steps=steps)
-    _print_loop_summary(agent_mod.agent(config, resume, runs_dir), as_json)
+    _print_loop_summary(agent_mod.agent(config, run.resume, run.runs_dir), run.as_json)
 
 
 @app.command()
@@ -949,19 +960,16 @@ def evolve(
     population: int = typer.Option(100, "--population", min=2, help="OpenEvolve population size"),
     quick_threshold: float = typer.Option(0.01, "--quick-threshold", help="quick score needed for the full run"),
     seed: int = typer.Option(42, "--seed", help="OpenEvolve's random seed"),
-    prompts: Optional[Path] = PromptsOpt,
-    resume: Optional[Path] = ResumeOpt,
-    runs_dir: Path = RunsDirOpt,
-    as_json: bool = JsonOpt,
     *,
     m: Model,
     ev: Evaluation,
+    run: LoopRun,
 ):
     """Population search with OpenEvolve as the engine and fibmoe's evaluation as its cascade."""
     from .loops import evolve as evolve_mod
 
     config = None
-    if resume is None:
+    if run.resume is None:
         llm_config, options = _loop_configs(m, ev, False)
         config = evolve_mod.EvolveConfig(
             start=start,
@@ -972,11 +980,11 @@ def evolve(
             population=population,
             quick_threshold=quick_threshold,
             seed=seed,
-            prompts_dir=str(prompts) if prompts else None,
+            prompts_dir=_prompts_dir(run),
         )
     elif iterations:
         config = evolve_mod.EvolveConfig(iterations=iterations)
-    _print_loop_summary(evolve_mod.evolve(config, resume, runs_dir), as_json)
+    _print_loop_summary(evolve_mod.evolve(config, run.resume, run.runs_dir), run.as_json)
 
 
 # ---- pack / unpack ---------------------------------------------------------------------------
