@@ -32,7 +32,7 @@ setup:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --no-deps $(TORCH) $(TORCH_FROM)  # torch alone from its index; its dependencies next
 	$(BIN)/pip install -q $(TORCH) triton==3.6.0 "pydantic>=2.7,<3" "safetensors>=0.5" "typer>=0.12" "rich>=13" numpy \
-		"modal>=1.0" "apache-tvm-ffi>=0.1.2" "docstring-parser>=0.16" "pytest>=8" "ruff>=0.6" \
+		"modal>=1.0" "apache-tvm-ffi>=0.1.2" "docstring-parser>=0.16" "pytest>=8" "pytest-xdist>=3.5" "ruff>=0.6" \
 		"openai>=1.40" "anthropic>=0.40" openevolve==0.4.0
 	$(BIN)/pip install -q --no-deps flashinfer-bench==0.1.2
 	$(BIN)/pip install -q --no-deps -e .
@@ -55,7 +55,7 @@ test:
 # The slow tier: rungs 2 and 3 in Triton's CPU interpreter, contest-size tensors on a CPU, and the search
 # loops killed and resumed, or run end to end with the real evaluator.
 test-slow:
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n 2  # two workers: the interpreter tests are CPU-bound, one per core
 
 workloads:
 	$(BIN)/python -m fibmoe.dataset
