@@ -25,23 +25,27 @@ from fibmoe import dataset, inputs, reference, variants  # noqa: E402
 DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
 
 
-def parse_try(spec: str) -> tuple[str, dict]:
+def parse_try(spec: str, tiles_cls) -> tuple[str, dict]:
+    """NAME:field=value,... -> (NAME, {field: value}) with each value of the tile field's own type."""
     name, _, fields = spec.partition(":")
+    kinds = {f.name: f.type for f in dataclasses.fields(tiles_cls)}
     out = {}
     for item in filter(None, fields.split(",")):
         k, v = item.split("=")
-        out[k] = bool(int(v)) if v in ("0", "1") and k not in ("split_k",) else int(v)
+        if k not in kinds:
+            raise SystemExit(f"--try {spec}: {k} is not a field of Tiles ({', '.join(kinds)})")
+        out[k] = bool(int(v)) if kinds[k] in (bool, "bool") else int(v)
     return name, out
 
 
 KINDS = {1: "gemm1", 2: "gemm2", 3: "finalize"}
 
 
-def trace_summary(trace: torch.Tensor, nprog: int) -> dict:
+def trace_summary(trace: torch.Tensor, n_items: int, nprog: int) -> dict:
     """Work-item timeline of one call from the kernel's trace records ([kind << 16 | program, start, ready,
-    end] per item, then [-, start, GEMM phase start, exit] per program), in us from the first start."""
+    end] for each of the n_items items, then [-, start, GEMM phase start, exit] per program), in us from
+    the first start."""
     rec = trace.view(-1, 4)
-    n_items = rec.shape[0] - 8 * torch.cuda.get_device_properties(0).multi_processor_count
     items, progs = rec[:n_items], rec[n_items : n_items + nprog]
     t0 = progs[:, 1].min().item()
     us = lambda x: (x - t0) / 1e3  # noqa: E731
@@ -99,7 +103,7 @@ def main() -> None:
     mod = variants.module_of(fn)
     tiles_mod = sys.modules[mod.__package__ + ".tiles"]
     cap = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
-    tries = [("table", {})] + [parse_try(s) for s in args.tries]
+    tries = [("table", {})] + [parse_try(s, tiles_mod.Tiles) for s in args.tries]
     if args.trace:
         tries += [(name + "+trace", {**fields, "trace": True}) for name, fields in tries]
     rows = []
@@ -127,7 +131,7 @@ def main() -> None:
                 row.update(grid=ws.kernel.grid[0], regs=getattr(ck, "n_regs", None),
                            spills=getattr(ck, "n_spills", None), smem=ck.metadata.shared if ck else None)  # fmt: skip
                 if fields.get("trace"):
-                    row["trace"] = trace_summary(ws.trace.cpu(), ws.kernel.grid[0])
+                    row["trace"] = trace_summary(ws.trace.cpu(), ws.kernel.consts["MAX_ITEMS"], ws.kernel.grid[0])
                     print(trace_text(row["trace"]), flush=True)
                 dst = torch.empty_like(out)
 

@@ -37,6 +37,26 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+def meta_call_arguments(T: int, E: int, NL: int, H: int, I: int) -> tuple:
+    """The 11 arguments of a call of T tokens (the definition's inputs in order, then `output`) as tensors
+    on the "meta" device: nothing is allocated. What a rung's `compile_plan` builds its kernels from."""
+    meta = torch.device("meta")
+    fp8 = torch.float8_e4m3fn
+    return (
+        torch.empty(T, E, device=meta),
+        torch.empty(E, dtype=torch.bfloat16, device=meta),
+        torch.empty(T, H, dtype=fp8, device=meta),
+        torch.empty(H // BLOCK, T, device=meta),
+        torch.empty(NL, 2 * I, H, dtype=fp8, device=meta),
+        torch.empty(NL, 2 * I // BLOCK, H // BLOCK, device=meta),
+        torch.empty(NL, H, I, dtype=fp8, device=meta),
+        torch.empty(NL, H // BLOCK, I // BLOCK, device=meta),
+        0,
+        2.5,
+        torch.empty(T, H, dtype=torch.bfloat16, device=meta),
+    )
+
+
 def sm_count(device) -> int:
     if INTERPRET or device.type != "cuda":
         return 2  # the interpreter runs programs one by one: two persistent programs exercise the loop

@@ -29,7 +29,7 @@ import triton
 
 from . import finalize, gemm1, gemm2, sort
 from .exact import INTERPRET
-from .launch import BLOCK, Kernel, capability, next_pow2, sm_count
+from .launch import BLOCK, Kernel, capability, meta_call_arguments, next_pow2, sm_count
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route, route_kernel, use_libdevice
 from .rows import max_tiles
 from .tile_table import Tiles, tiles_for
@@ -233,23 +233,9 @@ def compile_plan(T: int, cap: int, sms: int = 132, geometry=CONTEST):
     """The kernels a workspace of T tokens builds on a GPU of capability `cap` with `sms` SMs, as
     (name, fn, arguments, constexprs, launch options), built on the "meta" device (nothing allocated,
     nothing launched): what scripts/compile_check.py compiles offline."""
-    meta = torch.device("meta")
     E, NL, H, I = (geometry[k] for k in ("E", "NL", "H", "I"))
-    ws = Workspace(meta, T, E, NL, H, I, tiles_for(T, cap), sms=sms)
-    fp8 = torch.float8_e4m3fn
-    inputs = (
-        torch.empty(T, E, device=meta),
-        torch.empty(E, dtype=torch.bfloat16, device=meta),
-        torch.empty(T, H, dtype=fp8, device=meta),
-        torch.empty(H // BLOCK, T, device=meta),
-        torch.empty(NL, 2 * I, H, dtype=fp8, device=meta),
-        torch.empty(NL, 2 * I // BLOCK, H // BLOCK, device=meta),
-        torch.empty(NL, H, I, dtype=fp8, device=meta),
-        torch.empty(NL, H // BLOCK, I // BLOCK, device=meta),
-        0,
-        2.5,
-        torch.empty(T, H, dtype=torch.bfloat16, device=meta),
-    )
+    ws = Workspace(torch.device("meta"), T, E, NL, H, I, tiles_for(T, cap), sms=sms)
+    inputs = meta_call_arguments(T, E, NL, H, I)
     plan = []
     for kernel, args in ws.launches(*inputs):
         consts = dict(kernel.consts, **({"USE_LIBDEVICE": True} if "USE_LIBDEVICE" in kernel.consts else {}))

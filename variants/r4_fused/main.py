@@ -9,7 +9,8 @@ kernel straight through its C launcher with integer pointers: no allocation, no 
 import torch
 import triton
 
-from .launch import capability
+from .launch import capability, meta_call_arguments
+from .moe import CONTEST
 from .moe import compile_plan as compile_plan_rung3
 from .moe import run as run_rung3
 from .persistent import Workspace
@@ -114,25 +115,14 @@ def run(
     )  # fmt: skip
 
 
-def compile_plan(T: int, cap: int, sms: int = 132):
+def compile_plan(T: int, cap: int, sms: int = 132, geometry=CONTEST):
     """The kernels a call of T tokens launches on a GPU of capability `cap` (scripts/compile_check.py):
     the one persistent kernel up to MAX_FUSED_T, rung 3's above. Built on the "meta" device."""
     if T > MAX_FUSED_T:
-        return compile_plan_rung3(T, cap, sms)
-    meta = torch.device("meta")
-    E, NL, H, I = 256, 32, 7168, 2048
-    fp8 = torch.float8_e4m3fn
-    ws = Workspace(meta, T, E, NL, H, I, None, cap, sms)
-    inputs = (
-        torch.empty(T, E, device=meta),
-        torch.empty(E, dtype=torch.bfloat16, device=meta),
-        torch.empty(T, H, dtype=fp8, device=meta),
-        torch.empty(H // 128, T, device=meta),
-        torch.empty(NL, 2 * I, H, dtype=fp8, device=meta),
-        torch.empty(NL, 2 * I // 128, H // 128, device=meta),
-        torch.empty(NL, H, I, dtype=fp8, device=meta),
-        torch.empty(NL, H // 128, I // 128, device=meta),
-        torch.empty(T, H, dtype=torch.bfloat16, device=meta),
-    )
+        return compile_plan_rung3(T, cap, sms, geometry)
+    E, NL, H, I = (geometry[k] for k in ("E", "NL", "H", "I"))
+    ws = Workspace(torch.device("meta"), T, E, NL, H, I, None, cap, sms)
+    args = meta_call_arguments(T, E, NL, H, I)  # the kernel takes the output before its scratch
+    kernel_args = (*args[:8], args[10], *ws.scratch, T, args[8], args[9])
     consts = dict(ws.kernel.consts, USE_LIBDEVICE=True)
-    return [("moe", ws.kernel.fn, (*inputs, *ws.scratch, T, 0, 2.5), consts, ws.kernel.opts)]
+    return [("moe", ws.kernel.fn, kernel_args, consts, ws.kernel.opts)]

@@ -13,12 +13,13 @@ grid:
    128-wide K block with its block scales applied to the fp32 partial; SwiGLU and the hi/lo FP8
    re-quantization of C in the epilogue (split-K: the last split to arrive sums the partials in split
    order). Then `tile_done[tile] += 1`.
-4. GEMM2: (M tile, H block): O = C @ W2[e]^T times the routing weight. The item first asks the L2 for
-   its weight block (weights do not depend on GEMM1), then waits until `tile_done[tile]` says all of
-   its tile's C is written. A token with one local expert gets its bf16 row here; a token with several
-   parks one fp32 row per (token, slot). Then `hb_done[hb] += 1`.
-5. finalize (one per H block): waits until every tile's GEMM2 item of that block is done, then sums the
-   parked rows of tokens with several local experts in slot order (deterministic) and writes bf16.
+4. GEMM2: (M tile, group of H blocks): O = C @ W2[e]^T times the routing weight, the (H block, K block)
+   steps in one pipelined loop. The item waits until `tile_done[tile]` says all of its tile's C is
+   written (optionally, `Tiles.prefetch_w2`, it first asks the L2 for its first weight block). A token
+   with one local expert gets its bf16 row here; a token with several parks one fp32 row per (token,
+   slot). Then `hb_done[hb] += 1` for each of its H blocks.
+5. finalize (H block, token block): waits until every tile's GEMM2 item of that H block is done, then
+   sums the parked rows of tokens with several local experts in slot order (deterministic), bf16.
 
 Why this cannot deadlock: an item only ever waits for items with lower numbers, and every lower item
 was claimed before it by a program that is running (it claimed it) and that finishes it without
@@ -224,9 +225,8 @@ def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, li
         amask = rmask[:, None]
         acc = tl.zeros((BM, BH), tl.float32)
     s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
-    # two (H block, K block) steps per iteration, their scales loaded one iteration ahead: a scale
-    # load's latency (about 1 us under full load) is paid once per two steps (v1 paid it every step:
-    # GEMM2 streamed at a third of GEMM1's rate per SM, measured with the trace)
+    # two (H block, K block) steps per iteration, their scales loaded one iteration ahead (v3: meant to
+    # hide the scale loads' latency; it measured no faster than one step, the real cost was `.cg`, v4)
     last = HBG * NKB - 1
     c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, 0, NKB, BH, NT)
     c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT)
