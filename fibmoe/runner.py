@@ -33,6 +33,7 @@ from typing import Callable, Optional
 
 from . import judge
 from .errors import FibmoeError, error_text
+from .processes import die_with_parent
 
 DEFAULT_TIMEOUT_S = 300  # the contest's limit for one solution's subprocess
 STARTUP_S = 300  # a child's start (Python, torch, flashinfer-bench imports) on a busy machine
@@ -293,8 +294,14 @@ def _context():
 
 
 def _child(conn) -> None:
-    """A child's life: a session (process group) of its own, then jobs until the parent hangs up."""
+    """A child's life: a session (process group) of its own, then jobs until the parent hangs up. Its
+    own session takes it out of the starter's process group, so it must die with its parent (the
+    forkserver, which dies with the starter): a killed `fibmoe eval` must not leave a hung candidate."""
+    parent = os.getppid()
     os.setsid()
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
     conn.send({"ready": True})
     session = Session()
     while True:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,6 +191,30 @@ def test_a_hung_evaluation_is_killed_with_its_whole_process_group(tmp_path):
     assert res["timed_out"] and res["stage"] == "timeout" and "killed at the time limit" in res["error"]
     time.sleep(0.2)
     assert not _alive(int(pidfile.read_text()))  # the grandchild died too
+
+
+@pytest.mark.slow  # the real evaluator on the CPU: torch imported in a subprocess
+def test_a_hung_candidate_of_the_real_evaluator_dies_with_it(tmp_path):
+    """`fibmoe eval` runs the candidate in a child of its own session (out of the evaluation's process
+    group): killing the evaluation must kill that child too, and must not wait on the pipes it holds."""
+    from test_cli import ARGS, write_variant
+
+    pidfile = tmp_path / "candidate.pid"
+    body = f"import os, time\n\n\ndef run({ARGS}, output):\n    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n    time.sleep(3600)\n"  # noqa: E501
+    folder = write_variant(tmp_path / "hangs", body)
+    opts = sandbox.EvalOptions(definition="small", device="cpu", seq_lens=[1])
+    done = []
+    waiter = threading.Thread(  # its start takes ~10 s; the kill must not wait on the candidate's pipes
+        target=lambda: done.append(sandbox.run_eval(opts.command(folder, quick=True), timeout_s=40)), daemon=True
+    )
+    waiter.start()
+    waiter.join(timeout=60)
+    assert done, "the evaluation was not back 20 s after its limit"
+    assert done[0]["timed_out"] and pidfile.exists(), done[0]
+    deadline = time.monotonic() + 5
+    while _alive(int(pidfile.read_text())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(int(pidfile.read_text()))
 
 
 def test_eval_output_parsing():

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import variants
+from ..processes import die_with_parent
 
 REPO_ROOT = variants.REPO_ROOT
 ERROR_CHARS = 4000
@@ -134,7 +135,7 @@ def run_eval(cmd: list[str], timeout_s: float, gpu: str | None = None) -> dict:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent,
     )
     with _LOCK:
         _LIVE.add(proc)
@@ -144,7 +145,7 @@ def run_eval(cmd: list[str], timeout_s: float, gpu: str | None = None) -> dict:
             raise Interrupted("the evaluation was stopped")
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        proc.communicate()
+        _drain(proc)
         res = failure(f"killed at the time limit: the evaluation ran past {timeout_s:g} s", "timeout")
         return {**res, "timed_out": True, "wall_s": round(time.monotonic() - start, 2)}
     except BaseException:  # Ctrl-C or any other exit: never leave the candidate running
@@ -176,13 +177,15 @@ def kill_running() -> None:
         _kill_group(proc)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL it when the thread that started it dies (Linux prctl
-    PR_SET_PDEATHSIG). Its own session keeps it from the terminal's Ctrl-C, so without this a loop killed
-    outright (or an OpenEvolve worker torn down) would leave its evaluation running."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+def _drain(proc: subprocess.Popen) -> None:
+    """Read what a killed evaluation left in its pipes, without waiting for a straggler that escaped its
+    process group and still holds them open."""
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
