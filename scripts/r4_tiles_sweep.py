@@ -5,7 +5,8 @@
 Every shape starts from the tile table's entry for that T with the named fields replaced. Each one is
 checked on fresh contest-style inputs (NaN-poisoned output, relative L2 error against the fp32
 reference) and timed as the harness times a call (flashinfer-bench's `do_bench`: cold L2, 10 warm-up and
-50 timed spans, the mean; the median beside it). A table on stdout, the numbers as JSON under $OUT.
+50 timed spans, the mean; the median beside it); the host path of a call is timed on its own (`host us`:
+the median time from the Python call to its return, the kernel queued). A table on stdout, JSON under $OUT.
 """
 
 import argparse
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -89,6 +91,19 @@ def trace_text(t: dict) -> str:
     return "\n".join(lines)
 
 
+def host_path_us(call, n: int = 50) -> float:
+    """The median host time of one call, from the Python call to its return with the kernel queued (the
+    GPU idle before each): what the host adds to a span before the GPU can start."""
+    times = []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return sorted(times)[n // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", default="1,7,56,901")
@@ -140,17 +155,20 @@ def main() -> None:
 
                 times = do_bench(lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all")
                 row.update(mean_us=1e3 * sum(times) / len(times), median_us=1e3 * sorted(times)[len(times) // 2])
+                row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
             except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
-    print(f"\n{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'rel L2':>9} grid regs spill smem  fields")
+    head = f"{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'host us':>7} {'rel L2':>9} grid regs spill smem"
+    print(f"\n{head}  fields")
     for r in rows:
         if "error" in r:
             print(f"{r['T']:>5} {r['name']:14} ERROR {r['error']}")
             continue
         print(
-            f"{r['T']:>5} {r['name']:14} {r['mean_us']:9.1f} {r['median_us']:9.1f} {r['rel_l2']:9.2e} {r['grid']:4d} "
+            f"{r['T']:>5} {r['name']:14} {r['mean_us']:9.1f} {r['median_us']:9.1f} {r['host_us']:7.1f} "
+            f"{r['rel_l2']:9.2e} {r['grid']:4d} "
             f"{r['regs']} {r['spills']} {r['smem']}  {r['fields']}{'' if r['deterministic'] else ' NONDETERMINISTIC'}"
         )
     if os.environ.get("OUT"):

@@ -110,6 +110,28 @@ def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _check_output(_run_with(mod, tiles, inp), inp)
 
 
+def test_a_short_tail_of_single_h_block_items(built, monkeypatch):
+    """`tail_waves`: GEMM2's last tiles in items of one H block while the others take four. The small
+    definition has one K block (an odd step count), so this runs a wider made-up geometry: H = 512 (four
+    H blocks), I = 256, on three programs (two waves of small items = the last two tiles)."""
+    _, mod, tiles_mod, persistent = built
+    monkeypatch.setattr(persistent, "sm_count", lambda device: 3)
+    E, NL, H, I, T = 64, 16, 512, 256, 16
+    torch.manual_seed(5)
+    hs, hs_scale = inputs.quantize_activations(torch.randn(T, H))
+    w1, w1_scale = inputs.quantize_weights(torch.randn(NL, 2 * I, H) / H**0.5)
+    w2, w2_scale = inputs.quantize_weights(torch.randn(NL, H, I) / I**0.5)
+    inp = [torch.randn(T, E), torch.randn(E) * 0.1, hs, hs_scale, w1, w1_scale, w2, w2_scale, 0, 2.5]
+    inp = [x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in inp]
+    tiles = dataclasses.replace(tiles_mod.tiles_for(T), h_blocks_per_item=4, tail_waves=2)
+    runner = mod.Runner(tiles)
+    out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    runner(*inp, out)
+    (ws,) = runner.workspaces.values()
+    assert ws.kernel.consts["HBG"] == 4 and ws.kernel.consts["TAIL_WAVES"] == 2
+    _check_output(out, inp)
+
+
 def test_counters_reset_and_calls_repeat_bit_for_bit(ds, built, monkeypatch):
     """Two calls, identical bits; after each, the last program out has zeroed every counter (claims,
     routing/sort done, H-block and tile completion), so the next call, or a CUDA graph replay, starts

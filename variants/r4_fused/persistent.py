@@ -178,22 +178,22 @@ def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid
 
 
 @triton.jit
-def _gemm2_item(g, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
+def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
                 HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
                 PF: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
-    """O for (M tile, HBG consecutive H blocks), times the routing weight; items numbered tile by tile.
-    One flattened loop over (H block, K block) keeps the weights streaming from one H block into the
-    next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul tutorial)."""
+    """O for (M tile, HBG consecutive H blocks), times the routing weight; items g numbered tile by tile
+    from tile `tile0`. One flattened loop over (H block, K block) keeps the weights streaming from one H
+    block into the next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul
+    tutorial)."""
     BK: tl.constexpr = 128
     NKB: tl.constexpr = I // BK
     NHB: tl.constexpr = H // BH
     NG2: tl.constexpr = NHB // HBG  # H-block groups (HBG divides NHB)
     NJ: tl.constexpr = I // 128
-    hg = g % NG2
-    tile = g // NG2
-    hb0 = hg * HBG
+    tile = tile0 + g // NG2
+    hb0 = (g % NG2) * HBG
     e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
     tok = rid // TOPK
     kk = tl.arange(0, BK)
@@ -282,7 +282,8 @@ def moe_kernel(
     T, local_off, rsf,
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
-    BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, SPLIT_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
+    BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, TAIL_WAVES: tl.constexpr, HBG_TAIL: tl.constexpr,
+    SPLIT_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
     BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
@@ -342,7 +343,13 @@ def moe_kernel(
     c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
     n_tiles = tl.sum((c + BM - 1) // BM)
     n1 = n_tiles * (NJ * SPLIT_K)
-    n2 = n_tiles * (NHB // HBG)
+    # a short tail: the last tiles' GEMM2 items take HBG_TAIL H blocks (about TAIL_WAVES waves of such
+    # items), so that the programs run out of work within a small item of each other
+    n_small = 0
+    if TAIL_WAVES > 0:
+        n_small = tl.minimum(n_tiles, tl.cdiv(TAIL_WAVES * nprog, NHB // HBG_TAIL))
+    n2_big = (n_tiles - n_small) * (NHB // HBG)
+    n2 = n2_big + n_small * (NHB // HBG_TAIL)
     base = n_route + n_sort
     g = item - base
     _trace(prog_rec, 2, _now(TRACE), TRACE)
@@ -357,10 +364,14 @@ def moe_kernel(
         if g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                         tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, SPLIT_K, INLINE, SWAP, EXACT)  # fmt: skip
-        elif g < n1 + n2:
-            _gemm2_item(g - n1, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
+        elif g < n1 + n2_big:
+            _gemm2_item(g - n1, 0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
                         obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
                         HBG, INLINE, SWAP, EXACT, PF, rec, TRACE)  # fmt: skip
+        elif TAIL_WAVES > 0 and g < n1 + n2:
+            _gemm2_item(g - n1 - n2_big, n_tiles - n_small, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
+                        wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
+                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, rec, TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
                            TOPK, BH, BT_FIN, NTB_FIN, EXACT, rec, TRACE)  # fmt: skip
@@ -398,6 +409,10 @@ class Workspace:
             hbg *= 2
             if (H // t.h_block) % hbg:
                 raise ValueError("GEMM2 needs an even number of (H block, K block) steps per item")
+        # the tail's items: one H block where that is an even number of steps
+        hbg_tail = 1 if (I // BLOCK) % 2 == 0 else 2
+        if hbg_tail >= hbg:
+            t = dataclasses.replace(t, tail_waves=0)  # the items are as small as the tail's already
         t = dataclasses.replace(t, split_k=split_k, h_blocks_per_item=hbg)
         self.T, self.E, self.w1_shape, self.tiles = T, E, torch.Size((NL, 2 * I, H)), t
         R = T * TOP_K
@@ -420,7 +435,7 @@ class Workspace:
         items = (
             triton.cdiv(T, t.tokens_per_route_item)
             + NL
-            + tiles_max * (nj * split_k + nhb // hbg)
+            + tiles_max * (nj * split_k + nhb // min(hbg, hbg_tail))
             + nhb * triton.cdiv(T, t.tokens_per_finalize_block)
         )
         # optional trace (tiles.trace): a record per work item, then one per program (at most 8 per SM)
@@ -431,7 +446,8 @@ class Workspace:
         bc_sort = min(1024, max(16, next_pow2(T)))
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
-            BM=bm, BH=t.h_block, HBG=hbg, SPLIT_K=split_k, ROUTE_ALL=t.route_in_every_program,
+            BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k,
+            ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,

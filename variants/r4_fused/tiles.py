@@ -19,6 +19,7 @@ class Tiles:
     num_warps: int
     num_stages: int
     tokens_per_finalize_block: int
+    tail_waves: int = 0  # GEMM2's last items, about this many waves of programs' worth, one H block each
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
 
@@ -37,6 +38,8 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
         t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32)
     else:
         t = Tiles(64, 128, 4, 1, False, 16, True, False, False, 8, 3, 64)
+    if T > 8:  # GEMM2 items of 2-4 H blocks: the last ones one H block each, a short tail
+        t = Tiles(**{**t.__dict__, "tail_waves": 2})
     if interpret:
         t = Tiles(**{**t.__dict__, "prefetch_w2": False})
     return t
