@@ -22,7 +22,7 @@ from ..errors import FibmoeError
 from . import candidate as cand
 from . import prompting, sandbox
 from .llm import LLM, LLMConfig, LLMError, Usage
-from .runs import Display, Run, gain, total_usage
+from .runs import Display, Run, gain, reopen, total_usage
 
 SCRATCH = "scratch"
 START_ID = "c0000"  # the start's candidate folder, written when the run is created
@@ -327,11 +327,7 @@ def eval_lines(res: dict) -> str:
 def agent(config: AgentConfig | None = None, resume: Path | None = None, runs_dir: Path | None = None, **kw) -> dict:
     """Start a run (or resume one) and carry it to the end; returns the summary."""
     if resume:
-        run = Run.open(resume, "agent")
-        stored = AgentConfig.from_dict(run.config["agent"])
-        if config is not None and config.steps:
-            stored.steps = max(stored.steps, config.steps)
-        config = stored
+        run, config = reopen(resume, "agent", AgentConfig.from_dict, config, "steps")
     else:
         if config is None:
             raise FibmoeError("no configuration for a new agent run")

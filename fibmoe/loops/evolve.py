@@ -34,7 +34,7 @@ from . import candidate as cand
 from . import prompting, sandbox
 from .agent import eval_lines, start_candidate
 from .llm import LLM, LLMConfig, Usage
-from .runs import Display, Run, gain
+from .runs import Display, Run, gain, reopen
 
 RUN_ENV = "FIBMOE_EVOLVE_RUN"  # tells OpenEvolve's worker processes which run they serve
 USAGE = "usage.jsonl"
@@ -373,11 +373,7 @@ def evolve(
     except ImportError:
         raise FibmoeError("fibmoe evolve needs the openevolve package: pip install openevolve==0.4.0") from None
     if resume:
-        run = Run.open(resume, "evolve")
-        stored = EvolveConfig.from_dict(run.config["evolve"])
-        if config is not None and config.iterations:
-            stored.iterations = max(stored.iterations, config.iterations)
-        config = stored
+        run, config = reopen(resume, "evolve", EvolveConfig.from_dict, config, "iterations")
     else:
         if config is None:
             raise FibmoeError("no configuration for a new evolve run")

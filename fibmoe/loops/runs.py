@@ -13,12 +13,15 @@ candidate in flight; the loops read the lineage back on `--resume` and carry on 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.live import Live
@@ -31,6 +34,8 @@ RUNS_DIR = Path("runs")
 CONFIG = "config.json"
 LINEAGE = "lineage.jsonl"
 SUMMARY = "summary.json"
+
+C = TypeVar("C")  # a loop's configuration (a dataclass): AgentConfig, EvolveConfig
 
 
 class Run:
@@ -134,6 +139,17 @@ class Run:
         tmp = self.folder / f".{name}.tmp"
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.folder / name)
+
+
+def reopen(folder: Path, mode: str, from_dict: Callable[[dict], C], asked: C | None, budget: str) -> tuple[Run, C]:
+    """Reopen a `mode` run to carry on with the configuration it was started with (config.json's `mode` key);
+    its budget (the field `budget`: steps, iterations) is raised to the one `asked` gives, where that is more."""
+    run = Run.open(folder, mode)
+    stored = from_dict(run.config[mode])
+    more = getattr(asked, budget) if asked is not None else 0
+    if more:
+        stored = dataclasses.replace(stored, **{budget: max(getattr(stored, budget), more)})
+    return run, stored
 
 
 def _variant_name(run_name: str) -> str:
