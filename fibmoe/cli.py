@@ -900,6 +900,30 @@ def _loop_configs(m: Model, ev: Evaluation, ncu: bool):
     return llm_config, options
 
 
+def _run_loop(
+    loop: typing.Callable,
+    config_cls: type,
+    budget: str,
+    asked: Optional[int],
+    run: LoopRun,
+    m: Model,
+    ev: Evaluation,
+    ncu: bool = False,
+    **settings,
+) -> None:
+    """Carry out a loop command (agent, evolve: `loop`, configured by a `config_cls`) and print its summary.
+    A new run gets the whole configuration: the model, the evaluation, the prompts, the command's own `settings`,
+    and `asked` as its budget (the field named `budget`: steps, iterations; None: the class's default). A resumed
+    run keeps the configuration it was started with, its budget raised to `asked` (None: as it was)."""
+    more = {budget: asked} if asked else {}
+    if run.resume is None:
+        llm_config, options = _loop_configs(m, ev, ncu)
+        config = config_cls(llm=llm_config, eval=options, prompts_dir=_prompts_dir(run), **settings, **more)
+    else:
+        config = config_cls(**more) if more else None
+    _print_loop_summary(loop(config, run.resume, run.runs_dir), run.as_json)
+
+
 def _print_loop_summary(summary: dict, as_json: bool) -> None:
     from . import results
 
@@ -937,15 +961,7 @@ def agent(
     """The iterative agent: prompt, apply the reply, check, evaluate, keep the best verified kernel."""
     from .loops import agent as agent_mod
 
-    config = None
-    if run.resume is None:
-        llm_config, options = _loop_configs(m, ev, ncu)
-        config = agent_mod.AgentConfig(
-            start=start, steps=steps or 10, llm=llm_config, eval=options, prompts_dir=_prompts_dir(run)
-        )
-    elif steps:
-        config = agent_mod.AgentConfig(steps=steps)
-    _print_loop_summary(agent_mod.agent(config, run.resume, run.runs_dir), run.as_json)
+    _run_loop(agent_mod.agent, agent_mod.AgentConfig, "steps", steps, run, m, ev, ncu, start=start)
 
 
 @app.command()
@@ -968,23 +984,20 @@ def evolve(
     """Population search with OpenEvolve as the engine and fibmoe's evaluation as its cascade."""
     from .loops import evolve as evolve_mod
 
-    config = None
-    if run.resume is None:
-        llm_config, options = _loop_configs(m, ev, False)
-        config = evolve_mod.EvolveConfig(
-            start=start,
-            iterations=iterations or 20,
-            llm=llm_config,
-            eval=options,
-            islands=islands,
-            population=population,
-            quick_threshold=quick_threshold,
-            seed=seed,
-            prompts_dir=_prompts_dir(run),
-        )
-    elif iterations:
-        config = evolve_mod.EvolveConfig(iterations=iterations)
-    _print_loop_summary(evolve_mod.evolve(config, run.resume, run.runs_dir), run.as_json)
+    _run_loop(
+        evolve_mod.evolve,
+        evolve_mod.EvolveConfig,
+        "iterations",
+        iterations,
+        run,
+        m,
+        ev,
+        start=start,
+        islands=islands,
+        population=population,
+        quick_threshold=quick_threshold,
+        seed=seed,
+    )
 
 
 # ---- pack / unpack ---------------------------------------------------------------------------
