@@ -77,6 +77,39 @@ def eval_log(tmp_path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def evolve_config(start_file, server, tmp_path, iterations: int, timeout_s: float) -> evolve.EvolveConfig:
+    """An evolve run from the start file that asks the fake model and is evaluated by the stand-in evaluator
+    (its first stage on T=1)."""
+    return evolve.EvolveConfig(
+        start=str(start_file),
+        iterations=iterations,
+        llm=llm.LLMConfig(base_url=server.url + "/v1"),
+        eval=fake_options(tmp_path, timeout_s=timeout_s),
+        smoke_seq_len=1,
+    )
+
+
+def start_loop(config: agent.AgentConfig | evolve.EvolveConfig, runs: Path, **popen) -> subprocess.Popen:
+    """The loop `config` configures (agent or evolve) in a subprocess, in a process group of its own (so that a
+    test can kill it whole, as a kill from outside would)."""
+    loop = "agent" if isinstance(config, agent.AgentConfig) else "evolve"
+    code = (
+        f"import json; from pathlib import Path; from fibmoe.loops import {loop}\n"
+        f"cfg = {loop}.{type(config).__name__}.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))}))\n"
+        f"{loop}.{loop}(cfg, runs_dir=Path({str(runs)!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True, **popen)
+
+
+def kill_loop(proc: subprocess.Popen, tmp_path) -> None:
+    """SIGKILL the loop's whole process group; no evaluation it started may outlive it (not even a worker's)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert all(not _alive(e["pid"]) for e in eval_log(tmp_path))
+
+
 # ---- static checks and replies ------------------------------------------------------------------
 
 
@@ -315,21 +348,12 @@ def test_agent_resumes_after_a_kill_without_redoing_work(tmp_path, fake_llm, sta
         start=str(start_file), steps=3, llm=llm.LLMConfig(base_url=server.url + "/v1"), eval=fake_options(tmp_path)
     )
     config.eval.timeout_s = 5  # the test kills the run well before the limit would
-    code = (
-        "import json, sys; from pathlib import Path; from fibmoe.loops import agent\n"
-        f"cfg = agent.AgentConfig.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))}))\n"
-        f"agent.agent(cfg, runs_dir=Path({str(runs)!r}))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    proc = start_loop(config, runs, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not any(e["folder"] == "c0002" for e in eval_log(tmp_path)):
         assert time.monotonic() < deadline and proc.poll() is None, "the hanging step never started"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(0.5)
-    assert all(not _alive(e["pid"]) for e in eval_log(tmp_path))  # no evaluation outlives the loop
+    kill_loop(proc, tmp_path)
     folder = next(runs.iterdir())
     assert [e["id"] for e in Run(folder).lineage()] == ["c0000", "c0001"]
     asked, evaluated = len(server.requests), len(eval_log(tmp_path))
@@ -382,13 +406,7 @@ def test_evolve_runs_openevolve_and_resumes(tmp_path, fake_llm, start_file):
         {"text": edit("# FAKE_SCORE=1.0", "# FAKE_FAIL")},
     ]
     server = fake_llm(script)
-    config = evolve.EvolveConfig(
-        start=str(start_file),
-        iterations=3,
-        llm=llm.LLMConfig(base_url=server.url + "/v1"),
-        eval=fake_options(tmp_path, timeout_s=3),
-        smoke_seq_len=1,
-    )
+    config = evolve_config(start_file, server, tmp_path, iterations=3, timeout_s=3)
     summary = evolve.evolve(config, runs_dir=tmp_path / "runs")
     run = Run(Path(summary["folder"]))
     entries = {e["id"]: e for e in run.lineage()}
@@ -496,20 +514,8 @@ def test_evolve_resumes_after_a_kill(tmp_path, fake_llm, start_file):
         ]
     )
     runs = tmp_path / "runs"
-    config = evolve.EvolveConfig(
-        start=str(start_file),
-        iterations=2,
-        llm=llm.LLMConfig(base_url=server.url + "/v1"),
-        eval=fake_options(tmp_path, timeout_s=20),
-        smoke_seq_len=1,
-    )
-    code = (
-        "import json; from pathlib import Path; from fibmoe.loops import evolve\n"
-        f"cfg = evolve.EvolveConfig.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))}))\n"
-        f"evolve.evolve(cfg, runs_dir=Path({str(runs)!r}))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    config = evolve_config(start_file, server, tmp_path, iterations=2, timeout_s=20)
+    proc = start_loop(config, runs, stderr=subprocess.DEVNULL)
     hang = "FAKE_HANG"
     deadline = time.monotonic() + 120
     folder = None
@@ -520,10 +526,7 @@ def test_evolve_resumes_after_a_kill(tmp_path, fake_llm, start_file):
         if folder and any(hang in (folder / "candidates" / c / "kernel.py").read_text() for c in set(started)):
             break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(0.5)
-    assert all(not _alive(e["pid"]) for e in eval_log(tmp_path))  # not even the workers' evaluations
+    kill_loop(proc, tmp_path)
     before = {e["folder"] for e in eval_log(tmp_path)}
     evaluated = len(eval_log(tmp_path))
     summary = evolve.evolve(None, resume=folder)
@@ -551,15 +554,7 @@ def test_ctrl_c_stops_parallel_repeats_at_once_and_records_nothing_false(tmp_pat
         llm=llm.LLMConfig(base_url=server.url + "/v1"),
         eval=fake_options(tmp_path, timeout_s=120, workers=2),
     )
-    code = (
-        "import json; from pathlib import Path; from fibmoe.loops import agent\n"
-        f"cfg = agent.AgentConfig.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))}))\n"
-        f"agent.agent(cfg, runs_dir=Path({str(runs)!r}))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE, text=True
-    )
+    proc = start_loop(config, runs, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while sum(e["folder"] == "c0001" and not e["quick"] for e in eval_log(tmp_path)) < 2:
         assert time.monotonic() < deadline and proc.poll() is None, "the full runs never started"

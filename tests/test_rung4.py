@@ -116,7 +116,7 @@ def test_a_short_tail_of_single_h_block_items(built, monkeypatch):
     H blocks), I = 256, on three programs (two waves of small items = the last two tiles)."""
     _, mod, tiles_mod, persistent = built
     monkeypatch.setattr(persistent, "sm_count", lambda device: 3)
-    E, NL, H, I, T = 64, 16, 512, 256, 16
+    E, NL, H, I, T = 64, 16, 512, 256, 16  # noqa: E741 (the operator's own names)
     torch.manual_seed(5)
     hs, hs_scale = inputs.quantize_activations(torch.randn(T, H))
     w1, w1_scale = inputs.quantize_weights(torch.randn(NL, 2 * I, H) / H**0.5)
