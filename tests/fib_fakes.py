@@ -73,6 +73,16 @@ def real_benchmark_factory(monkeypatch, plan=None):
     return lambda trace_set, config: fib_benchmark.Benchmark(trace_set, config)
 
 
+def timed_benchmark_factory(monkeypatch, latency: float | dict[str, float], ref: float = 20.0):
+    """real_benchmark_factory where every run passes, taking `latency` ms (one number, or a dict: per solution
+    name) against the reference's `ref` ms."""
+
+    def plan(sol, uuid):
+        return evaluation(latency=latency[sol] if isinstance(latency, dict) else latency, ref=ref)
+
+    return real_benchmark_factory(monkeypatch, plan)
+
+
 def small_dataset_copy(root: Path) -> Path:
     """The small definition's part of the bundled dataset, copied (so a test may change or check it)."""
     src = dataset.BUNDLED

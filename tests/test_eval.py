@@ -5,7 +5,7 @@ import importlib.util
 import json
 
 import pytest
-from fib_fakes import SMALL_NAME, evaluation, real_benchmark_factory
+from fib_fakes import SMALL_NAME, timed_benchmark_factory
 from typer.testing import CliRunner
 
 from fibmoe import dataset, evaluate, variants
@@ -171,7 +171,7 @@ def test_result_applies_the_zeroing_rule():
 
 def test_official_mode_uses_the_benchmark(monkeypatch):
     ds = dataset.load(SMALL_NAME)
-    factory = real_benchmark_factory(monkeypatch, lambda sol, uuid: evaluation(latency=2.0, ref=6.0))
+    factory = timed_benchmark_factory(monkeypatch, 2.0, ref=6.0)
     v = variants.resolve(["r1-torch"])[0]
     res = evaluate.evaluate(v, ds, ds.workloads[:2], "cpu", quick=True, official=True, benchmark_factory=factory)
     assert res["combined_score"] == pytest.approx(3.0) and res["mode"] == "quick official"

@@ -14,6 +14,7 @@ from fib_fakes import (
     real_benchmark_factory,
     small_dataset_copy,
     snapshot,
+    timed_benchmark_factory,
 )
 from typer.testing import CliRunner
 
@@ -79,7 +80,7 @@ def test_trace_set_is_in_memory_and_rooted_at_the_dataset(ds, r1):
 
 def test_real_benchmark_runs_all_workloads_and_writes_nothing_into_the_dataset(monkeypatch, ds, r1):
     before = snapshot(ds.root)
-    factory = real_benchmark_factory(monkeypatch, lambda sol, uuid: evaluation(latency=2.0, ref=10.0))
+    factory = timed_benchmark_factory(monkeypatch, 2.0, ref=10.0)
     records, info = official.run_official(
         ds, ds.workloads, [r1], hw=H100, rungs={"r1-torch": 1}, benchmark_factory=factory, capability=(9, 0)
     )
@@ -187,7 +188,7 @@ def test_baseline_runs_beside_ours_on_blackwell_only(monkeypatch, ds, r1):
     assert "sm_90" in official.choose_baseline(ds, None, (9, 0))[1]
 
     lat = {"r1-torch": 2.0, official.BASELINE_NAME: 1.0}
-    factory = real_benchmark_factory(monkeypatch, lambda sol, uuid: evaluation(latency=lat[sol]))
+    factory = timed_benchmark_factory(monkeypatch, lat)
     records, info = official.run_official(ds, ds.workloads[:3], [r1], benchmark_factory=factory, capability=(10, 0))
     assert info["ran"] and FakeRunner.calls[0]["solutions"] == ["r1-torch", official.BASELINE_NAME]
     ours = [r for r in records if not r["baseline"]]
@@ -199,7 +200,7 @@ def test_baseline_runs_beside_ours_on_blackwell_only(monkeypatch, ds, r1):
 
 
 def test_run_payload_prints_in_the_bench_table(monkeypatch, ds, r1, capsys):
-    factory = real_benchmark_factory(monkeypatch, lambda sol, uuid: evaluation(latency=2.0))
+    factory = timed_benchmark_factory(monkeypatch, 2.0)
     msgs = []
     pay = official.run(
         ds, ds.workloads[:2], [r1], "cpu", benchmark_factory=factory, baseline=False, progress=msgs.append

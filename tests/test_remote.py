@@ -11,14 +11,7 @@ import sys
 import warnings
 
 import pytest
-from fib_fakes import (
-    SMALL_NAME,
-    FakeRunner,
-    add_baseline_solution,
-    evaluation,
-    real_benchmark_factory,
-    small_dataset_copy,
-)
+from fib_fakes import SMALL_NAME, FakeRunner, add_baseline_solution, small_dataset_copy, timed_benchmark_factory
 from typer.testing import CliRunner
 
 from fibmoe import dataset, official, remote, variants
@@ -182,7 +175,7 @@ def test_remote_function_local_call_returns_plain_json(monkeypatch, volume, no_n
     pytest.importorskip("modal")
     from fibmoe import modal_app
 
-    factory = real_benchmark_factory(monkeypatch, lambda sol, uuid: evaluation(latency=2.0, ref=8.0))
+    factory = timed_benchmark_factory(monkeypatch, 2.0, ref=8.0)
     monkeypatch.setattr(official, "default_benchmark_factory", factory)
     with warnings.catch_warnings():  # Modal: "executing locally ... no access to the mounted Volume"
         warnings.simplefilter("ignore")
@@ -206,7 +199,7 @@ def test_remote_body_reports_layout_errors_as_json(tmp_path):
 def test_remote_body_runs_the_baseline_on_blackwell_and_scores(monkeypatch, volume):
     add_baseline_solution(volume)
     lat = {"r1-torch": 4.0, official.BASELINE_NAME: 1.0}
-    factory = real_benchmark_factory(monkeypatch, lambda sol, uuid: evaluation(latency=lat[sol]))
+    factory = timed_benchmark_factory(monkeypatch, lat)
     out = remote.remote_body(request(volume, workloads=None), benchmark_factory=factory, capability=(10, 0))
     assert out["official"]["baseline"]["ran"]
     assert out["summary"]["r1-torch"]["score_vs_baseline"] == pytest.approx(0.25)
@@ -232,7 +225,7 @@ def test_requests_fan_out_by_variant_or_by_workload():
 
 
 def test_run_remote_over_containers_merges_in_workload_order(monkeypatch, volume):
-    factory = real_benchmark_factory(monkeypatch, lambda sol, uuid: evaluation(latency=2.0))
+    factory = timed_benchmark_factory(monkeypatch, 2.0)
     seen = []
 
     def executor(gpu, requests):  # stands in for Modal: each request in its own "container"
@@ -254,7 +247,7 @@ def test_run_remote_over_containers_merges_in_workload_order(monkeypatch, volume
 def test_per_variant_containers_each_pair_with_their_own_baseline(monkeypatch, volume):
     add_baseline_solution(volume)
     lat = {"r1-torch": 2.0, "r1-copy": 4.0, official.BASELINE_NAME: 1.0}
-    factory = real_benchmark_factory(monkeypatch, lambda sol, uuid: evaluation(latency=lat[sol]))
+    factory = timed_benchmark_factory(monkeypatch, lat)
     r1 = variants.pack(variants.resolve(["r1-torch"])[0], SMALL_NAME)
     copy = r1.model_copy(update={"name": "r1-copy"})
 
