@@ -48,6 +48,22 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (blocks * scale.float()[:, None, :, None]).view(n, k)
 
 
+def dequantize_activations(hidden_states: torch.Tensor, hidden_states_scale: torch.Tensor) -> torch.Tensor:
+    """[T, H] fp8 activations times their block-major [H/128, T] scales, in fp32."""
+    n_tokens, hidden = hidden_states.shape
+    # hidden_states_scale is block-major [H/128, T]: transpose before broadcasting over a block.
+    blocks = hidden_states.float().view(n_tokens, hidden // BLOCK, BLOCK) * hidden_states_scale.float().t()[:, :, None]
+    return blocks.view(n_tokens, hidden)
+
+
+def expert(x, w1, w1_scale, w2, w2_scale) -> torch.Tensor:
+    """One expert on its [rows, H] fp32 activations: GEMM1 -> SwiGLU -> GEMM2, in fp32 ([rows, H])."""
+    inter = w1.shape[0] // 2
+    g1 = x @ dequantize(w1, w1_scale).t()
+    c = torch.nn.functional.silu(g1[:, inter:]) * g1[:, :inter]  # silu on the SECOND half
+    return c @ dequantize(w2, w2_scale).t()
+
+
 @torch.no_grad()
 def forward(
     routing_logits,
@@ -61,26 +77,17 @@ def forward(
     local_expert_offset,
     routed_scaling_factor,
 ):
-    n_tokens, hidden = hidden_states.shape
-    n_local, gemm1_out, _ = gemm1_weights.shape
-    inter = gemm1_out // 2
-
-    # hidden_states_scale is block-major [H/128, T]: transpose before broadcasting over a block.
-    x = (
-        hidden_states.float().view(n_tokens, hidden // BLOCK, BLOCK) * hidden_states_scale.float().t()[:, :, None]
-    ).view(n_tokens, hidden)
-
+    x = dequantize_activations(hidden_states, hidden_states_scale)
     experts, weights = route(routing_logits, routing_bias, routed_scaling_factor)
     local = experts - int(local_expert_offset)
+    n_local = gemm1_weights.shape[0]
 
-    out = torch.zeros(n_tokens, hidden, dtype=torch.float32, device=hidden_states.device)
+    out = torch.zeros_like(x)
     for e in torch.unique(local[(local >= 0) & (local < n_local)]).tolist():
         hit = local == e  # [T, 8]; a token selects an expert at most once
         tokens = hit.any(1).nonzero().squeeze(1)
         w_tok = (weights * hit).sum(1)[tokens]
-        g1 = x[tokens] @ dequantize(gemm1_weights[e], gemm1_weights_scale[e]).t()
-        c = torch.nn.functional.silu(g1[:, inter:]) * g1[:, :inter]  # silu on the SECOND half
-        o = c @ dequantize(gemm2_weights[e], gemm2_weights_scale[e]).t()
+        o = expert(x[tokens], gemm1_weights[e], gemm1_weights_scale[e], gemm2_weights[e], gemm2_weights_scale[e])
         out.index_add_(0, tokens, o * w_tok[:, None])
     return out
 

@@ -4,6 +4,10 @@ plain PyTorch, destination-passing style (the harness hands `output` in as the 1
 `fibmoe eval initial_program.py` packs this file alone as a python variant (a triton one if it imports
 triton) with entry `initial_program.py::run`. OpenEvolve rewrites what lies between the EVOLVE-BLOCK
 markers. Sizes come from the tensors, so the same file runs the contest definition and the small one.
+
+It is a copy, on purpose, of the math in fibmoe/reference.py (routing, block dequantization, the expert's
+GEMM1 -> SwiGLU -> GEMM2), written out compactly: OpenEvolve evolves one self-contained file, so the seed can
+import nothing of ours; `fibmoe eval` scores it against that reference, which keeps the two in agreement.
 """
 
 import torch

@@ -3,7 +3,7 @@
 import torch
 
 from .grouping import group_by_local_expert
-from .reference import BLOCK, dequantize, route
+from .reference import dequantize_activations, expert, route
 
 
 @torch.no_grad()
@@ -20,25 +20,18 @@ def run(
     routed_scaling_factor,
     output,
 ):
-    n_tokens, hidden = hidden_states.shape
-    n_local, gemm1_out, _ = gemm1_weights.shape
-    inter = gemm1_out // 2
-
+    n_local = gemm1_weights.shape[0]
     experts, weights = route(routing_logits, routing_bias, routed_scaling_factor)
     token, weight, bounds = group_by_local_expert(experts, weights, int(local_expert_offset), n_local)
     bounds = bounds.tolist()  # the call's one host sync: which experts have rows, and where
 
-    x = (
-        hidden_states.float().view(n_tokens, hidden // BLOCK, BLOCK) * hidden_states_scale.float().t()[:, :, None]
-    ).view(n_tokens, hidden)
-    acc = torch.zeros(n_tokens, hidden, dtype=torch.float32, device=hidden_states.device)
+    x = dequantize_activations(hidden_states, hidden_states_scale)
+    acc = torch.zeros_like(x)
     for e in range(n_local):
         lo, hi = bounds[e], bounds[e + 1]
         if lo == hi:
             continue  # no fp32 copy of an expert nobody chose
         rows = token[lo:hi]
-        g1 = x[rows] @ dequantize(gemm1_weights[e], gemm1_weights_scale[e]).t()
-        c = torch.nn.functional.silu(g1[:, inter:]) * g1[:, :inter]
-        o = c @ dequantize(gemm2_weights[e], gemm2_weights_scale[e]).t()
+        o = expert(x[rows], gemm1_weights[e], gemm1_weights_scale[e], gemm2_weights[e], gemm2_weights_scale[e])
         acc.index_add_(0, rows, o * weight[lo:hi, None])
     output.copy_(acc)  # every element, zeros included
