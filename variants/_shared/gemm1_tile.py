@@ -6,6 +6,8 @@ the weight block's scale) are applied to the fp32 partial sum, since the tensor 
 accumulate across K blocks with different scales. SWAP (M tiles under 64 rows): the weight rows are
 the MMA's M side and the rows its N side, so the tiles are G1^T ([128, BM]); else [BM, 128].
 
+`item_tile_major` numbers GEMM1's (M tile, column block, K split) work items tile by tile.
+
 `split_k_park` is split-K's hand-off: each split parks its fp32 partials and takes a ticket; the last
 split to arrive sums them in split order (deterministic) and resets the ticket for the next call.
 """
@@ -71,6 +73,17 @@ def w1_tile(e, jb, tok, rmask, kb0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H: tl.c
                 acc_u += tl.dot(a, wu) * (asc * su)[:, None]
                 acc_g += tl.dot(a, wg) * (asc * sg)[:, None]
     return acc_u, acc_g
+
+
+@triton.jit
+def item_tile_major(item, SPLIT_K: tl.constexpr, NJ: tl.constexpr):
+    """(tile, column block jb, K split sk) of GEMM1 work item `item`, the items numbered tile by tile: the
+    splits of a column block next to each other, then the column blocks of a tile, then the tiles."""
+    sk = item % SPLIT_K
+    r = item // SPLIT_K
+    jb = r % NJ
+    tile = r // NJ
+    return tile, jb, sk
 
 
 @triton.jit

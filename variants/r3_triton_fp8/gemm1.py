@@ -13,7 +13,7 @@ and runs the epilogue; T <= 8: every program routes all T tokens itself (no rout
 import triton
 import triton.language as tl
 
-from .gemm1_tile import split_k_park, w1_tile
+from .gemm1_tile import item_tile_major, split_k_park, w1_tile
 from .launch import Kernel, gdc_launch_dependents, gdc_wait
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOPK_GROUP, route_tokens, zero_rows, zero_sum_rows
@@ -113,10 +113,7 @@ def gemm1_kernel(
                 sk = r % SPLIT_K
                 jb = r // SPLIT_K
             else:  # consecutive programs: splits, then column blocks, of one tile
-                sk = item % SPLIT_K
-                r = item // SPLIT_K
-                jb = r % NJ
-                tile = r // NJ
+                tile, jb, sk = item_tile_major(item, SPLIT_K, NJ)
             tj = tile * NJ + jb
             e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
             tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked tiles

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .exact import INTERPRET, round_to_bf16
-from .gemm1_tile import split_k_park, w1_tile
+from .gemm1_tile import item_tile_major, split_k_park, w1_tile
 from .launch import Kernel, next_pow2, prefetch_l2, sm_count
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
@@ -106,10 +106,7 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
     NKB: tl.constexpr = H // BK
     NJ: tl.constexpr = I // BJ
     KPS: tl.constexpr = NKB // SPLIT_K
-    sk = g % SPLIT_K
-    r = g // SPLIT_K
-    jb = r % NJ
-    tile = r // NJ
+    tile, jb, sk = item_tile_major(g, SPLIT_K, NJ)
     tj = tile * NJ + jb
     e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
     tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked
