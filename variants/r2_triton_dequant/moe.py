@@ -46,14 +46,26 @@ def _tile_table(bounds_ptr, N_LOCAL: tl.constexpr, NL_POW2: tl.constexpr, BM: tl
 
 
 @triton.jit
-def _tile_lookup(tile, lo, hi, first, ends, NL_POW2: tl.constexpr, BM: tl.constexpr):
-    """(local expert, first row, end row) of row tile `tile` (< total tiles)."""
+def _program_tile(N: tl.constexpr, BN: tl.constexpr):
+    """This program's column tile (of the N // BN) and the first row tile it owns."""
+    pid = tl.program_id(0)
+    n_tiles = N // BN
+    return pid % n_tiles, pid // n_tiles
+
+
+@triton.jit
+def _tile_rows(tile, lo, hi, first, ends, order_ptr, NL_POW2: tl.constexpr, BM: tl.constexpr):
+    """Row tile `tile` (< total tiles): its local expert, its sorted positions [BM], which of them are its
+    rows, and the flattened (token, slot) pair each holds (0 past the end)."""
     e = tl.arange(0, NL_POW2)
     expert = tl.sum((ends <= tile).to(tl.int32), axis=0)
     sel = e == expert
     start = tl.sum(tl.where(sel, lo, 0), axis=0) + (tile - tl.sum(tl.where(sel, first, 0), axis=0)) * BM
     end = tl.sum(tl.where(sel, hi, 0), axis=0)
-    return expert, start, end
+    rows = start + tl.arange(0, BM)
+    rmask = rows < end
+    pair = tl.load(order_ptr + rows, mask=rmask, other=0)
+    return expert, rows, rmask, pair
 
 
 @triton.jit
@@ -85,10 +97,7 @@ def _gemm1_swiglu(
     BK: tl.constexpr,
     DOT: tl.constexpr,  # dtype of the dot operands: bf16 (GPU) or fp32
 ):
-    pid = tl.program_id(0)
-    n_tiles = INTER // BN
-    pid_n = pid % n_tiles
-    pid_m0 = pid // n_tiles
+    pid_n, pid_m0 = _program_tile(INTER, BN)
     lo, hi, first, ends, total = _tile_table(bounds_ptr, N_LOCAL, NL_POW2, BM)
 
     cols = pid_n * BN + tl.arange(0, BN)
@@ -98,10 +107,7 @@ def _gemm1_swiglu(
 
     tile = pid_m0
     while tile < total:  # no iteration at all for a program with no tile
-        expert, start, end = _tile_lookup(tile, lo, hi, first, ends, NL_POW2, BM)
-        rows = start + tl.arange(0, BM)
-        rmask = rows < end
-        pair = tl.load(order_ptr + rows, mask=rmask, other=0)
+        expert, rows, rmask, pair = _tile_rows(tile, lo, hi, first, ends, order_ptr, NL_POW2, BM)
         tok = pair // TOPK
         # Where each local pair landed, for the combine kernel; written once per row tile.
         tl.store(inv_ptr + pair, rows, mask=rmask & (pid_n == 0))
@@ -157,10 +163,7 @@ def _gemm2(
     BK: tl.constexpr,
     DOT: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n_tiles = H // BN
-    pid_n = pid % n_tiles
-    pid_m0 = pid // n_tiles
+    pid_n, pid_m0 = _program_tile(H, BN)
     lo, hi, first, ends, total = _tile_table(bounds_ptr, N_LOCAL, NL_POW2, BM)
 
     cols = pid_n * BN + tl.arange(0, BN)
@@ -169,10 +172,7 @@ def _gemm2(
 
     tile = pid_m0
     while tile < total:
-        expert, start, end = _tile_lookup(tile, lo, hi, first, ends, NL_POW2, BM)
-        rows = start + tl.arange(0, BM)
-        rmask = rows < end
-        pair = tl.load(order_ptr + rows, mask=rmask, other=0)
+        expert, rows, rmask, pair = _tile_rows(tile, lo, hi, first, ends, order_ptr, NL_POW2, BM)
         rw = tl.load(weights_ptr + pair, mask=rmask, other=0.0)
 
         a_ptrs = c_ptr + rows[:, None].to(tl.int64) * stride_c + ks[None, :]  # [BM, BK] bf16
