@@ -34,7 +34,7 @@ from . import candidate as cand
 from . import prompting, sandbox
 from .agent import eval_lines, start_candidate
 from .llm import LLM, LLMConfig, Usage
-from .runs import Display, Run, gain, reopen
+from .runs import Display, Run, gain, read_jsonl, reopen
 
 RUN_ENV = "FIBMOE_EVOLVE_RUN"  # tells OpenEvolve's worker processes which run they serve
 USAGE = "usage.jsonl"
@@ -197,18 +197,6 @@ def _append(path: Path, entry: dict) -> None:
         fh.write(json.dumps(entry) + "\n")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -287,9 +275,9 @@ def write_lineage(run: Run, config: EvolveConfig) -> list[dict]:
         return []
     start = cand.load_folder(run.folder / "start")
     evals: dict[str, dict] = {}
-    for e in _read_jsonl(run.folder / EVALS):
+    for e in read_jsonl(run.folder / EVALS):
         evals[e["id"]] = e  # the last stage reached wins
-    usage = {u["response_sha"]: u for u in _read_jsonl(run.folder / USAGE)}
+    usage = {u["response_sha"]: u for u in read_jsonl(run.folder / USAGE)}
     programs = []
     for p in sorted((checkpoint / "programs").glob("*.json")):
         try:
@@ -338,7 +326,7 @@ def _short(e: dict) -> str:
 def summarize(run: Run, config: EvolveConfig, entries: list[dict]) -> dict:
     prior = run.summary()
     total = Usage()
-    for u in _read_jsonl(run.folder / USAGE):
+    for u in read_jsonl(run.folder / USAGE):
         total.add(Usage.from_dict(u))
     statuses: dict[str, int] = {}
     for e in entries:
@@ -425,13 +413,13 @@ async def _with_display(task, run: Run, config: EvolveConfig, display: Display):
     seen = 0
     while not job.done():
         await asyncio.sleep(2)
-        evals = _read_jsonl(run.folder / EVALS)
+        evals = read_jsonl(run.folder / EVALS)
         if len(evals) != seen:
             seen = len(evals)
             last = evals[-1]
             score = f" {last['score']:.4g}" if isinstance(last.get("score"), (int, float)) else ""
             total = Usage()
-            for u in _read_jsonl(run.folder / USAGE):
+            for u in read_jsonl(run.folder / USAGE):
                 total.add(Usage.from_dict(u))
             checkpoint = latest_checkpoint(run)
             best = run.summary().get("best")
@@ -450,7 +438,7 @@ async def _with_display(task, run: Run, config: EvolveConfig, display: Display):
 def _start_score(run: Run) -> float | None:
     start = cand.load_folder(run.folder / "start")
     cid = f"e-{start.digest()}"
-    for e in _read_jsonl(run.folder / EVALS):
+    for e in read_jsonl(run.folder / EVALS):
         if e["id"] == cid and e["stage"] == 3:
             return e.get("score")
     return None

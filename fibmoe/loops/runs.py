@@ -96,16 +96,7 @@ class Run:
             os.fsync(fh.fileno())
 
     def lineage(self) -> list[dict]:
-        path = self.folder / LINEAGE
-        if not path.is_file():
-            return []
-        entries = []
-        for line in path.read_text().splitlines():
-            try:
-                entries.append(json.loads(line))
-            except ValueError:  # a line cut short by a kill: that candidate is redone
-                continue
-        return entries
+        return read_jsonl(self.folder / LINEAGE)  # a line cut short by a kill: that candidate is redone
 
     # ---- the best kernel and the summary -----------------------------------------------------------
 
@@ -139,6 +130,20 @@ class Run:
         tmp = self.folder / f".{name}.tmp"
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.folder / name)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of an appended JSON-lines file; none if it is missing. A line that does not parse (cut
+    short by a kill) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
 
 
 def reopen(folder: Path, mode: str, from_dict: Callable[[dict], C], asked: C | None, budget: str) -> tuple[Run, C]:
