@@ -90,12 +90,6 @@ SeqLenOpt = typer.Option(None, "--seq-len", "-t", help="only workloads with this
 StyleOpt = typer.Option("contest", "--style", help="contest (as the harness draws inputs) or quantized")
 JsonOpt = flag("--json", "print JSON instead of a table")
 ResultsDirOpt = typer.Option(None, "--results-dir", help="write results into DIR/<gpu>/ (implies --save)")
-TimeoutOpt = typer.Option(
-    300.0, "--timeout", min=1, help="seconds per variant and workload; past it the verdict is TIMEOUT"
-)
-
-
-SaveOpt = flag("--save", "write the results as evidence under the checkout's results/<gpu>/")
 
 
 def option_group(cls):
@@ -120,8 +114,10 @@ class Selection:
 class Recording:
     """How long one variant may take on one workload, and where and how the results go (check, bench, eval)."""
 
-    timeout: float = TimeoutOpt
-    save: bool = SaveOpt
+    timeout: float = typer.Option(
+        300.0, "--timeout", min=1, help="seconds per variant and workload; past it the verdict is TIMEOUT"
+    )
+    save: bool = flag("--save", "write the results as evidence under the checkout's results/<gpu>/")
     results_dir: Optional[Path] = ResultsDirOpt
     as_json: bool = JsonOpt
 
@@ -802,46 +798,35 @@ def sanitize(
 
 # ---- search loops: agent / evolve --------------------------------------------------------------
 
-ProviderOpt = typer.Option("openai", "--provider", help="openai (any OpenAI-compatible endpoint) or anthropic")
-ModelOpt = typer.Option("", "--model", help="model name (default: gpt-4.1 / claude-sonnet-4-6)")
-BaseUrlOpt = typer.Option(None, "--base-url", help="endpoint, e.g. http://localhost:8000/v1 for vLLM")
-KeyEnvOpt = typer.Option("", "--api-key-env", help="environment variable with the key (default per provider)")
-MaxTokensOpt = typer.Option(16000, "--max-tokens", min=1, help="reply length limit")
-TemperatureOpt = typer.Option(None, "--temperature", help="sampling temperature (default: the model's)")
-PriceOpt = typer.Option(None, "--price", help="USD per million input,output tokens (e.g. 3,15) for the cost")
-LoopTimeoutOpt = typer.Option(900.0, "--timeout", min=1, help="seconds per evaluation; the process group is killed")
-RepeatsOpt = typer.Option(3, "--repeats", min=1, help="full evaluations that must all pass to promote")
-GpusOpt = typer.Option(None, "--gpus", help="GPU indices (0,1) or a count: one evaluation worker each")
-WorkersOpt = typer.Option(1, "--workers", min=1, help="evaluation workers without GPUs (CPU smoke runs)")
-BackendOpt = typer.Option("local", "--eval-backend", help="local, or modal (each evaluation on a Modal GPU)")
-ModalGpuOpt = typer.Option("b200", "--gpu", help="Modal GPU for --eval-backend modal")
-
 
 @option_group
 class Model:
     """The model a search loop asks for kernels (agent, evolve)."""
 
-    provider: str = ProviderOpt
-    model: str = ModelOpt
-    base_url: Optional[str] = BaseUrlOpt
-    api_key_env: str = KeyEnvOpt
-    max_tokens: int = MaxTokensOpt
-    temperature: Optional[float] = TemperatureOpt
-    price: Optional[str] = PriceOpt
-
-
-PromptsOpt = typer.Option(None, "--prompts", help="folder of prompt files that replace the shipped ones")
-ResumeOpt = typer.Option(None, "--resume", help="continue this run folder (runs/<mode>-<time>)")
-RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="where run folders go")
+    provider: str = typer.Option("openai", "--provider", help="openai (any OpenAI-compatible endpoint) or anthropic")
+    model: str = typer.Option("", "--model", help="model name (default: gpt-4.1 / claude-sonnet-4-6)")
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="endpoint, e.g. http://localhost:8000/v1 for vLLM")
+    api_key_env: str = typer.Option(
+        "", "--api-key-env", help="environment variable with the key (default per provider)"
+    )
+    max_tokens: int = typer.Option(16000, "--max-tokens", min=1, help="reply length limit")
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", help="sampling temperature (default: the model's)"
+    )
+    price: Optional[str] = typer.Option(
+        None, "--price", help="USD per million input,output tokens (e.g. 3,15) for the cost"
+    )
 
 
 @option_group
 class LoopRun:
     """Where a search loop keeps its run, and how it starts (agent, evolve)."""
 
-    prompts: Optional[Path] = PromptsOpt
-    resume: Optional[Path] = ResumeOpt
-    runs_dir: Path = RunsDirOpt
+    prompts: Optional[Path] = typer.Option(
+        None, "--prompts", help="folder of prompt files that replace the shipped ones"
+    )
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder (runs/<mode>-<time>)")
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run folders go")
     as_json: bool = JsonOpt
 
 
@@ -853,12 +838,12 @@ class Evaluation:
     device: str = DeviceOpt
     workload: Optional[List[str]] = WorkloadOpt
     seq_len: Optional[List[int]] = SeqLenOpt
-    timeout: float = LoopTimeoutOpt
-    repeats: int = RepeatsOpt
-    gpus: Optional[str] = GpusOpt
-    workers: int = WorkersOpt
-    eval_backend: str = BackendOpt
-    gpu: str = ModalGpuOpt
+    timeout: float = typer.Option(900.0, "--timeout", min=1, help="seconds per evaluation; the process group is killed")
+    repeats: int = typer.Option(3, "--repeats", min=1, help="full evaluations that must all pass to promote")
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices (0,1) or a count: one evaluation worker each")
+    workers: int = typer.Option(1, "--workers", min=1, help="evaluation workers without GPUs (CPU smoke runs)")
+    eval_backend: str = typer.Option("local", "--eval-backend", help="local, or modal (each evaluation on a Modal GPU)")
+    gpu: str = typer.Option("b200", "--gpu", help="Modal GPU for --eval-backend modal")
 
 
 def _prompts_dir(run: LoopRun) -> Optional[str]:
