@@ -840,6 +840,9 @@ class Evaluation:
     seq_len: Optional[List[int]] = SeqLenOpt
     timeout: float = typer.Option(900.0, "--timeout", min=1, help="seconds per evaluation; the process group is killed")
     repeats: int = typer.Option(3, "--repeats", min=1, help="full evaluations that must all pass to promote")
+    min_gain: float = typer.Option(
+        0.01, "--min-gain", min=0, help="promote only above the best's score by this fraction (0.01: 1%)"
+    )
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices (0,1) or a count: one evaluation worker each")
     workers: int = typer.Option(1, "--workers", min=1, help="evaluation workers without GPUs (CPU smoke runs)")
     eval_backend: str = typer.Option("local", "--eval-backend", help="local, or modal (each evaluation on a Modal GPU)")
@@ -876,6 +879,7 @@ def _loop_configs(m: Model, ev: Evaluation, ncu: bool):
         seq_lens=list(ev.seq_len or []),
         timeout_s=ev.timeout,
         repeats=ev.repeats,
+        min_gain=ev.min_gain,
         gpus=sandbox.parse_gpus(ev.gpus, ev.device) if ev.eval_backend == "local" else [],
         workers=ev.workers,
         backend=ev.eval_backend,

@@ -6,8 +6,8 @@
 #      candidate's own process (--timeout 60: the start's evaluation has compiled rung 3's kernels by then,
 #      and the edits leave them unchanged, so a legitimate evaluation takes ~15 s);
 #   2. a kernel that is wrong (the routing weights scaled by 1.5): must fail the quick filter;
-#   3. rung 3 with a comment changed: verified (3 full runs) and promoted only if its lowest score beats
-#      the start's (timing noise decides: either way the rule is what is shown);
+#   3. rung 3 with a comment changed: verified (3 full runs), promoted only if its lowest score beats the
+#      start's by more than --min-gain (1%): timing noise alone should not promote it;
 #   4. rung 3 slowed by a 0.5 ms host sleep per call: verified, never promoted.
 # Device time is kept to a few minutes by evaluating 3 workloads (T = 1, 14, 56: -t) instead of 19.
 # Usage (device tool, carry .whl made by scripts/fetch_wheels.sh): bash scripts/gpu_agent_demo.sh

@@ -287,6 +287,7 @@ AGENT_SCRIPT = [
     {"text": edit("this line is not in the file", "x")},  # a malformed edit
     {"garbage": True},  # not even an API answer
     {"text": edit("# FAKE_SCORE=2.0", "# FAKE_SCORE=3.0 FAKE_FLAKY")},  # passes, then not: not trusted
+    {"text": edit("# FAKE_SCORE=2.0", "# FAKE_SCORE=2.01")},  # verified, 0.5% better: within --min-gain 1%
 ]
 
 
@@ -296,7 +297,7 @@ def test_agent_runs_end_to_end(tmp_path, fake_llm, start_file, provider):
     url = server.url + ("/v1" if provider == "openai" else "")
     config = agent.AgentConfig(
         start=str(start_file),
-        steps=7,
+        steps=8,
         llm=llm.LLMConfig(provider=provider, base_url=url, backoff_s=0.01),
         eval=fake_options(tmp_path, timeout_s=3),
     )
@@ -312,10 +313,11 @@ def test_agent_runs_end_to_end(tmp_path, fake_llm, start_file, provider):
         ("c0005", "bad-reply", False),
         ("c0006", "llm-error", False),
         ("c0007", "flaky", False),
+        ("c0008", "verified", False),
     ]
     assert summary["best"]["id"] == "c0001" and summary["best"]["score"] == 2.0
     assert summary["gain_over_start"] == 2.0 and summary["start"]["score"] == 1.0
-    assert summary["usage"]["calls"] == 6 and summary["usage"]["retries"] == 1 and summary["usage"]["input_tokens"]
+    assert summary["usage"]["calls"] == 7 and summary["usage"]["retries"] == 1 and summary["usage"]["input_tokens"]
     # each verdict's reason reached the model on the next step
     prompts = [json.dumps(r["body"]) for r in server.requests]
     assert "killed at the time limit" in prompts[3]
@@ -330,7 +332,7 @@ def test_agent_runs_end_to_end(tmp_path, fake_llm, start_file, provider):
     best = variants.load_variant(run.folder / "best")
     assert "FAKE_SCORE=2.0" in (run.folder / "best" / "kernel.py").read_text()
     assert variants.pack(best, "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e16_h256_i128").sources
-    assert json.loads((run.folder / "config.json").read_text())["agent"]["steps"] == 7
+    assert json.loads((run.folder / "config.json").read_text())["agent"]["steps"] == 8
 
 
 @pytest.mark.slow  # a loop in a subprocess (torch and OpenEvolve imported again), killed

@@ -177,7 +177,7 @@ class Agent:
 
     def _finish(self, entry: dict) -> None:
         best = self._best()
-        if entry.get("status") == sandbox.VERIFIED and (best is None or entry["score"] > best["score"]):
+        if entry.get("status") == sandbox.VERIFIED and self.config.eval.beats(entry["score"], best and best["score"]):
             entry["promoted"] = True
             desc = f"found by fibmoe agent run {self.run.name}"
             self.run.promote(entry["id"], entry["score"], desc)

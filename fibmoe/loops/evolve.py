@@ -141,7 +141,7 @@ def stage(folder: str, n: int, program_path: str):
         res, status = v["eval"], v["status"]
         res = {**res, "combined_score": v["score"] or 0.0}
         if status == sandbox.VERIFIED:
-            _maybe_promote(run, cid, v["score"])
+            _maybe_promote(run, cid, v["score"], config.eval)
     _append(
         run.folder / EVALS,
         {"id": cid, "stage": n, "status": status, "score": res.get("combined_score"), "error": res.get("error")},
@@ -181,11 +181,11 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _maybe_promote(run: Run, cid: str, score: float) -> None:
+def _maybe_promote(run: Run, cid: str, score: float, options: sandbox.EvalOptions) -> None:
     """best/ follows the highest verified score; workers may finish together, hence the lock."""
     with _locked(run.folder / ".promote.lock"):
         best = run.summary().get("best")
-        if best is None or score > best["score"]:
+        if options.beats(score, best and best["score"]):
             run.promote(cid, score, f"found by fibmoe evolve run {run.name}")
             s = run.summary()
             s["best"] = {"id": cid, "score": score, "variant": str(run.folder / "best")}

@@ -8,7 +8,8 @@ are lock files, so evaluations started by several processes (OpenEvolve's worker
 With the Modal backend the subprocess is `python -m fibmoe.loops.modal_eval`, same JSON.
 
 Promotion: the quick run only filters; a candidate is verified when the full run passes `repeats` times
-in a row with the same verdict, and its score is the lowest of those runs.
+in a row with the same verdict, and its score is the lowest of those runs; it replaces the best only if
+that score is higher by more than `min_gain` (timing noise alone must not promote a kernel).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class EvalOptions:
     seq_lens: list[int] = field(default_factory=list)
     timeout_s: float = 900.0  # per evaluation, JIT and autotuning included
     repeats: int = 3
+    min_gain: float = 0.01  # a verified candidate replaces the best only if its score is this much higher
     gpus: list[str] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES value per slot; [] = no GPU pinning
     workers: int = 1  # slots when gpus is empty
     backend: str = "local"  # local | modal
@@ -67,6 +69,10 @@ class EvalOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def beats(self, score: float, best: float | None) -> bool:
+        """Whether a verified candidate's score replaces the best (None: there is none yet)."""
+        return best is None or score > best * (1 + self.min_gain)
 
     def slots(self) -> list[str | None]:
         return list(self.gpus) if self.gpus else [None] * max(1, self.workers)
