@@ -291,7 +291,8 @@ if HAVE_GLUON:
         tma.store_wait(pendings=0)
 
     # Worker partitions get their arguments as runtime values, so the constexprs that shape the code
-    # (which half, which loop) are fixed by one small wrapper each.
+    # (which half, which loop) are fixed by one small wrapper each (Triton 3.6: a constexpr, wrapped or
+    # not, among a worker's arguments fails to compile: "'int' object has no attribute '_flatten_ir'").
     @gluon.jit
     def _gl_consumer_0_in_flight(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M):
         _gl_consumer(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M, 0, True)
