@@ -34,6 +34,15 @@ def expert_counts(loc, counts_ptr, NL: tl.constexpr, NLP: tl.constexpr, TP: tl.c
 
 
 @triton.jit
+def hit_tiles(loc, counts_ptr, NL: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr,
+              BM: tl.constexpr, INLINE: tl.constexpr):  # fmt: skip
+    """(rows per local expert [NLP], how many M tiles of BM rows the experts that were hit make): the
+    work a GEMM schedules, numbered expert by expert (`tile_expert`, `tile_rows`)."""
+    c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
+    return c, tl.sum((c + BM - 1) // BM)
+
+
+@triton.jit
 def tile_expert(tile, c, BM: tl.constexpr):
     """Local expert of M tile `tile` (tiles are numbered expert by expert)."""
     cum = tl.cumsum((c + BM - 1) // BM, axis=0)

@@ -17,55 +17,21 @@ from .gemm1_tile import item_tile_major, split_k_park, w1_tile
 from .launch import Kernel, gdc_launch_dependents, gdc_wait
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOPK_GROUP, route_tokens, zero_rows, zero_sum_rows
-from .rows import expert_counts, local_ids, tile_rows
+from .rows import hit_tiles, local_ids, tile_rows
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
 def gemm1_kernel(
-    logits_ptr,
-    bias_ptr,
-    wts_ptr,
-    out_ptr,
-    hs_ptr,
-    hss_ptr,
-    w1_ptr,
-    w1s_ptr,
-    ids_ptr,
-    counts_ptr,
-    lists_ptr,
-    cq_ptr,
-    cs_ptr,
-    part_ptr,
-    ticket_ptr,
-    obuf_ptr,
-    T,
-    local_off,
-    rsf,
-    E: tl.constexpr,
-    NG: tl.constexpr,
-    KG: tl.constexpr,
-    NL: tl.constexpr,
-    NLP: tl.constexpr,
-    H: tl.constexpr,
-    I: tl.constexpr,
-    TP: tl.constexpr,
-    TOPK: tl.constexpr,
-    BM: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    ITERS: tl.constexpr,
-    TILE_FAST: tl.constexpr,
-    INLINE: tl.constexpr,
-    EXACT: tl.constexpr,
-    SWAP: tl.constexpr,
-    SPF: tl.constexpr,
-    PDL: tl.constexpr,
-    TRIGGER: tl.constexpr,
-    FUSE_ROUTE: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr,
-    ZERO_SCRATCH: tl.constexpr,
-    KU: tl.constexpr,
+    logits_ptr, bias_ptr, wts_ptr, out_ptr, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, ids_ptr, counts_ptr, lists_ptr, cq_ptr,
+    cs_ptr, part_ptr, ticket_ptr, obuf_ptr,
+    T, local_off, rsf,
+    E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
+    I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr,
+    BM: tl.constexpr, SPLIT_K: tl.constexpr, ITERS: tl.constexpr, TILE_FAST: tl.constexpr, INLINE: tl.constexpr,
+    EXACT: tl.constexpr, SWAP: tl.constexpr, SPF: tl.constexpr, PDL: tl.constexpr, TRIGGER: tl.constexpr,
+    FUSE_ROUTE: tl.constexpr, USE_LIBDEVICE: tl.constexpr, ZERO_SCRATCH: tl.constexpr, KU: tl.constexpr,
     NT: tl.constexpr,
-):
+):  # fmt: skip
     """G1 = X[rows] @ W1[e]^T for (M tile, 128 columns of I, K split) items; SwiGLU + FP8 epilogue.
     SWAP (small T): the 2 x 128 weight rows are the MMA's M side and the BM tokens its N side (the
     accumulators are G1^T tiles); else the tokens are the M side (per-row token scales, BM = 128).
@@ -101,8 +67,7 @@ def gemm1_kernel(
             loc = local_ids(ids_ptr, T, local_off, TP, TOPK)
         else:
             loc = None
-    c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
-    n_tiles = tl.sum((c + BM - 1) // BM)
+    c, n_tiles = hit_tiles(loc, counts_ptr, NL, NLP, TP, TOPK, BM, INLINE)
     n_items = n_tiles * (NJ * SPLIT_K)
     for it in range(0, ITERS):
         item = pid + it * nprog

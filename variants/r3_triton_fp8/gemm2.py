@@ -10,45 +10,18 @@ import triton.language as tl
 
 from .exact import round_to_bf16
 from .launch import Kernel, gdc_launch_dependents, gdc_wait, prefetch_l2
-from .rows import expert_counts, local_ids, tile_expert, tile_rows
+from .rows import hit_tiles, local_ids, tile_expert, tile_rows
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
 def gemm2_kernel(
-    cq_ptr,
-    cs_ptr,
-    w2_ptr,
-    w2s_ptr,
-    ids_ptr,
-    w_ptr,
-    counts_ptr,
-    lists_ptr,
-    out_ptr,
-    obuf_ptr,
-    T,
-    local_off,
-    NL: tl.constexpr,
-    NLP: tl.constexpr,
-    H: tl.constexpr,
-    I: tl.constexpr,
-    TP: tl.constexpr,
-    TOPK: tl.constexpr,
-    BM: tl.constexpr,
-    BH: tl.constexpr,
-    ITERS: tl.constexpr,
-    TILE_FAST: tl.constexpr,
-    INLINE: tl.constexpr,
-    ATOMIC: tl.constexpr,
-    EXACT: tl.constexpr,
-    SWAP: tl.constexpr,
-    SPF: tl.constexpr,
-    PDL: tl.constexpr,
-    PF_LINES: tl.constexpr,
-    OBUF_BF16: tl.constexpr,
-    IDS_LATE: tl.constexpr,
-    KU: tl.constexpr,
-    NT: tl.constexpr,
-):
+    cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, w_ptr, counts_ptr, lists_ptr, out_ptr, obuf_ptr,
+    T, local_off,
+    NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr,
+    BM: tl.constexpr, BH: tl.constexpr, ITERS: tl.constexpr, TILE_FAST: tl.constexpr, INLINE: tl.constexpr,
+    ATOMIC: tl.constexpr, EXACT: tl.constexpr, SWAP: tl.constexpr, SPF: tl.constexpr, PDL: tl.constexpr,
+    PF_LINES: tl.constexpr, OBUF_BF16: tl.constexpr, IDS_LATE: tl.constexpr, KU: tl.constexpr, NT: tl.constexpr,
+):  # fmt: skip
     """O = C[rows] @ W2[e]^T for (M tile, H block) items, times the routing weight; single-expert
     tokens' bf16 rows written here, the others parked for `finalize_kernel`. SWAP as in GEMM1.
     PDL: launched while GEMM1 runs; before waiting for it, a program asks the L2 for the first
@@ -70,8 +43,7 @@ def gemm2_kernel(
         loc = local_ids(ids_ptr, T, local_off, TP, TOPK)
     else:
         loc = None
-    c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
-    n_tiles = tl.sum((c + BM - 1) // BM)
+    c, n_tiles = hit_tiles(loc, counts_ptr, NL, NLP, TP, TOPK, BM, INLINE)
     n_items = n_tiles * NHB
     kk = tl.arange(0, BK)
     hn = tl.arange(0, BH)

@@ -41,7 +41,7 @@ from .gemm1_tile import item_tile_major, split_k_park, w1_tile
 from .launch import Kernel, next_pow2, prefetch_l2, sm_count
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
-from .rows import expert_counts, expert_rows, local_ids, max_tiles, tile_rows
+from .rows import expert_rows, hit_tiles, local_ids, max_tiles, tile_rows
 from .tiles import tiles_for
 
 BLOCK = 128
@@ -337,8 +337,7 @@ def moe_kernel(
         loc = local_ids(ids_ptr, T, local_off, TP, TOPK)
 
     # 3-5. the GEMMs and the finalize, over the tiles of the experts that were hit
-    c = expert_counts(loc, counts_ptr, NL, NLP, TP, TOPK, INLINE)
-    n_tiles = tl.sum((c + BM - 1) // BM)
+    c, n_tiles = hit_tiles(loc, counts_ptr, NL, NLP, TP, TOPK, BM, INLINE)
     n1 = n_tiles * (NJ * SPLIT_K)
     # a short tail: the last tiles' GEMM2 items take HBG_TAIL H blocks (about TAIL_WAVES waves of such
     # items), so that the programs run out of work within a small item of each other
