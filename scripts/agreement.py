@@ -6,7 +6,9 @@ both (scripts/gpu_agreement.sh) and compare the gap between the two paths with e
 RESULTS_DIR holds bench-*.json and official-*.json (any depth). Per workload and per quantity (the
 variant's latency, the reference's latency): each run's mean latency, the gap between the means of the
 two paths, and the noise: the larger of the two paths' run-to-run spreads ((max - min) / mean). The paths
-agree on a workload when the gap is within the noise.
+agree on a workload when the gap is within the noise. The reference is the same source in both paths
+(the definition's reference text is fibmoe's reference), so a gap there is the harness process, not the
+code: at small T the reference is host-bound and shows host-side differences first.
 """
 
 import argparse
