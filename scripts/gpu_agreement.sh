@@ -2,7 +2,8 @@
 # Issue 9's check that `fibmoe bench` and `fibmoe bench --official` measure the same thing: PAIRS rounds of
 # bench then official, interleaved so that drift of the machine hits both, then scripts/agreement.py.
 # Usage (device tool, carry .whl): [PAIRS=3] [LIMIT_S=90] bash scripts/gpu_agreement.sh VARIANT -t 1 -t 7 ...
-# Results land in $OUT/agreement (one folder per run), the comparison in $OUT/agreement.txt.
+# Results land in $OUT/agreement.tgz (one folder per run: nested deeper than the device tool brings back),
+# the comparison in $OUT/agreement.txt.
 set -uo pipefail
 . scripts/device_env.sh || exit 1
 : "${FIBMOE_GIT_REVISION:?pass the commit (git rev-parse --short HEAD, run locally): the device copy has no .git}"
@@ -18,3 +19,4 @@ for i in $(seq "${PAIRS:-3}"); do
   done
 done
 python3 scripts/agreement.py "$R" --json "$R/agreement.json" | tee "$OUT/agreement.txt"
+tar czf "$OUT/agreement.tgz" -C "$OUT" agreement && rm -rf "$R"
