@@ -32,14 +32,13 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
         t = Tiles(16, 128, 1, 14, True, 1, False, True, False, 4, 4, 8)
     elif T <= 8:
         t = Tiles(16, 128, 1, 4, True, 1, False, True, False, 4, 4, 8)
+    # above T = 8 GEMM2 items take 2-4 H blocks: the last two waves of them one H block each (a short tail)
     elif T <= 32:
-        t = Tiles(16, 128, 2, 2, False, 1, False, True, False, 4, 4, 32)
+        t = Tiles(16, 128, 2, 2, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
     elif T <= 128:
-        t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32)
+        t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
     else:
-        t = Tiles(64, 128, 4, 1, False, 16, True, False, False, 8, 3, 64)
-    if T > 8:  # GEMM2 items of 2-4 H blocks: the last ones one H block each, a short tail
-        t = Tiles(**{**t.__dict__, "tail_waves": 2})
+        t = Tiles(64, 128, 4, 1, False, 16, True, False, False, 8, 3, 64, tail_waves=2)
     if interpret:
         t = Tiles(**{**t.__dict__, "prefetch_w2": False})
     return t
