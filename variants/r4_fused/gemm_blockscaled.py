@@ -126,13 +126,18 @@ def triton_launch(a, a_scale, b, b_scale, out, *, scaled=True, warp_specialize=F
     return blockscaled_gemm_triton_kernel, (num_programs,), args, consts, dict(num_warps=num_warps, num_stages=stages)
 
 
-def blockscaled_gemm_triton(a, a_scale, b, b_scale, out=None, **config):
-    """Version (a). `scaled=False` ignores the scales: the same kernel's plain FP8 ceiling."""
+def _launch(make_launch, a, a_scale, b, b_scale, out, config):
+    """Run one version: `make_launch` (a version's `*_launch`) plans it, this launches it."""
     if out is None:
         out = torch.empty(a.shape[0], b.shape[0], dtype=torch.bfloat16, device=a.device)
-    kernel, grid, args, consts, opts = triton_launch(a, a_scale, b, b_scale, out, **config)
+    kernel, grid, args, consts, opts = make_launch(a, a_scale, b, b_scale, out, **config)
     kernel[grid](**args, **consts, **opts)
     return out
+
+
+def blockscaled_gemm_triton(a, a_scale, b, b_scale, out=None, **config):
+    """Version (a). `scaled=False` ignores the scales: the same kernel's plain FP8 ceiling."""
+    return _launch(triton_launch, a, a_scale, b, b_scale, out, config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,20 +295,13 @@ if HAVE_GLUON:
             tma.async_copy_shared_to_global(c_desc, [pid_m * 2 * BH + WG * BH, pid_n * BN], c_smem)
         tma.store_wait(pendings=0)
 
-    # Worker partitions get their arguments as runtime values, so the constexprs that shape the code
-    # (which half, which loop) are fixed by one small wrapper each (Triton 3.6: a constexpr, wrapped or
-    # not, among a worker's arguments fails to compile: "'int' object has no attribute '_flatten_ir'").
-    @gluon.jit
-    def _gl_consumer_0_in_flight(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M):
-        _gl_consumer(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M, 0, True)
-
+    # Worker partitions get their arguments as runtime values, so the constexprs of the second consumer
+    # (its half, its loop) are fixed by a small wrapper (Triton 3.6: a constexpr, wrapped or not, among a
+    # worker's arguments fails to compile: "'int' object has no attribute '_flatten_ir'"). The first
+    # consumer is the default partition, which takes constexprs like any call.
     @gluon.jit
     def _gl_consumer_1_in_flight(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M):
         _gl_consumer(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M, 1, True)
-
-    @gluon.jit
-    def _gl_consumer_0_serial(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M):
-        _gl_consumer(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M, 0, False)
 
     @gluon.jit
     def _gl_consumer_1_serial(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M):
@@ -327,26 +325,13 @@ if HAVE_GLUON:
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
         consumer_args = (a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M)
         producer_args = (a_desc, b_desc, sa_desc, a_bufs, b_bufs, sa_bufs, ready, empty, M, N, K, GROUP_M)
+        consumer_0_args = consumer_args + (0, IN_FLIGHT)
         if IN_FLIGHT:
-            gl.warp_specialize(
-                [
-                    (_gl_consumer_0_in_flight, consumer_args),
-                    (_gl_consumer_1_in_flight, consumer_args),
-                    (_gl_producer, producer_args),
-                ],
-                [4, 1],
-                [CONSUMER_REGS, PRODUCER_REGS],
-            )
+            gl.warp_specialize([(_gl_consumer, consumer_0_args), (_gl_consumer_1_in_flight, consumer_args),
+                                (_gl_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
         else:
-            gl.warp_specialize(
-                [
-                    (_gl_consumer_0_serial, consumer_args),
-                    (_gl_consumer_1_serial, consumer_args),
-                    (_gl_producer, producer_args),
-                ],
-                [4, 1],
-                [CONSUMER_REGS, PRODUCER_REGS],
-            )
+            gl.warp_specialize([(_gl_consumer, consumer_0_args), (_gl_consumer_1_serial, consumer_args),
+                                (_gl_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
 
 def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=False, group_m=8, consumer_regs=240,
@@ -377,11 +362,7 @@ def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=False, grou
 
 def blockscaled_gemm_gluon(a, a_scale, b, b_scale, out=None, **config):
     """Version (b): Hopper (sm_90) only."""
-    if out is None:
-        out = torch.empty(a.shape[0], b.shape[0], dtype=torch.bfloat16, device=a.device)
-    kernel, grid, args, consts, opts = gluon_launch(a, a_scale, b, b_scale, out, **config)
-    kernel[grid](**args, **consts, **opts)
-    return out
+    return _launch(gluon_launch, a, a_scale, b, b_scale, out, config)
 
 
 def gluon_supported(device):
