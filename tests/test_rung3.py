@@ -394,6 +394,21 @@ def test_routing_ties_go_to_the_lower_index(built):
     assert eb.cpu()[0].sort().values.tolist() == [0, 1, 2, 3, 5, 13, 21, 29]
 
 
+def test_routing_with_dense_ties_and_negative_scores(built):
+    """Logits and bias drawn from a few values, so that exact ties are everywhere (within groups, between
+    group scores, at the top-8 boundary), and biases that make sb negative: the packed (value, index)
+    keys of `route_tokens` must order them as the reference does."""
+    _, mod = built
+    g = torch.Generator().manual_seed(5)
+    logits = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0])[torch.randint(0, 5, (64, E), generator=g)]
+    for bias_values in ([LOW, HIGH], [-3.0, -1.5, 0.0], [-4.0]):
+        bias = torch.tensor(bias_values)[torch.randint(0, len(bias_values), (E,), generator=g)].to(torch.bfloat16)
+        ref_e, ref_w = reference.route(logits, bias, 2.5)
+        experts, weights = mod.route(logits.to(DEVICE), bias.to(DEVICE), 2.5)
+        assert torch.equal(experts.cpu(), ref_e), bias_values
+        torch.testing.assert_close(weights.cpu(), ref_w, rtol=1e-6, atol=0)
+
+
 def test_tied_routing_through_the_whole_call_at_the_last_rank(ds, built):
     """The crafted tokens through `run` at offset 48: exact zeros for the token with no local expert."""
     fn, _ = built

@@ -23,6 +23,7 @@ except Exception:  # pragma: no cover
 N_GROUP = 8  # expert groups
 TOPK_GROUP = 4  # groups kept
 TOP_K = 8  # experts per token
+NO_KEY: tl.constexpr = tl.constexpr(-(2**62))  # below every `_ranked` key (they lie within +-2**41)
 
 
 def use_libdevice(device) -> bool:
@@ -31,53 +32,69 @@ def use_libdevice(device) -> bool:
 
 
 @triton.jit
-def route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr,
-                 TOPK: tl.constexpr, BT: tl.constexpr, USE_LIBDEVICE: tl.constexpr):  # fmt: skip
-    """Routing of the tokens `t` ([BT]): ([BT, TOPK] global expert ids, [BT, TOPK] weights), as the
-    reference: sigmoid, + bias, top-KG groups by their top-2 sums, top-TOPK experts, ties to the lower
-    index, weights = s / sum(s) * rsf over all TOPK selected experts."""
-    EG: tl.constexpr = E // NG
-    e = tl.arange(0, E)
-    x = tl.load(logits_ptr + t[:, None] * E + e[None, :], mask=tmask[:, None], other=0.0)
-    # s = 1 / (1 + expf(-x)) with precise expf and IEEE division: what torch.sigmoid computes on CUDA.
+def _sigmoid(x, USE_LIBDEVICE: tl.constexpr):
+    """1 / (1 + expf(-x)) with precise expf and IEEE division: what torch.sigmoid computes on CUDA."""
     if USE_LIBDEVICE:
         ex = libdevice.exp(-x)
     else:
         ex = tl.exp(-x)
-    s = tl.math.div_rn(tl.full((BT, E), 1.0, tl.float32), 1.0 + ex)
-    sb = s + tl.load(bias_ptr + e).to(tl.float32)[None, :]
+    return tl.math.div_rn(tl.full(x.shape, 1.0, tl.float32), 1.0 + ex)
+
+
+@triton.jit
+def _ranked(v, i, N: tl.constexpr):
+    """int64 keys that order like (v, then the LOWER index i first): one max finds the largest v and,
+    among equal v, the lowest i. v is fp32 without NaN or -0.0 (its bits, made monotonic); N, the
+    number of indices, a power of two."""
+    b = v.to(tl.int32, bitcast=True)
+    return tl.where(b >= 0, b, b ^ 0x7FFFFFFF).to(tl.int64) * N + (N - 1 - i)
+
+
+@triton.jit
+def _value(key, N: tl.constexpr):
+    """The fp32 value of a `_ranked` key (bit-exact)."""
+    m = ((key - (key & (N - 1))) // N).to(tl.int32)  # the index bits off first: an exact division
+    return tl.where(m >= 0, m, m ^ 0x7FFFFFFF).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr,
+                 TOPK: tl.constexpr, BT: tl.constexpr, USE_LIBDEVICE: tl.constexpr):  # fmt: skip
+    """Routing of the tokens `t` ([BT]): ([BT, TOPK] global expert ids, [BT, TOPK] weights), as the
+    reference: sigmoid, + bias, top-KG groups by their top-2 sums, top-TOPK experts, ties to the lower
+    index, weights = s / sum(s) * rsf over all TOPK selected experts. Every top-k step is one max over
+    `_ranked` keys (value and index in one int64), 14 reductions in all for the contest's shape."""
+    EG: tl.constexpr = E // NG
+    e = tl.arange(0, E)
+    x = tl.load(logits_ptr + t[:, None] * E + e[None, :], mask=tmask[:, None], other=0.0)
+    sb = _sigmoid(x, USE_LIBDEVICE) + tl.load(bias_ptr + e).to(tl.float32)[None, :]
+    key = _ranked(sb, e[None, :], E)
 
     # group score = sum of the group's two largest sb (the second: the max without the FIRST max)
-    sb3 = tl.reshape(sb, (BT, NG, EG))
-    j3 = tl.arange(0, EG)[None, None, :]
-    m1 = tl.max(sb3, axis=2)
-    first = tl.min(tl.where(sb3 == m1[:, :, None], j3, EG), axis=2)
-    m2 = tl.max(tl.where(j3 == first[:, :, None], float("-inf"), sb3), axis=2)
-    gs = m1 + m2
+    key3 = tl.reshape(key, (BT, NG, EG))
+    k1 = tl.max(key3, axis=2)
+    k2 = tl.max(tl.where(key3 == k1[:, :, None], NO_KEY, key3), axis=2)
+    g = tl.arange(0, NG)[None, :]
+    gkey = _ranked(_value(k1, E) + _value(k2, E), g, NG)
 
     # top-KG groups; equal scores go to the lower group index
-    g = tl.arange(0, NG)[None, :]
     keep = tl.zeros((BT, NG), tl.int32)
     for _ in tl.static_range(KG):
-        mx = tl.max(gs, axis=1)
-        gi = tl.min(tl.where(gs == mx[:, None], g, NG), axis=1)
-        hit = g == gi[:, None]
+        hit = gkey == tl.max(gkey, axis=1)[:, None]
         keep = tl.where(hit, 1, keep)
-        gs = tl.where(hit, float("-inf"), gs)
-    cand = tl.reshape(tl.where(keep[:, :, None] != 0, sb3, float("-inf")), (BT, E))
+        gkey = tl.where(hit, NO_KEY, gkey)
+    cand = tl.reshape(tl.where(keep[:, :, None] != 0, key3, NO_KEY), (BT, E))
 
     # top-TOPK experts among the kept groups; equal values go to the lower expert index
     k8 = tl.arange(0, TOPK)[None, :]
     ids = tl.zeros((BT, TOPK), tl.int32)
-    ssel = tl.zeros((BT, TOPK), tl.float32)
     for k in tl.static_range(TOPK):
         mx = tl.max(cand, axis=1)
-        ei = tl.min(tl.where(cand == mx[:, None], e[None, :], E), axis=1)
-        hit = e[None, :] == ei[:, None]
-        sk = tl.sum(tl.where(hit, s, 0.0), axis=1)
-        cand = tl.where(hit, float("-inf"), cand)
-        ids = tl.where(k8 == k, ei[:, None], ids)
-        ssel = tl.where(k8 == k, sk[:, None], ssel)
+        ids = tl.where(k8 == k, (E - 1 - (mx & (E - 1))).to(tl.int32)[:, None], ids)
+        cand = tl.where(cand == mx[:, None], NO_KEY, cand)
+    # the picked experts' sigmoids, recomputed from their logits: the same bits as s
+    xsel = tl.load(logits_ptr + t[:, None] * E + ids, mask=tmask[:, None], other=0.0)
+    ssel = _sigmoid(xsel, USE_LIBDEVICE)
     ssum = tl.sum(ssel, axis=1)
     w = tl.math.div_rn(ssel, ssum[:, None] + 1e-20) * rsf
     return ids, w
