@@ -28,8 +28,8 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     PTX (the L2 prefetch) is used."""
     if T > MAX_FUSED_T:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
-    if T <= 4:
-        t = Tiles(16, 128, 1, 14, True, 1, False, True, False, 4, 4, 8)
+    if T <= 4:  # split-K 2: ~100 long GEMM1 items that reach a steady stream (14: 5 waves of 4-block items)
+        t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 4, 8)
     elif T <= 8:
         t = Tiles(16, 128, 1, 4, True, 1, False, True, False, 4, 4, 8)
     # above T = 8 GEMM2 items take 2-4 H blocks: the last two waves of them one H block each (a short tail)
@@ -38,7 +38,7 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     elif T <= 128:
         t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
     else:
-        t = Tiles(64, 128, 4, 1, False, 16, True, False, False, 8, 3, 64, tail_waves=2)
+        t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
     if interpret:
         t = Tiles(**{**t.__dict__, "prefetch_w2": False})
     return t
