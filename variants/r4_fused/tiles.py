@@ -33,8 +33,8 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     elif T <= 8:
         t = Tiles(16, 128, 1, 4, True, 1, False, True, False, 4, 4, 8)
     # above T = 8 GEMM2 items take 2-4 H blocks: the last two waves of them one H block each (a short tail)
-    elif T <= 32:
-        t = Tiles(16, 128, 2, 2, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
+    elif T <= 32:  # no split-K: 16-32 tiles of 16 items are 2-4 waves already (split-K 2: +4-7%, v7)
+        t = Tiles(16, 128, 2, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
     elif T <= 128:
         t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
     else:
