@@ -151,3 +151,36 @@ def test_variants_shows_the_strongest_evidence_and_its_file(tmp_path, monkeypatc
     row = next(x for x in strict_json(r.stdout) if x["name"] == "r1-torch")
     assert row["last_status"] == "PASSED 19/19 (bench, h200, 2026-11-20)" and row["evidence_file"] == str(gpu)
     assert Path(row["evidence_file"]).is_file()
+
+
+class _FakeWorker:
+    """Stands in for a child process: counts the children started, answers every job as PASSED."""
+
+    started: list = []
+
+    def __init__(self):
+        self.alive = False
+
+    def run(self, job, timeout_s):
+        if not self.alive:
+            self.alive = True
+            _FakeWorker.started.append(job.kind)
+        return {"trials": [{"status": "PASSED", "spans_ms": [1.0, 1.0]}]}
+
+    def close(self):
+        self.alive = False
+
+
+@pytest.mark.parametrize("device, children", [("cuda:0", 3), ("cpu", 1)])
+def test_timed_on_a_gpu_every_workload_gets_a_fresh_child(monkeypatch, device, children):
+    """As the contest's isolated runner: on a GPU a solution's timed workloads each run in a new process
+    (a long-lived one slowed T = 1 by 35% once); the reference's child, and a CPU run's, live on."""
+    from fibmoe import dataset, variants
+    from fibmoe.geometry import SMALL as SMALL_GEOMETRY
+
+    monkeypatch.setattr(runner, "Worker", _FakeWorker)
+    monkeypatch.setattr(_FakeWorker, "started", [])
+    ds = dataset.load(SMALL_GEOMETRY.name)
+    records = runner.run(variants.resolve(["r1-torch"]), ds, ds.workloads[:3], device, runner.Settings(), timed=True)
+    assert [r["status"] for r in records] == ["PASSED"] * 3
+    assert _FakeWorker.started.count("solution") == children and _FakeWorker.started.count("reference") == 1
