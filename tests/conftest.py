@@ -18,3 +18,22 @@ def _interpreter_exp_overflow_is_noise():
     """pytest resets warning filters around every test (and around loading this file), so the CLI's
     filter for the interpreter's known exp overflow is applied again per test; other warnings still show."""
     silence_interpreter_exp_overflow()
+
+
+TEST_LIMIT_S = 600  # the slowest test takes ~2 min on 2 busy cores; a scheduling bug hangs, it must fail
+
+
+@pytest.fixture(autouse=True)
+def _a_hang_fails(request):
+    """A test that runs past TEST_LIMIT_S fails with a traceback of where it was (an interpreted persistent
+    kernel whose item waits on one never signalled spins forever: this turns that into a failure)."""
+    import signal
+
+    def expired(signum, frame):
+        pytest.fail(f"{request.node.nodeid} ran past {TEST_LIMIT_S} s (a hang?)", pytrace=True)
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(TEST_LIMIT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
