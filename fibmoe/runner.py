@@ -308,6 +308,9 @@ def _child(conn) -> None:
     die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)
+    from .triton_env import let_interpreter_loops_take_runtime_bounds
+
+    let_interpreter_loops_take_runtime_bounds()  # the forkserver's preload did not run the CLI's setup
     conn.send({"ready": True})
     session = Session()
     while True:

@@ -18,6 +18,28 @@ def use_interpreter_without_gpu() -> None:
         return
     os.environ.setdefault("TRITON_INTERPRET", "1")
     silence_interpreter_exp_overflow()
+    let_interpreter_loops_take_runtime_bounds()
+
+
+def let_interpreter_loops_take_runtime_bounds() -> None:
+    """Triton 3.6's interpreter keeps every scalar as a 1-element numpy array and turns a loop bound into
+    an int with int(array), which numpy 2.4 refuses for arrays of one dimension: `for i in range(0, n)`
+    with a runtime n fails there (it compiles and runs on a GPU). Convert through the array's one element
+    instead. Only the interpreter's own patch of the language's tensor class changes."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "fibmoe_runtime_bounds", False):
+        return
+
+    def patch(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch.fibmoe_runtime_bounds = True
+    interpreter._patch_lang_tensor = patch
 
 
 def silence_interpreter_exp_overflow() -> None:

@@ -99,8 +99,11 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (16, dict(sorted_rows=True, swapped=False, rows_per_tile=64, num_warps=8, num_stages=3)),  # T > 128's shape
         (16, dict(sorted_rows=True, swapped=True, split_k=2, tokens_per_finalize_block=4)),  # sort, split-K
         (16, dict(h_blocks_per_item=1, tokens_per_finalize_block=2)),  # GEMM2 steps paired across H blocks
+        (3, dict(route_in_every_program=True, stream_k=True)),  # stream-K shares, tiny T
+        (40, dict(stream_k=True, sorted_rows=True)),  # stream-K over sorted rows, many tiles
     ],
-    ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs"],
+    ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
+         "stream-k-sorted"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built
@@ -130,6 +133,35 @@ def test_a_short_tail_of_single_h_block_items(built, monkeypatch):
     (ws,) = runner.workspaces.values()
     assert ws.kernel.consts["HBG"] == 4 and ws.kernel.consts["TAIL_WAVES"] == 2
     _check_output(out, inp)
+
+
+@pytest.mark.parametrize("programs", [3, 5])
+def test_stream_k_shares_that_cross_column_blocks(built, monkeypatch, programs):
+    """`stream_k`: GEMM1's K blocks in one equal share per program. The small definition has 2 K blocks
+    per column block, so this runs a wider made-up geometry (H = 512: 4 K blocks, I = 256: 2 column
+    blocks) on 3 and 5 programs: shares start and end inside column blocks, a column block hears from
+    two or three shares, whose partials the last to arrive sums in share order. Against the reference,
+    bit-identical on a second call, every ticket back at zero."""
+    _, mod, tiles_mod, persistent = built
+    monkeypatch.setattr(persistent, "sm_count", lambda device: programs)
+    E, NL, H, I, T = 64, 16, 512, 256, 3  # noqa: E741 (the operator's own names)
+    torch.manual_seed(6)
+    hs, hs_scale = inputs.quantize_activations(torch.randn(T, H))
+    w1, w1_scale = inputs.quantize_weights(torch.randn(NL, 2 * I, H) / H**0.5)
+    w2, w2_scale = inputs.quantize_weights(torch.randn(NL, H, I) / I**0.5)
+    inp = [torch.randn(T, E), torch.randn(E) * 0.1, hs, hs_scale, w1, w1_scale, w2, w2_scale, 0, 2.5]
+    inp = [x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in inp]
+    runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(T), stream_k=True))
+    outs = []
+    for _ in range(2):
+        out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+        runner(*inp, out)
+        (ws,) = runner.workspaces.values()
+        assert ws.kernel.consts["STREAM_K"] and ws.kernel.grid[0] == programs
+        assert int(ws.sync.abs().sum()) == 0 and int(ws.ticket.abs().sum()) == 0
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    _check_output(outs[0], inp)
 
 
 def test_counters_reset_and_calls_repeat_bit_for_bit(ds, built, monkeypatch):

@@ -18,10 +18,10 @@ import triton.language as tl
 
 @triton.jit
 def w1_tile(e, jb, tok, rmask, kb0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H: tl.constexpr, I: tl.constexpr,
-            BM: tl.constexpr, KPS: tl.constexpr, SWAP: tl.constexpr, SPF: tl.constexpr,
-            KU: tl.constexpr):  # fmt: skip
+            BM: tl.constexpr, KPS, SWAP: tl.constexpr, SPF: tl.constexpr, KU: tl.constexpr):  # fmt: skip
     """(up, gate) fp32 tiles of column block jb of local expert e for the token rows `tok` (where rmask),
     over K blocks kb0 .. kb0 + KPS - 1, KU blocks per pipeline iteration (their tiles load together).
+    KPS is a constexpr for a fixed split, or a runtime count (rung 4's stream-K shares; then KU = 1).
     SPF: the next K block's scales are loaded one block ahead (off each iteration's critical path)."""
     BK: tl.constexpr = 128
     BJ: tl.constexpr = 128

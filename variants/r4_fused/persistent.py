@@ -12,7 +12,9 @@ grid:
 3. GEMM1: (M tile, 128 columns of I, K split): G1 = X[rows] @ W1[e]^T on FP8 tensor cores, one dot per
    128-wide K block with its block scales applied to the fp32 partial; SwiGLU and the hi/lo FP8
    re-quantization of C in the epilogue (split-K: the last split to arrive sums the partials in split
-   order). Then `tile_done[tile] += 1`.
+   order). Then `tile_done[tile] += 1`. Or (`Tiles.stream_k`) one item per program: an equal share of
+   all of GEMM1's K blocks, which may end inside one (tile, column block) and start inside the next;
+   each column block's shares are summed in share order by the last to arrive.
 4. GEMM2: (M tile, group of H blocks): O = C @ W2[e]^T times the routing weight, the (H block, K block)
    steps in one pipelined loop. The item waits until `tile_done[tile]` says all of its tile's C is
    written (optionally, `Tiles.prefetch_w2`, it first asks the L2 for its first weight block). A token
@@ -120,6 +122,78 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
         if last:
             swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             _signal(tile_done_ptr + tile)
+
+
+@triton.jit
+def _share_of(x, S, W):
+    """The stream-K share that K block x (of W, in S shares: share s has blocks s*W//S .. (s+1)*W//S - 1)
+    belongs to."""
+    return ((x + 1) * S + W - 1) // W - 1
+
+
+@triton.jit
+def _stream_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, slot0, j, n, BM: tl.constexpr, SWAP: tl.constexpr):
+    """Column block tj gets its K blocks from n shares; this is its j-th. Park the partials in slot slot0 + j
+    and take a ticket; returns (last, up, gate): last for the share that arrived last, with the sums over
+    the n shares in share order (deterministic). A column block from one share alone is not parked."""
+    BJ: tl.constexpr = 128
+    last = n == 1
+    up = acc_u
+    gate = acc_g
+    if n > 1:
+        jn = tl.arange(0, BJ)
+        if SWAP:
+            el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
+        else:
+            el = tl.arange(0, BM)[:, None] * BJ + jn[None, :]
+        pbase = part_ptr + slot0.to(tl.int64) * (2 * BJ * BM)
+        tl.store(pbase + j * (2 * BJ * BM) + el, acc_u)
+        tl.store(pbase + j * (2 * BJ * BM) + BJ * BM + el, acc_g)
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
+        tl.debug_barrier()
+        last = ticket == n - 1
+        up = tl.zeros(acc_u.shape, tl.float32)
+        gate = tl.zeros(acc_g.shape, tl.float32)
+        if last:
+            for i in range(0, n):  # plain loads after the ticket's acquire: each partial is written once a call
+                up += tl.load(pbase + i * (2 * BJ * BM) + el)
+                gate += tl.load(pbase + i * (2 * BJ * BM) + BJ * BM + el)
+            tl.store(ticket_ptr + tj, 0)  # ready for the next call
+    return last, up, gate
+
+
+@triton.jit
+def _gemm1_share(s, S, W, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
+                 tile_done_ptr, T, H: tl.constexpr, I: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
+                 TOPK: tl.constexpr, BM: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr,
+                 EXACT: tl.constexpr):  # fmt: skip
+    """Stream-K share s of S: GEMM1's W K blocks ((tile, column block) by (tile, column block), tile by
+    tile, K blocks in order) cut into S equal runs; each (tile, column block) the run crosses gets its
+    partial, and the share that completes one runs its epilogue. Every program streams the same bytes."""
+    BK: tl.constexpr = 128
+    BJ: tl.constexpr = 128
+    NKB: tl.constexpr = H // BK
+    NJ: tl.constexpr = I // BJ
+    x = (s * W) // S
+    end = ((s + 1) * W) // S
+    while x < end:
+        tj = x // NKB  # (tile, column block) tile * NJ + jb
+        stop = tl.minimum(end, (tj + 1) * NKB)
+        tile = tj // NJ
+        jb = tj % NJ
+        e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
+        tok = rid // TOPK
+        acc_u, acc_g = w1_tile(e, jb, tok, rmask, x - tj * NKB, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H, I, BM,
+                               stop - x, SWAP, True, 1)  # fmt: skip
+        first = _share_of(tj * NKB, S, W)
+        n = _share_of((tj + 1) * NKB - 1, S, W) - first + 1
+        # slots: tj + first .. tj + first + n - 1 (the next column block's start at least one past them)
+        last, up, gate = _stream_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, tj + first, s - first, n, BM, SWAP)
+        if last:
+            swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
+            _signal(tile_done_ptr + tile)
+        x = stop
 
 
 @triton.jit
@@ -280,7 +354,7 @@ def moe_kernel(
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
     BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, TAIL_WAVES: tl.constexpr, HBG_TAIL: tl.constexpr,
-    SPLIT_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
+    SPLIT_K: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
     BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
@@ -338,7 +412,11 @@ def moe_kernel(
 
     # 3-5. the GEMMs and the finalize, over the tiles of the experts that were hit
     c, n_tiles = hit_tiles(loc, counts_ptr, NL, NLP, TP, TOPK, BM, INLINE)
-    n1 = n_tiles * (NJ * SPLIT_K)
+    w1_blocks = n_tiles * (NJ * (H // 128))  # stream-K: GEMM1's K blocks, shared out equally
+    if STREAM_K:
+        n1 = tl.minimum(nprog, w1_blocks)  # no empty share: a column block must hear from all of its own
+    else:
+        n1 = n_tiles * (NJ * SPLIT_K)
     # a short tail: the last tiles' GEMM2 items take HBG_TAIL H blocks (about TAIL_WAVES waves of such
     # items), so that the programs run out of work within a small item of each other
     n_small = 0
@@ -357,7 +435,11 @@ def moe_kernel(
         t0 = _now(TRACE)
         _trace(rec, 1, t0, TRACE)
         _trace(rec, 2, t0, TRACE)
-        if g < n1:
+        if STREAM_K and g < n1:
+            _gemm1_share(g, n1, w1_blocks, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr,
+                         part_ptr, ticket_ptr, tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, INLINE, SWAP,
+                         EXACT)  # fmt: skip
+        elif g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                         tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, SPLIT_K, INLINE, SWAP, EXACT)  # fmt: skip
         elif g < n1 + n2_big:
@@ -393,7 +475,7 @@ class Workspace:
             v = getattr(t, name)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"{name}={v}: tile sizes must be powers of two")
-        split_k = t.split_k
+        split_k = 1 if t.stream_k else t.split_k
         while (H // BLOCK) % split_k:  # the splits must divide the K blocks
             split_k -= 1
         if H % t.h_block or t.h_block % BLOCK:
@@ -422,8 +504,13 @@ class Workspace:
         self.lists = torch.empty(NL * T if t.sorted_rows else 1, **i32)
         self.cq = torch.empty(R, NT.value * I, dtype=torch.float8_e4m3fn, device=device)
         self.cs = torch.empty(R, I // BLOCK, NT.value, **f32)
-        self.part = torch.empty(tiles_max * nj * split_k * 2 * BLOCK * bm if split_k > 1 else 1, **f32)
-        self.ticket = torch.zeros(tiles_max * nj if split_k > 1 else 1, **i32)
+        sms = sms or sm_count(device)
+        max_grid = 8 * sms  # programs at most (Kernel: co-resident ones only); stream-K has one share each
+        # partial slots: split-K's per (tile, column block) and split; stream-K's column block tj gets slots
+        # tj + first share .. (the shares it hears from), so fewer than column blocks + shares in all
+        slots = tiles_max * nj * split_k if split_k > 1 else (tiles_max * nj + max_grid if t.stream_k else 0)
+        self.part = torch.empty(max(1, slots * 2 * BLOCK * bm), **f32)
+        self.ticket = torch.zeros(tiles_max * nj if slots else 1, **i32)
         self.obuf = torch.empty(R, H, **f32)
         nsync = next_pow2(HEAD.value + nhb + tiles_max)
         self.sync = torch.zeros(nsync, **i32)
@@ -431,11 +518,11 @@ class Workspace:
         items = (
             triton.cdiv(T, t.tokens_per_route_item)
             + NL
-            + tiles_max * (nj * split_k + nhb // min(hbg, hbg_tail))
+            + (max_grid if t.stream_k else tiles_max * nj * split_k)
+            + tiles_max * (nhb // min(hbg, hbg_tail))
             + nhb * triton.cdiv(T, t.tokens_per_finalize_block)
         )
         # optional trace (tiles.trace): a record per work item, then one per program (at most 8 per SM)
-        sms = sms or sm_count(device)
         self.trace = torch.zeros((items + 8 * sms) * 4 if t.trace else 1, dtype=torch.int64, device=device)
         self.scratch = (self.ids, self.wts, self.counts, self.lists, self.cq, self.cs, self.part, self.ticket,
                         self.obuf, self.sync, self.trace)  # fmt: skip
@@ -443,7 +530,7 @@ class Workspace:
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
             BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k,
-            ROUTE_ALL=t.route_in_every_program,
+            STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
