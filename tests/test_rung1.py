@@ -26,20 +26,30 @@ def test_rung1_small_definition_every_workload(rung1, style):
         assert c["routing_agreement"] == 1.0
 
 
-@pytest.mark.slow  # contest-size weights (32 x 4096 x 7168) on a CPU
-@pytest.mark.parametrize("seq_len", [1, 3])
-def test_rung1_contest_shapes(rung1, seq_len):
+@pytest.fixture(scope="module")
+def contest_inputs():
+    """Contest geometry, 3 tokens (generating the weights takes ~20 s on a CPU: done once for both cases):
+    the T=1 workload's record with a 3-row routing of our own; its first row is that workload's own."""
+    from fibmoe import inputs
+
     ds = dataset.load(CONTEST.name)
     trace = next(w for w in ds.workloads if w.workload.axes["seq_len"] == 1)
-    # contest geometry, T tokens: reuse the T=1 workload's record with a T-row routing of our own
     routing = dataset.routing_tensors(ds, trace)
-    logits = torch.cat([routing["routing_logits"]] * seq_len)
-    logits[1:, 32:64] += 0.5 * torch.arange(1, seq_len)[:, None]  # later tokens favour this rank more
+    logits = torch.cat([routing["routing_logits"]] * 3)
+    logits[1:, 32:64] += 0.5 * torch.arange(1, 3)[:, None]  # later tokens favour this rank more
     trace = trace.model_copy(deep=True)
-    trace.workload.axes["seq_len"] = seq_len
-    from fibmoe import inputs, judge, reference
+    trace.workload.axes["seq_len"] = 3
+    return inputs.generate(ds, trace, "cpu", "contest", routing={**routing, "routing_logits": logits})
 
-    inp = inputs.generate(ds, trace, "cpu", "contest", routing={**routing, "routing_logits": logits})
+
+@pytest.mark.slow  # contest-size weights (32 x 4096 x 7168) on a CPU
+@pytest.mark.xdist_group("rung1-contest")  # one worker runs both cases, so the inputs are generated once
+@pytest.mark.parametrize("seq_len", [1, 3])
+def test_rung1_contest_shapes(rung1, contest_inputs, seq_len):
+    from fibmoe import judge, reference
+
+    inp = list(contest_inputs)
+    inp[0], inp[2], inp[3] = inp[0][:seq_len], inp[2][:seq_len], inp[3][:, :seq_len].contiguous()  # first tokens
     ref32 = reference.forward(*inp)
     assert (ref32 != 0).any(1).all(), "every token must hit this rank for the test to mean something"
     out = runner.call(rung1[CONTEST.name], inp, ref32.to(torch.bfloat16))
