@@ -3,13 +3,19 @@
 import signal
 import sys
 
+if sys.platform == "linux":
+    import ctypes
+
+    # resolved here, in the parent: a forked child of a threaded parent must not dlopen (another thread
+    # may have held the loader's lock at the fork), and this runs between fork and exec (preexec_fn)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+else:  # pragma: no cover
+    _PRCTL = None
+
 
 def die_with_parent() -> None:
     """In a child: SIGKILL it when the thread that started it dies (Linux prctl PR_SET_PDEATHSIG; a
     no-op elsewhere). A child in a session of its own is out of reach of its starter's process group, so
     without this a starter killed outright leaves it running, holding the starter's pipes open."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
