@@ -250,6 +250,21 @@ def test_a_hung_candidate_of_the_real_evaluator_dies_with_it(tmp_path):
     assert not _alive(int(pidfile.read_text()))
 
 
+def test_an_evaluation_started_after_ctrl_c_is_killed_at_once(tmp_path, monkeypatch):
+    """Ctrl-C can come while a worker thread is between its Popen and registering the process (kill_running
+    then misses it): the evaluation must see the stop and kill its process, not run to its time limit."""
+    monkeypatch.setattr(sandbox, "_STOP", threading.Event())
+    sandbox.kill_running()  # the interrupt, before this evaluation registers
+    pidfile = tmp_path / "pid"
+    code = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    t0 = time.monotonic()
+    with pytest.raises(sandbox.Interrupted):
+        sandbox.run_eval([sys.executable, "-c", code], timeout_s=60)
+    assert time.monotonic() - t0 < 20 and not sandbox._LIVE
+    if pidfile.exists():
+        assert not _alive(int(pidfile.read_text()))
+
+
 def test_eval_output_parsing():
     ok = sandbox.parse_eval_output('{"combined_score": 2.0, "all_passed": true}', "", 0)
     assert ok["combined_score"] == 2.0

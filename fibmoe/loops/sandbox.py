@@ -145,7 +145,10 @@ def run_eval(cmd: list[str], timeout_s: float, gpu: str | None = None) -> dict:
     )
     with _LOCK:
         _LIVE.add(proc)
+        stopped = _STOP.is_set()  # a Ctrl-C that came between the Popen and here missed this process
     try:
+        if stopped:
+            raise Interrupted("the evaluation was stopped")
         stdout, stderr = proc.communicate(timeout=timeout_s)
         if _STOP.is_set():  # killed by kill_running (Ctrl-C in another thread): not a verdict on the candidate
             raise Interrupted("the evaluation was stopped")
@@ -176,6 +179,8 @@ class Interrupted(Exception):
 
 
 def kill_running() -> None:
+    """Kill every evaluation running now, and any that registers after this (run_eval checks _STOP under
+    the same lock): a thread can be between its Popen and its registration when Ctrl-C comes."""
     _STOP.set()
     with _LOCK:
         live = list(_LIVE)
