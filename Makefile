@@ -55,7 +55,7 @@ test:
 # The slow tier: rungs 2 and 3 in Triton's CPU interpreter, contest-size tensors on a CPU, and the search
 # loops killed and resumed, or run end to end with the real evaluator.
 test-slow:
-	$(BIN)/python -m pytest -q -m slow -n 2 --dist loadgroup  # a worker per core (CPU-bound); xdist_group keeps shared inputs together
+	$(BIN)/python -m pytest -q -m slow -n 2  # two workers: the interpreter tests are CPU-bound, one per core
 
 workloads:
 	$(BIN)/python -m fibmoe.dataset

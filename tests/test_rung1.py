@@ -28,7 +28,7 @@ def test_rung1_small_definition_every_workload(rung1, style):
 
 @pytest.fixture(scope="module")
 def contest_inputs():
-    """Contest geometry, 3 tokens (generating the weights takes ~20 s on a CPU: done once for both cases):
+    """Contest geometry, 3 tokens (generating the weights takes ~20 s on a CPU: once per worker that runs a case):
     the T=1 workload's record with a 3-row routing of our own; its first row is that workload's own."""
     from fibmoe import inputs
 
@@ -43,7 +43,6 @@ def contest_inputs():
 
 
 @pytest.mark.slow  # contest-size weights (32 x 4096 x 7168) on a CPU
-@pytest.mark.xdist_group("rung1-contest")  # one worker runs both cases, so the inputs are generated once
 @pytest.mark.parametrize("seq_len", [1, 3])
 def test_rung1_contest_shapes(rung1, contest_inputs, seq_len):
     from fibmoe import judge, reference
