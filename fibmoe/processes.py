@@ -2,6 +2,7 @@
 
 import signal
 import sys
+import threading
 
 if sys.platform == "linux":
     import ctypes
@@ -19,3 +20,14 @@ def die_with_parent() -> None:
     without this a starter killed outright leaves it running, holding the starter's pipes open."""
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def interruptible() -> None:
+    """Let Ctrl-C (SIGINT) interrupt this process's main thread, whatever its starter left: an ignored
+    SIGINT is inherited across exec, and Python then installs no KeyboardInterrupt handler (a loop started
+    that way could only be killed, not stopped with its resume hint)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

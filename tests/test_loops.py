@@ -265,6 +265,24 @@ def test_an_evaluation_started_after_ctrl_c_is_killed_at_once(tmp_path, monkeypa
         assert not _alive(int(pidfile.read_text()))
 
 
+def test_a_loop_started_with_sigint_ignored_still_stops_on_ctrl_c():
+    """An ignored SIGINT survives exec (a background job of a script, or a test worker some library left
+    that way), and Python then raises no KeyboardInterrupt: the loops' entry (`interruptible`) undoes it."""
+    code = (
+        "import os, signal, time\n"
+        "from fibmoe.processes import interruptible\n"
+        "{call}os.kill(os.getpid(), signal.SIGINT); time.sleep(10)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    for call, interrupted in (("", False), ("interruptible(); ", True)):
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-c", code.format(call=call)], env=env, preexec_fn=ignore,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert ("KeyboardInterrupt" in r.stderr) == interrupted, r.stderr
+        assert (time.monotonic() - t0 < 8) == interrupted
+
+
 def test_eval_output_parsing():
     ok = sandbox.parse_eval_output('{"combined_score": 2.0, "all_passed": true}', "", 0)
     assert ok["combined_score"] == 2.0

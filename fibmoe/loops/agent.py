@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import evaluate as evaluate_mod
 from .. import reference
 from ..errors import FibmoeError
+from ..processes import interruptible
 from . import candidate as cand
 from . import prompting, sandbox
 from .llm import LLM, LLMConfig, LLMError, Usage
@@ -326,6 +327,7 @@ def eval_lines(res: dict) -> str:
 
 def agent(config: AgentConfig | None = None, resume: Path | None = None, runs_dir: Path | None = None, **kw) -> dict:
     """Start a run (or resume one) and carry it to the end; returns the summary."""
+    interruptible()
     if resume:
         run, config = reopen(resume, "agent", AgentConfig.from_dict, config, "steps")
     else:

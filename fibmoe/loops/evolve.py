@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FibmoeError
+from ..processes import interruptible
 from . import candidate as cand
 from . import prompting, sandbox
 from .agent import eval_lines, start_candidate
@@ -356,6 +357,7 @@ def evolve(
     config: EvolveConfig | None = None, resume: Path | None = None, runs_dir: Path | None = None, display=None
 ) -> dict:
     """Start an evolve run (or resume one from its last checkpoint) and carry it to the end."""
+    interruptible()
     try:
         from openevolve.controller import OpenEvolve
     except ImportError:
