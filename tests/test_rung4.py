@@ -113,19 +113,28 @@ def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _check_output(_run_with(mod, tiles, inp), inp)
 
 
+WIDE_H, WIDE_I = 512, 256  # a made-up geometry wider than the small definition: 4 H blocks, 2 column blocks
+
+
+def _wide_inputs(T, seed):
+    """Inputs of T tokens for E = 64 experts, 16 of them local (offset 0), H = WIDE_H, I = WIDE_I."""
+    E, NL, H, I = 64, 16, WIDE_H, WIDE_I  # noqa: E741 (the operator's own names)
+    torch.manual_seed(seed)
+    hs, hs_scale = inputs.quantize_activations(torch.randn(T, H))
+    w1, w1_scale = inputs.quantize_weights(torch.randn(NL, 2 * I, H) / H**0.5)
+    w2, w2_scale = inputs.quantize_weights(torch.randn(NL, H, I) / I**0.5)
+    inp = [torch.randn(T, E), torch.randn(E) * 0.1, hs, hs_scale, w1, w1_scale, w2, w2_scale, 0, 2.5]
+    return [x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in inp]
+
+
 def test_a_short_tail_of_single_h_block_items(built, monkeypatch):
     """`tail_waves`: GEMM2's last tiles in items of one H block while the others take four. The small
     definition has one K block (an odd step count), so this runs a wider made-up geometry: H = 512 (four
     H blocks), I = 256, on three programs (two waves of small items = the last two tiles)."""
     _, mod, tiles_mod, persistent = built
     monkeypatch.setattr(persistent, "sm_count", lambda device: 3)
-    E, NL, H, I, T = 64, 16, 512, 256, 16  # noqa: E741 (the operator's own names)
-    torch.manual_seed(5)
-    hs, hs_scale = inputs.quantize_activations(torch.randn(T, H))
-    w1, w1_scale = inputs.quantize_weights(torch.randn(NL, 2 * I, H) / H**0.5)
-    w2, w2_scale = inputs.quantize_weights(torch.randn(NL, H, I) / I**0.5)
-    inp = [torch.randn(T, E), torch.randn(E) * 0.1, hs, hs_scale, w1, w1_scale, w2, w2_scale, 0, 2.5]
-    inp = [x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in inp]
+    T, H = 16, WIDE_H
+    inp = _wide_inputs(T, seed=5)
     tiles = dataclasses.replace(tiles_mod.tiles_for(T), h_blocks_per_item=4, tail_waves=2)
     runner = mod.Runner(tiles)
     out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
@@ -144,13 +153,8 @@ def test_stream_k_shares_that_cross_column_blocks(built, monkeypatch, programs):
     bit-identical on a second call, every ticket back at zero."""
     _, mod, tiles_mod, persistent = built
     monkeypatch.setattr(persistent, "sm_count", lambda device: programs)
-    E, NL, H, I, T = 64, 16, 512, 256, 3  # noqa: E741 (the operator's own names)
-    torch.manual_seed(6)
-    hs, hs_scale = inputs.quantize_activations(torch.randn(T, H))
-    w1, w1_scale = inputs.quantize_weights(torch.randn(NL, 2 * I, H) / H**0.5)
-    w2, w2_scale = inputs.quantize_weights(torch.randn(NL, H, I) / I**0.5)
-    inp = [torch.randn(T, E), torch.randn(E) * 0.1, hs, hs_scale, w1, w1_scale, w2, w2_scale, 0, 2.5]
-    inp = [x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in inp]
+    T, H = 3, WIDE_H
+    inp = _wide_inputs(T, seed=6)
     runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(T), stream_k=True))
     outs = []
     for _ in range(2):
