@@ -8,8 +8,9 @@ the MMA's M side and the rows its N side, so the tiles are G1^T ([128, BM]); els
 
 `item_tile_major` numbers GEMM1's (M tile, column block, K split) work items tile by tile.
 
-`split_k_park` is split-K's hand-off: each split parks its fp32 partials and takes a ticket; the last
-split to arrive sums them in split order (deterministic) and resets the ticket for the next call.
+`park_partials` is the hand-off of a column block computed in parts (split-K, or rung 4's stream-K):
+each part parks its fp32 partials and takes a ticket; the last to arrive sums them in part order
+(deterministic) and resets the ticket for the next call.
 """
 
 import triton
@@ -87,29 +88,30 @@ def item_tile_major(item, SPLIT_K: tl.constexpr, NJ: tl.constexpr):
 
 
 @triton.jit
-def split_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, sk, SPLIT_K: tl.constexpr, BM: tl.constexpr,
-                 SWAP: tl.constexpr):  # fmt: skip
-    """Park split sk's partials of (tile, column block) tj; returns (last, up, gate): last is true for the
-    split that arrived last, with up and gate the sums over all splits in split order (zeros otherwise).
-    Plain loads after the ticket's acquire: each partial is written once per call."""
+def park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, slot0, j, n, BM: tl.constexpr, SWAP: tl.constexpr):
+    """Column block tj of a tile gets its K blocks in n parts (split-K's splits, rung 4's stream-K shares);
+    this is part j. Park its partials in slot slot0 + j and take a ticket; returns (last, up, gate): last
+    is true for the part that arrived last, with up and gate the sums over all n parts in part order
+    (deterministic; zeros otherwise). Plain loads after the ticket's acquire: each partial is written once
+    per call. n is a constexpr (split-K) or a runtime count (stream-K)."""
     BJ: tl.constexpr = 128
     jn = tl.arange(0, BJ)
     if SWAP:
         el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
     else:
         el = tl.arange(0, BM)[:, None] * BJ + jn[None, :]
-    pbase = part_ptr + (tj * SPLIT_K).to(tl.int64) * (2 * BJ * BM)
-    tl.store(pbase + sk * (2 * BJ * BM) + el, acc_u)
-    tl.store(pbase + sk * (2 * BJ * BM) + BJ * BM + el, acc_g)
+    pbase = part_ptr + slot0.to(tl.int64) * (2 * BJ * BM)
+    tl.store(pbase + j * (2 * BJ * BM) + el, acc_u)
+    tl.store(pbase + j * (2 * BJ * BM) + BJ * BM + el, acc_g)
     tl.debug_barrier()
     ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
     tl.debug_barrier()
-    last = ticket == SPLIT_K - 1
+    last = ticket == n - 1
     up = tl.zeros(acc_u.shape, tl.float32)
     gate = tl.zeros(acc_g.shape, tl.float32)
     if last:
-        for s in tl.static_range(SPLIT_K):
-            up += tl.load(pbase + s * (2 * BJ * BM) + el)
-            gate += tl.load(pbase + s * (2 * BJ * BM) + BJ * BM + el)
+        for i in range(0, n):
+            up += tl.load(pbase + i * (2 * BJ * BM) + el)
+            gate += tl.load(pbase + i * (2 * BJ * BM) + BJ * BM + el)
         tl.store(ticket_ptr + tj, 0)  # ready for the next call
     return last, up, gate

@@ -13,7 +13,7 @@ and runs the epilogue; T <= 8: every program routes all T tokens itself (no rout
 import triton
 import triton.language as tl
 
-from .gemm1_tile import item_tile_major, split_k_park, w1_tile
+from .gemm1_tile import item_tile_major, park_partials, w1_tile
 from .launch import Kernel, gdc_launch_dependents, gdc_wait
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOPK_GROUP, route_tokens, zero_rows, zero_sum_rows
@@ -87,7 +87,8 @@ def gemm1_kernel(
             if SPLIT_K == 1:
                 swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             else:  # the last split of the tile to arrive sums the partials in split order
-                last, up, gate = split_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, sk, SPLIT_K, BM, SWAP)
+                last, up, gate = park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, tj * SPLIT_K, sk, SPLIT_K, BM,
+                                               SWAP)
                 if last:
                     swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
 

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .exact import INTERPRET, round_to_bf16
-from .gemm1_tile import item_tile_major, split_k_park, w1_tile
+from .gemm1_tile import item_tile_major, park_partials, w1_tile
 from .launch import Kernel, next_pow2, prefetch_l2, sm_count
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
@@ -118,7 +118,8 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
         swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
         _signal(tile_done_ptr + tile)
     else:  # the last split of (tile, jb) to arrive sums the partials in split order
-        last, up, gate = split_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, sk, SPLIT_K, BM, SWAP)
+        last, up, gate = park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, tj * SPLIT_K, sk, SPLIT_K, BM,
+                                       SWAP)
         if last:
             swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             _signal(tile_done_ptr + tile)
@@ -129,38 +130,6 @@ def _share_of(x, S, W):
     """The stream-K share that K block x (of W, in S shares: share s has blocks s*W//S .. (s+1)*W//S - 1)
     belongs to."""
     return ((x + 1) * S + W - 1) // W - 1
-
-
-@triton.jit
-def _stream_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, slot0, j, n, BM: tl.constexpr, SWAP: tl.constexpr):
-    """Column block tj gets its K blocks from n shares; this is its j-th. Park the partials in slot slot0 + j
-    and take a ticket; returns (last, up, gate): last for the share that arrived last, with the sums over
-    the n shares in share order (deterministic). A column block from one share alone is not parked."""
-    BJ: tl.constexpr = 128
-    last = n == 1
-    up = acc_u
-    gate = acc_g
-    if n > 1:
-        jn = tl.arange(0, BJ)
-        if SWAP:
-            el = jn[:, None] * BM + tl.arange(0, BM)[None, :]
-        else:
-            el = tl.arange(0, BM)[:, None] * BJ + jn[None, :]
-        pbase = part_ptr + slot0.to(tl.int64) * (2 * BJ * BM)
-        tl.store(pbase + j * (2 * BJ * BM) + el, acc_u)
-        tl.store(pbase + j * (2 * BJ * BM) + BJ * BM + el, acc_g)
-        tl.debug_barrier()
-        ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
-        tl.debug_barrier()
-        last = ticket == n - 1
-        up = tl.zeros(acc_u.shape, tl.float32)
-        gate = tl.zeros(acc_g.shape, tl.float32)
-        if last:
-            for i in range(0, n):  # plain loads after the ticket's acquire: each partial is written once a call
-                up += tl.load(pbase + i * (2 * BJ * BM) + el)
-                gate += tl.load(pbase + i * (2 * BJ * BM) + BJ * BM + el)
-            tl.store(ticket_ptr + tj, 0)  # ready for the next call
-    return last, up, gate
 
 
 @triton.jit
@@ -188,8 +157,12 @@ def _gemm1_share(s, S, W, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, c
                                stop - x, SWAP, True, 1)  # fmt: skip
         first = _share_of(tj * NKB, S, W)
         n = _share_of((tj + 1) * NKB - 1, S, W) - first + 1
-        # slots: tj + first .. tj + first + n - 1 (the next column block's start at least one past them)
-        last, up, gate = _stream_k_park(acc_u, acc_g, part_ptr, ticket_ptr, tj, tj + first, s - first, n, BM, SWAP)
+        last = n == 1  # a column block from one share alone is not parked
+        up = acc_u
+        gate = acc_g
+        if n > 1:  # slots tj + first .. tj + first + n - 1 (the next column block's start at least one past them)
+            last, up, gate = park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, tj + first, s - first, n, BM,
+                                           SWAP)  # fmt: skip
         if last:
             swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             _signal(tile_done_ptr + tile)
