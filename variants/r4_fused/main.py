@@ -1,5 +1,7 @@
 """Rung 4: the whole MoE layer as one persistent Triton launch for T <= 1024 (`persistent.py`);
-above, rung 3's kernels (its `moe.py`, packed beside these files) until the large-T path lands.
+above, rung 3's kernels (its `moe.py`, packed beside these files) until the large-T path lands
+(`large_t.py`: rung 3's launches with a grouped Gluon GEMM1 on Hopper; built, not yet measured, so
+only `Runner(gluon_gemm1=True)` takes it).
 
 The host path of a call is as short as a launch: after the first call of a workload (compile, grid
 sizing, scratch allocation) a call checks that the workload is the one cached and launches the compiled
@@ -9,6 +11,7 @@ kernel straight through its C launcher with integer pointers: no allocation, no 
 import torch
 import triton
 
+from . import gemm1_gluon, large_t
 from .launch import capability, meta_call_arguments
 from .moe import CONTEST
 from .moe import compile_plan as compile_plan_rung3
@@ -20,10 +23,13 @@ from .tiles import MAX_FUSED_T
 
 class Runner:
     """A callable with `run`'s signature over its own cache of workspaces: `Runner()` is the solution;
-    `Runner(tiles)` forces one tile shape for every T (for experiments; see scripts/r4_tiles_sweep.py)."""
+    `Runner(tiles)` forces one tile shape for every T (for experiments; see scripts/r4_tiles_sweep.py);
+    `Runner(gluon_gemm1=True)` takes the large-T path with the grouped Gluon GEMM1 where it can run
+    (sm_90), rung 3's kernels otherwise (issue 8: to be measured against rung 3's path)."""
 
-    def __init__(self, tiles=None):
+    def __init__(self, tiles=None, gluon_gemm1=False):
         self.tiles = tiles
+        self.gluon_gemm1 = gluon_gemm1
         self.workspaces: dict = {}
         self.last = None  # the workspace of the last call, once its fast path is ready
 
@@ -74,6 +80,16 @@ class Runner:
             return output
         if T > MAX_FUSED_T:
             self.last = None
+            if self.gluon_gemm1 and gemm1_gluon.supported(hidden_states.device, n_terms=2):
+                key = ("large", hidden_states.device, T, E, NL, H, N1 // 2)
+                ws = self.workspaces.get(key)
+                if ws is None:
+                    ws = self.workspaces[key] = large_t.Workspace(hidden_states.device, T, E, NL, H, N1 // 2, 90)
+                return ws.run(
+                    routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+                    gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
+                    routed_scaling_factor, output,
+                )  # fmt: skip
             return run_rung3(
                 routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
                 gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset, routed_scaling_factor,

@@ -1,0 +1,200 @@
+"""GEMM1 of the large-T path on Hopper: a grouped, warp-specialized Gluon kernel over the permuted rows.
+
+    G1[rows of tile t, columns jb] = A_perm[tile t] @ W1[e(t)][up | gate rows of jb]^T, block-scaled,
+    then C = silu(gate) * up stored as rung 3's hi/lo FP8 pair at each row's id (`quant.py`'s layout)
+
+so that rung 3's GEMM2 and finalize take C as they take it from rung 3's GEMM1. The inputs come from
+`permute.py`: A_perm [MP, H] (each expert's rows, tile-padded), its scales [H/128, MP], the row ids
+(-1 on padding), each tile's expert and the number of tiles.
+
+The kernel is `gemm_blockscaled.py`'s version (b) (GEMM_NOTES.md: 1071 TFLOP/s at GEMM1's shape, dense)
+made grouped and given GEMM1's epilogue:
+- work items (tile, column block jb) in grouped order (GROUP_M tiles of one jb run together: they share
+  the 128 up and 128 gate rows of W1[e], and consecutive tiles mostly have the same expert);
+- one TMA producer warp: per K block, both 64-row halves of the A tile with their 64 scales each, and
+  W1's 128 up rows and 128 gate rows of jb (48.5 KB a stage, 4 stages);
+- two consumer warpgroups (rows 0-63 and 64-127), each per K block: up wgmma into the spare partial,
+  wait, promote into acc_u (scale a_scale[row] * w1_scale[up block]); gate likewise into acc_g. Three
+  64 x 128 fp32 tiles per thread (192 registers of 240). One warpgroup's promotion runs under the
+  other's MMAs (the two are not synchronised);
+- epilogue per warpgroup: SwiGLU, hi = fp8(C / s_hi), lo = fp8((C - hi s_hi) / s_lo) per row and 128
+  columns (the math of `_shared/quant.quant_block`, written again here: Gluon cannot call Triton
+  functions), scattered to the rows' ids with plain stores (padding rows masked).
+
+Hopper (sm_90) only: wgmma. Elsewhere (sm_100, the CPU interpreter) the large-T path keeps rung 3's GEMM1.
+"""
+
+import torch
+import triton.language as tl
+
+from .gemm_blockscaled import HAVE_GLUON
+from .permute import BM as TILE_ROWS
+
+if HAVE_GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
+
+    from .gemm_blockscaled import _gl_grouped_tile
+
+ROWS_PER_CONSUMER = 64  # rows per consumer warpgroup: one m64 wgmma
+COLUMNS = 128  # columns of I per work item (128 up and 128 gate rows of W1)
+HALF_M = tl.constexpr(ROWS_PER_CONSUMER)  # the same, for the kernels
+BJ = tl.constexpr(COLUMNS)
+FP8_MAX = tl.constexpr(448.0)
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _producer(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
+                  n_tiles_ptr, GROUP_M, H, I):  # fmt: skip
+        """One warp: TMA loads of every item's K blocks into the ring of stages, across item boundaries."""
+        BK: gl.constexpr = 128
+        NKB = H // BK
+        NJ = I // BJ
+        STAGES: gl.constexpr = u_bufs.shape[0]
+        nbytes: gl.constexpr = 2 * (a_desc.block_type.nbytes + w_desc.block_type.nbytes + sa_desc.block_type.nbytes)
+        n_tiles = gl.load(n_tiles_ptr)
+        it = 0
+        for item in range(gl.program_id(0), n_tiles * NJ, gl.num_programs(0)):
+            tile, jb = _gl_grouped_tile(item, n_tiles, NJ, GROUP_M)
+            e = gl.load(tile_expert_ptr + tile)
+            w_row = e * (2 * I) + jb * BJ  # W1 viewed as [NL * 2I, H]: the up rows; the gate rows I further
+            for kb in range(NKB):
+                s = it % STAGES
+                mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+                bar = ready.index(s)
+                mbarrier.expect(bar, nbytes)
+                for h in gl.static_range(2):
+                    m = tile * (2 * HALF_M) + h * HALF_M
+                    tma.async_copy_global_to_shared(a_desc, [m, kb * BK], bar, a_bufs.index(2 * s + h))
+                    tma.async_copy_global_to_shared(sa_desc, [kb, m], bar, sa_bufs.index(2 * s + h))
+                tma.async_copy_global_to_shared(w_desc, [w_row, kb * BK], bar, u_bufs.index(s))
+                tma.async_copy_global_to_shared(w_desc, [w_row + I, kb * BK], bar, g_bufs.index(s))
+                it += 1
+
+    @gluon.jit
+    def _promote_block(a_smem, w_smem, spare, acc, scale):
+        """(acc + (A @ W^T) * scale[:, None], the partial) for one K block: the wgmma into the registers
+        of `spare` (use_acc=False: its values are ignored), waited for, then scaled into acc."""
+        part = warpgroup_mma(a_smem, w_smem.permute((1, 0)), spare, use_acc=False, is_async=True)
+        part = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
+        acc = acc + part * scale[:, None]
+        # a wait with nothing in flight that takes the new acc: the next wgmma, issued after it, cannot
+        # overlap these FFMAs (ptxas would give it a second partial: 4 tiles of 64 registers, spills)
+        acc, part = warpgroup_mma_wait(num_outstanding=0, deps=(acc, part))
+        return acc, part
+
+    @gluon.jit
+    def _quant(c, row_layout: gl.constexpr):
+        """fp8 values (as fp32, clamped) and scales (amax / 448; 0 for an all-zero row) per row of c."""
+        amax = gl.max(gl.abs(c), axis=1)
+        scale = amax / FP8_MAX
+        q = c / gl.where(amax > 0, scale, 1.0)[:, None]
+        q = gl.minimum(gl.maximum(q, -FP8_MAX), FP8_MAX)
+        return q, scale
+
+    @gluon.jit
+    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
+                  cq_ptr, cs_ptr, GROUP_M, H, I, WG: gl.constexpr):  # fmt: skip
+        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile."""
+        BK: gl.constexpr = 128
+        NKB = H // BK
+        NJ = I // BJ
+        STAGES: gl.constexpr = u_bufs.shape[0]
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BJ, 32])
+        row_layout: gl.constexpr = gl.SliceLayout(1, mma)
+        col_layout: gl.constexpr = gl.SliceLayout(0, mma)
+        sa_rows = sa_bufs._reinterpret(gl.float32, [2 * STAGES, HALF_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        cols = gl.arange(0, 128, layout=col_layout)
+        n_tiles = gl.load(n_tiles_ptr)
+        it = 0
+        for item in range(gl.program_id(0), n_tiles * NJ, gl.num_programs(0)):
+            tile, jb = _gl_grouped_tile(item, n_tiles, NJ, GROUP_M)
+            e = gl.load(tile_expert_ptr + tile)
+            su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB  # w1 scales [NL, 2I/128, H/128]: up block jb
+            sg_ptr = su_ptr + NJ * NKB  # and its gate block
+            acc_u = gl.zeros([HALF_M, BJ], gl.float32, mma)
+            acc_g = gl.zeros([HALF_M, BJ], gl.float32, mma)
+            spare = gl.zeros([HALF_M, BJ], gl.float32, mma)  # the partial's registers (values unused)
+            for kb in range(NKB):
+                s = it % STAGES
+                mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                sa = sa_rows.index(2 * s + WG).load(row_layout)
+                su = gl.load(su_ptr + kb)
+                sg = gl.load(sg_ptr + kb)
+                a_smem = a_bufs.index(2 * s + WG)
+                acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
+                acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
+                mbarrier.arrive(empty.index(s), count=1)
+                it += 1
+            # epilogue: SwiGLU and the hi/lo pair, stored at the rows' ids (rung 3's C layout)
+            rid = gl.load(rid_ptr + tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=row_layout))
+            rmask = rid >= 0
+            c = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
+            q, s_hi = _quant(c, row_layout)
+            q8 = q.to(gl.float8e4nv)
+            offs = rid.to(gl.int64)[:, None] * (2 * I) + (jb * (2 * BJ) + cols)[None, :]
+            gl.store(cq_ptr + offs, q8, mask=rmask[:, None])
+            s_offs = rid * (2 * NJ) + jb * 2
+            gl.store(cs_ptr + s_offs, s_hi, mask=rmask)
+            ql, s_lo = _quant(c - q8.to(gl.float32) * s_hi[:, None], row_layout)
+            gl.store(cq_ptr + offs + BJ, ql.to(gl.float8e4nv), mask=rmask[:, None])
+            gl.store(cs_ptr + s_offs + 1, s_lo, mask=rmask)
+
+    @gluon.jit
+    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
+                    cq_ptr, cs_ptr, GROUP_M, H, I):  # fmt: skip
+        # a worker partition takes no constexpr arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
+        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
+                  cq_ptr, cs_ptr, GROUP_M, H, I, 1)  # fmt: skip
+
+    @gluon.jit
+    def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, cq_ptr, cs_ptr, H,
+                           I, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                           CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
+        sa_bufs = gl.allocate_shared_memory(sa_desc.dtype, [2 * STAGES, 1, HALF_M], sa_desc.layout)
+        u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BJ, 128], w_desc.layout)
+        g_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BJ, 128], w_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
+            mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
+        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
+                         cq_ptr, cs_ptr, GROUP_M, H, I)  # fmt: skip
+        producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
+                         n_tiles_ptr, GROUP_M, H, I)  # fmt: skip
+        gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
+                            (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
+
+
+def launch_plan(ws, gemm1_weights, gemm1_weights_scale, sms, *, stages=4, group_m=8, consumer_regs=240,
+                producer_regs=24, maxnreg=168):  # fmt: skip
+    """(kernel, grid, args, constexprs, options) of the GEMM1 launch of large-T workspace `ws` on `sms`
+    SMs: shared by the launch and the offline compile check. 4 + 4 + 1 warps in three warpgroups:
+    168 registers x 384 threads fit 64K, and setmaxnreg moves the producer's spare ones to the consumers."""
+    NL, N1, H = gemm1_weights.shape
+    I = N1 // 2
+    assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
+    a_layout = gl.NVMMASharedLayout.get_default_for([ROWS_PER_CONSUMER, 128], gl.float8e4nv)
+    w_layout = gl.NVMMASharedLayout.get_default_for([COLUMNS, 128], gl.float8e4nv)
+    sa_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    w2d = gemm1_weights.view(NL * N1, H)
+    args = dict(
+        a_desc=GluonTensorDescriptor.from_tensor(ws.a_perm, [ROWS_PER_CONSUMER, 128], a_layout),
+        w_desc=GluonTensorDescriptor.from_tensor(w2d, [COLUMNS, 128], w_layout),
+        sa_desc=GluonTensorDescriptor.from_tensor(ws.sa_perm, [1, ROWS_PER_CONSUMER], sa_layout),
+        w1s_ptr=gemm1_weights_scale, tile_expert_ptr=ws.tile_expert, n_tiles_ptr=ws.n_tiles, rid_ptr=ws.rid_perm,
+        cq_ptr=ws.cq, cs_ptr=ws.cs, H=H, I=I,
+    )  # fmt: skip
+    items = ws.perm_max_tiles * (I // COLUMNS)
+    consts = dict(GROUP_M=group_m, STAGES=stages, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)
+    return gemm1_gluon_kernel, (min(sms, items),), args, consts, dict(num_warps=4, maxnreg=maxnreg)
+
+
+def supported(device, n_terms: int) -> bool:
+    """Hopper (sm_90) with Gluon, and C as rung 3's hi/lo pair (the epilogue writes that layout)."""
+    return HAVE_GLUON and n_terms == 2 and device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
