@@ -3,12 +3,16 @@ report what the SASS says: registers, spills (stack, LDL/STL), shared memory, an
 (QGMMA = FP8 wgmma on sm_90, UTCQMMA = FP8 tcgen05 on sm_100). Uses Triton's bundled ptxas and cuobjdump.
 
 Each kernel is compiled from the same launch plan (`triton_launch` / `gluon_launch`) that runs it, on
-"meta" tensors of the GEMM1 shape (shapes are runtime values: the code does not depend on them).
+"meta" tensors of the GEMM1 shape (shapes are runtime values: the code does not depend on them). Also
+rung 4's large-T GEMM1 (`gemm1_gluon.py`, grouped, with the SwiGLU epilogue) and the permute launch
+before it, from a large-T workspace of the contest's geometry at T = 14107.
 
     python scripts/gemm_compile_report.py [--json FILE] [--sass DIR]
 """
 
 import argparse
+import functools
+import importlib
 import importlib.util
 import json
 import os
@@ -105,6 +109,28 @@ def sass_report(compiled, label, sass_dir=None, cap=90):
     )
 
 
+@functools.cache
+def large_t_modules():
+    """Rung 4's packed modules (scripts/compile_check.py packs it as `packed`): (large_t, launch)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compile_check
+
+    compile_check.load_entry_module("r4-fused-persistent")
+    return importlib.import_module("packed.large_t"), importlib.import_module("packed.launch")
+
+
+def large_t_plans(T=14107, geometry=(256, 32, 7168, 2048)):
+    """(grouped GEMM1 plan, permute plan) of a large-T workspace of T tokens, on the "meta" device."""
+    large_t, launch = large_t_modules()
+    ws = large_t.Workspace(torch.device("meta"), T, *geometry, 90, 132)
+    inputs = launch.meta_call_arguments(T, *geometry)
+    k = ws.k_permute
+    names = k.fn.arg_names[: len(k.fn.arg_names) - len(k.consts)]
+    args = dict(zip(names, ws.permute_arguments(inputs[2], inputs[3]), strict=True))
+    permute = (k.fn, k.grid, args, k.consts, k.opts)
+    return large_t.gemm1_gluon.launch_plan(ws, inputs[4], inputs[5], 132), permute
+
+
 def variants(mod):
     """(label, cap, gluon, plan-maker) for every version the benchmark times."""
     out = []
@@ -119,6 +145,9 @@ def variants(mod):
     )
     for label, cfg in gluon_configs:
         out.append((f"sm90_{label}", 90, True, lambda m=mod, c=cfg: m.gluon_launch(*meta_inputs(), **c)))
+    out.append(("sm90_moe_gemm1_grouped", 90, True, lambda: large_t_plans()[0]))
+    for cap in (90, 100):
+        out.append((f"sm{cap}_moe_permute", cap, False, lambda: large_t_plans()[1]))
     return out
 
 

@@ -2,7 +2,9 @@
 
     python scripts/r4_tiles_sweep.py --T 7,56,901 --try "stages3:num_stages=3" --try "nopf:prefetch_w2=0"
 
-Every shape starts from the tile table's entry for that T with the named fields replaced. Each one is
+Every shape starts from the tile table's entry for that T with the named fields replaced. Above the
+fused path's T (11948, 14107) there are no tiles to try: the two large-T paths are timed instead, rung
+3's kernels (what `run` takes) and `Runner(gluon_gemm1=True)` (issue 8's grouped Gluon GEMM1, sm_90). Each one is
 checked on fresh contest-style inputs (NaN-poisoned output, relative L2 error against the fp32
 reference) and timed as the harness times a call (flashinfer-bench's `do_bench`: cold L2, 10 warm-up and
 50 timed spans, the mean; the median beside it); the host path of a call is timed on its own (`host us`:
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from fibmoe import dataset, inputs, reference, variants  # noqa: E402
 
 DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
+LARGE_T_PATHS = [("rung3-path", {}), ("gluon-gemm1", {"gluon_gemm1": True})]  # Runner arguments
 
 
 def parse_try(spec: str, tiles_cls) -> tuple[str, dict]:
@@ -127,12 +130,12 @@ def main() -> None:
         torch.manual_seed(T)
         inp = inputs.generate(ds, w, "cuda", "contest", routing=dataset.routing_tensors(ds, w))
         ref32 = reference.forward(*inp)
-        base = tiles_mod.tiles_for(T, cap)
-        for name, fields in tries:
+        large = T > tiles_mod.MAX_FUSED_T
+        base = None if large else tiles_mod.tiles_for(T, cap)
+        for name, fields in LARGE_T_PATHS if large else tries:
             row = dict(T=T, uuid=w.workload.uuid, name=name, fields=fields)
             try:
-                tiles = dataclasses.replace(base, **fields)
-                runner = mod.Runner(tiles)
+                runner = mod.Runner(**fields) if large else mod.Runner(dataclasses.replace(base, **fields))
                 out = torch.full_like(ref32, float("nan"), dtype=torch.bfloat16)
                 runner(*inp, out)
                 torch.cuda.synchronize()
@@ -141,9 +144,9 @@ def main() -> None:
                 again = torch.full_like(out, float("nan"))
                 runner(*inp, again)
                 row["deterministic"] = bool(torch.equal(out, again))
-                ws = next(iter(runner.workspaces.values()))
-                ck = ws.kernel.ck
-                row.update(grid=ws.kernel.grid[0], regs=getattr(ck, "n_regs", None),
+                ws = next(iter(runner.workspaces.values()), None)
+                ck = ws.kernel.ck if hasattr(ws, "kernel") else None  # the fused path's one kernel
+                row.update(grid=ws.kernel.grid[0] if ck else 0, regs=getattr(ck, "n_regs", None),
                            spills=getattr(ck, "n_spills", None), smem=ck.metadata.shared if ck else None)  # fmt: skip
                 if fields.get("trace"):
                     row["trace"] = trace_summary(ws.trace.cpu(), ws.kernel.consts["MAX_ITEMS"], ws.kernel.grid[0])

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "report.json"
-    only = "sm90_b_serial_s4,sm90_b_inflight_s4,sm100_a_scaled,sm90_a_scaled"
+    only = "sm90_b_serial_s4,sm90_b_inflight_s4,sm100_a_scaled,sm90_a_scaled,moe"
     res = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gemm_compile_report.py"), "--only", only, "--json", str(out)],
         capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -59,3 +59,20 @@ def test_portable_kernel_compiles_for_hopper_and_blackwell(report):
     assert report["sm100_a_scaled"]["ops"]["UTCQMMA"] > 0
     for row in (report["sm90_a_scaled"], report["sm100_a_scaled"]):
         assert row["stack"] == 0
+
+
+@pytest.mark.slow
+def test_large_t_gemm1_and_permute_compile_without_spills(report):
+    """Rung 4's large-T GEMM1 (grouped Gluon, SwiGLU epilogue) keeps its K loop out of local memory: the
+    no-op wait after each promotion stops ptxas from giving the gate wgmma a second partial (676 B of
+    spills without it); the permute launch before it compiles for both targets."""
+    row = report["sm90_moe_gemm1_grouped"]
+    assert "error" not in row, row
+    assert row["stack"] == 0 and "LDL" not in row["ops"] and "STL" not in row["ops"]
+    assert row["ops"]["QGMMA"] == 16  # per K block: 4 for the up panel, 4 for the gate, in each consumer
+    assert row["ops"]["WARPGROUP.DEPBAR"] == 8  # per panel: the wgmma's wait and the no-op one
+    assert not _serialized(row)
+    assert 240 in row["setmaxnreg"] and 24 in row["setmaxnreg"]
+    for cap in (90, 100):
+        permute = report[f"sm{cap}_moe_permute"]
+        assert "error" not in permute and permute["stack"] == 0, permute

@@ -34,9 +34,13 @@ class Workspace(Rung3Workspace):
         self.n_tiles = torch.empty(1, dtype=torch.int32, device=device)
         self.k_permute = permute.launch_for(self)
 
+    def permute_arguments(self, hidden_states, hidden_states_scale):
+        """The permute launch's arguments (shared with scripts/gemm_compile_report.py)."""
+        return (hidden_states, hidden_states_scale, self.counts, self.lists, self.a_perm, self.sa_perm, self.rid_perm,
+                self.tile_expert, self.n_tiles, self.T)  # fmt: skip
+
     def permute(self, hidden_states, hidden_states_scale):
-        self.k_permute.slow(hidden_states, hidden_states_scale, self.counts, self.lists, self.a_perm, self.sa_perm,
-                            self.rid_perm, self.tile_expert, self.n_tiles, self.T)  # fmt: skip
+        self.k_permute.slow(*self.permute_arguments(hidden_states, hidden_states_scale))
 
     def grouped_gemm1(self, gemm1_weights, gemm1_weights_scale):
         """C (`cq`, `cs`) from the permuted rows: the Gluon kernel (sm_90)."""
