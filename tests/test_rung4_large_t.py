@@ -26,14 +26,11 @@ FP8_MAX = 448.0
 
 
 @pytest.fixture(scope="module")
-def ds():
-    return dataset.load(SMALL.name)
-
-
-@pytest.fixture(scope="module")
-def large_t(ds):
+def small():
+    """The small dataset, and rung 4's `large_t` module as packed for it."""
+    ds = dataset.load(SMALL.name)
     fn = variants.build(variants.pack(variants.resolve(["r4-fused-persistent"])[0], ds.definition.name), ds.definition)
-    return sys.modules[variants.module_of(fn).__package__ + ".large_t"]
+    return ds, sys.modules[variants.module_of(fn).__package__ + ".large_t"]
 
 
 def _inputs(ds, T, seed, style="contest"):
@@ -110,7 +107,8 @@ def _routing_and_sort(ws, inp):
 
 
 @pytest.mark.parametrize("T,seed", [(40, 11), (64, 12)])
-def test_permute_lays_out_each_experts_rows_in_padded_tiles(ds, large_t, T, seed):
+def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
+    ds, large_t = small
     inp = _inputs(ds, T, seed)
     ws = _workspace(large_t, inp)
     _routing_and_sort(ws, inp)
@@ -140,10 +138,11 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(ds, large_t, T, seed
 
 
 @pytest.mark.parametrize("style,T,seed", [("contest", 40, 21), ("quantized", 64, 22)])
-def test_rung3_gemm2_takes_the_grouped_gemm1s_c(ds, large_t, style, T, seed):
+def test_rung3_gemm2_takes_the_grouped_gemm1s_c(small, style, T, seed):
     """A whole call through the large-T workspace, with the torch model in the Gluon kernel's place:
     the layer's output passes rung 3's bounds (tests/test_rung3.py), with offsets 0 and the last rank
     among the workloads."""
+    ds, large_t = small
     inp = _inputs(ds, T, seed, style)
     ws = _workspace(large_t, inp)
     ws.cq.view(torch.uint8).fill_(NAN_E4M3)

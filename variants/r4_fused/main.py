@@ -80,17 +80,13 @@ class Runner:
             return output
         if T > MAX_FUSED_T:
             self.last = None
+            large_t_call = run_rung3
             if self.gluon_gemm1 and gemm1_gluon.supported(hidden_states.device, n_terms=2):
                 key = ("large", hidden_states.device, T, E, NL, H, N1 // 2)
-                ws = self.workspaces.get(key)
-                if ws is None:
-                    ws = self.workspaces[key] = large_t.Workspace(hidden_states.device, T, E, NL, H, N1 // 2, 90)
-                return ws.run(
-                    routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
-                    gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
-                    routed_scaling_factor, output,
-                )  # fmt: skip
-            return run_rung3(
+                if key not in self.workspaces:
+                    self.workspaces[key] = large_t.Workspace(hidden_states.device, T, E, NL, H, N1 // 2, 90)
+                large_t_call = self.workspaces[key].run
+            return large_t_call(
                 routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
                 gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset, routed_scaling_factor,
                 output,
