@@ -134,7 +134,7 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
             assert torch.equal(ws.sa_perm[:, rows][:, n:], torch.zeros(ws.H // BLOCK, BLOCK - n))
             tile += 1
     assert int(ws.n_tiles[0]) == tile
-    assert tile < ws.perm_max_tiles or tile == ws.perm_max_tiles
+    assert tile <= ws.perm_max_tiles
 
 
 @pytest.mark.parametrize("style,T,seed", [("contest", 40, 21), ("quantized", 64, 22)])

@@ -20,7 +20,7 @@ def r4():
     fn = variants.build(variants.pack(variants.resolve(["r4-fused-persistent"])[0], ds.definition.name), ds.definition)
     mod = variants.module_of(fn)
     large_t = sys.modules[mod.__package__ + ".large_t"]
-    if not large_t.gemm1_gluon.supported(torch.device("cuda"), n_terms=2):
+    if not sys.modules[mod.__package__ + ".gemm_blockscaled"].gluon_supported(torch.device("cuda")):
         pytest.skip("the grouped Gluon GEMM1 runs on Hopper (sm_90) only")
     return ds, mod, large_t
 

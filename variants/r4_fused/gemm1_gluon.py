@@ -21,13 +21,14 @@ made grouped and given GEMM1's epilogue:
   columns (the math of `_shared/quant.quant_block`, written again here: Gluon cannot call Triton
   functions), scattered to the rows' ids with plain stores (padding rows masked).
 
-Hopper (sm_90) only: wgmma. Elsewhere (sm_100, the CPU interpreter) the large-T path keeps rung 3's GEMM1.
+Hopper (sm_90) only: wgmma (`gemm_blockscaled.gluon_supported`). Elsewhere (sm_100, the CPU
+interpreter) the large-T path keeps rung 3's GEMM1.
 """
 
-import torch
 import triton.language as tl
 
 from .gemm_blockscaled import HAVE_GLUON
+from .launch import FP8_MAX
 from .permute import BM as TILE_ROWS
 
 if HAVE_GLUON:
@@ -42,7 +43,6 @@ ROWS_PER_CONSUMER = 64  # rows per consumer warpgroup: one m64 wgmma
 COLUMNS = 128  # columns of I per work item (128 up and 128 gate rows of W1)
 HALF_M = tl.constexpr(ROWS_PER_CONSUMER)  # the same, for the kernels
 BJ = tl.constexpr(COLUMNS)
-FP8_MAX = tl.constexpr(448.0)
 
 if HAVE_GLUON:
 
@@ -87,7 +87,7 @@ if HAVE_GLUON:
         return acc, part
 
     @gluon.jit
-    def _quant(c, row_layout: gl.constexpr):
+    def _quant(c):
         """fp8 values (as fp32, clamped) and scales (amax / 448; 0 for an all-zero row) per row of c."""
         amax = gl.max(gl.abs(c), axis=1)
         scale = amax / FP8_MAX
@@ -107,7 +107,7 @@ if HAVE_GLUON:
         row_layout: gl.constexpr = gl.SliceLayout(1, mma)
         col_layout: gl.constexpr = gl.SliceLayout(0, mma)
         sa_rows = sa_bufs._reinterpret(gl.float32, [2 * STAGES, HALF_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-        cols = gl.arange(0, 128, layout=col_layout)
+        cols = gl.arange(0, BJ, layout=col_layout)
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
         for item in range(gl.program_id(0), n_tiles * NJ, gl.num_programs(0)):
@@ -133,13 +133,13 @@ if HAVE_GLUON:
             rid = gl.load(rid_ptr + tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=row_layout))
             rmask = rid >= 0
             c = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
-            q, s_hi = _quant(c, row_layout)
+            q, s_hi = _quant(c)
             q8 = q.to(gl.float8e4nv)
             offs = rid.to(gl.int64)[:, None] * (2 * I) + (jb * (2 * BJ) + cols)[None, :]
             gl.store(cq_ptr + offs, q8, mask=rmask[:, None])
             s_offs = rid * (2 * NJ) + jb * 2
             gl.store(cs_ptr + s_offs, s_hi, mask=rmask)
-            ql, s_lo = _quant(c - q8.to(gl.float32) * s_hi[:, None], row_layout)
+            ql, s_lo = _quant(c - q8.to(gl.float32) * s_hi[:, None])
             gl.store(cq_ptr + offs + BJ, ql.to(gl.float8e4nv), mask=rmask[:, None])
             gl.store(cs_ptr + s_offs + 1, s_lo, mask=rmask)
 
@@ -193,8 +193,3 @@ def launch_plan(ws, gemm1_weights, gemm1_weights_scale, sms, *, stages=4, group_
     items = ws.perm_max_tiles * (I // COLUMNS)
     consts = dict(GROUP_M=group_m, STAGES=stages, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)
     return gemm1_gluon_kernel, (min(sms, items),), args, consts, dict(num_warps=4, maxnreg=maxnreg)
-
-
-def supported(device, n_terms: int) -> bool:
-    """Hopper (sm_90) with Gluon, and C as rung 3's hi/lo pair (the epilogue writes that layout)."""
-    return HAVE_GLUON and n_terms == 2 and device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)

@@ -11,7 +11,8 @@ kernel straight through its C launcher with integer pointers: no allocation, no 
 import torch
 import triton
 
-from . import gemm1_gluon, large_t
+from . import large_t
+from .gemm_blockscaled import gluon_supported
 from .launch import capability, meta_call_arguments
 from .moe import CONTEST
 from .moe import compile_plan as compile_plan_rung3
@@ -81,7 +82,7 @@ class Runner:
         if T > MAX_FUSED_T:
             self.last = None
             large_t_call = run_rung3
-            if self.gluon_gemm1 and gemm1_gluon.supported(hidden_states.device, n_terms=2):
+            if self.gluon_gemm1 and gluon_supported(hidden_states.device):
                 key = ("large", hidden_states.device, T, E, NL, H, N1 // 2)
                 if key not in self.workspaces:
                     self.workspaces[key] = large_t.Workspace(hidden_states.device, T, E, NL, H, N1 // 2, 90)
