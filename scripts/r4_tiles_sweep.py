@@ -107,12 +107,33 @@ def host_path_us(call, n: int = 50) -> float:
     return sorted(times)[n // 2]
 
 
+def stage_times(call) -> dict[str, float]:
+    """GPU time of each kernel of one call (us, by kernel name, in launch order; the median of 5 calls),
+    from torch.profiler's CUDA activity: where a call's time goes, stage by stage."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(5):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            call()
+            torch.cuda.synchronize()
+        per = {}
+        for ev in prof.events():
+            if ev.device_type == torch.autograd.DeviceType.CUDA:
+                per[ev.name] = per.get(ev.name, 0.0) + ev.time_range.elapsed_us()
+        runs.append(per)
+    return {k: sorted(r.get(k, 0.0) for r in runs)[2] for k in runs[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", default="1,7,56,901")
     ap.add_argument("--try", dest="tries", action="append", default=[], help="NAME:field=value,...")
     ap.add_argument("--variant", default="r4-fused-persistent")
     ap.add_argument("--trace", action="store_true", help="also run each shape with its work-item trace on")
+    ap.add_argument("--stages", action="store_true", help="also time each kernel of one call (torch.profiler)")
     args = ap.parse_args()
     from flashinfer_bench.bench.timing import do_bench
 
@@ -159,6 +180,12 @@ def main() -> None:
                 times = do_bench(lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all")
                 row.update(mean_us=1e3 * sum(times) / len(times), median_us=1e3 * sorted(times)[len(times) // 2])
                 row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
+                if args.stages:
+                    try:
+                        row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a))
+                    except Exception as e:  # noqa: BLE001 - the profiler is optional, the timing above is not
+                        row["stages_us"] = {f"error {type(e).__name__}: {e}"[:200]: 0.0}
+                    print("  stages: " + ", ".join(f"{k} {v:.1f}" for k, v in row["stages_us"].items()), flush=True)
             except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             rows.append(row)
