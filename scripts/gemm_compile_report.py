@@ -120,15 +120,16 @@ def large_t_modules():
 
 
 def large_t_plans(T=14107, geometry=(256, 32, 7168, 2048)):
-    """(grouped GEMM1 plan, permute plan) of a large-T workspace of T tokens, on the "meta" device."""
+    """{kernel name: plan} of the permute and the two Gluon GEMM launches of a large-T workspace of T
+    tokens, built on the "meta" device from the arguments a call passes them."""
     large_t, launch = large_t_modules()
     ws = large_t.Workspace(torch.device("meta"), T, *geometry, 90, 132)
-    inputs = launch.meta_call_arguments(T, *geometry)
-    k = ws.k_permute
-    names = k.fn.arg_names[: len(k.fn.arg_names) - len(k.consts)]
-    args = dict(zip(names, ws.permute_arguments(inputs[2], inputs[3]), strict=True))
-    permute = (k.fn, k.grid, args, k.consts, k.opts)
-    return large_t.gemm1_gluon.launch_plan(ws, inputs[4], inputs[5], 132), permute
+    inputs = list(launch.meta_call_arguments(T, *geometry))
+    plans = {}
+    for k, args in ws.large_t_launches(*inputs)[2:5]:
+        names = k.fn.arg_names[: len(k.fn.arg_names) - len(k.consts)]
+        plans[k.fn.__name__] = (k.fn, k.grid, dict(zip(names, args, strict=True)), k.consts, k.opts)
+    return plans
 
 
 def variants(mod):
@@ -145,9 +146,10 @@ def variants(mod):
     )
     for label, cfg in gluon_configs:
         out.append((f"sm90_{label}", 90, True, lambda m=mod, c=cfg: m.gluon_launch(*meta_inputs(), **c)))
-    out.append(("sm90_moe_gemm1_grouped", 90, True, lambda: large_t_plans()[0]))
+    out.append(("sm90_moe_gemm1_grouped", 90, True, lambda: large_t_plans()["gemm1_gluon_kernel"]))
+    out.append(("sm90_moe_gemm2_grouped", 90, True, lambda: large_t_plans()["gemm2_gluon_kernel"]))
     for cap in (90, 100):
-        out.append((f"sm{cap}_moe_permute", cap, False, lambda: large_t_plans()[1]))
+        out.append((f"sm{cap}_moe_permute", cap, False, lambda: large_t_plans()["permute_kernel"]))
     return out
 
 

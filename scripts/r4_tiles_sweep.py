@@ -4,7 +4,7 @@
 
 Every shape starts from the tile table's entry for that T with the named fields replaced. Above the
 fused path's T (11948, 14107) there are no tiles to try: the two large-T paths are timed instead, rung
-3's kernels (what `run` takes) and `Runner(gluon_gemm1=True)` (issue 8's grouped Gluon GEMM1, sm_90). Each one is
+3's kernels and `Runner(large_t_gluon=True)` (issue 8's grouped Gluon GEMMs, sm_90). Each one is
 checked on fresh contest-style inputs (NaN-poisoned output, relative L2 error against the fp32
 reference) and timed as the harness times a call (flashinfer-bench's `do_bench`: cold L2, 10 warm-up and
 50 timed spans, the mean; the median beside it); the host path of a call is timed on its own (`host us`:
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from fibmoe import dataset, inputs, reference, variants  # noqa: E402
 
 DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
-LARGE_T_PATHS = [("rung3-path", {}), ("gluon-gemm1", {"gluon_gemm1": True})]  # Runner arguments
+LARGE_T_PATHS = [("rung3-path", {"large_t_gluon": False}), ("gluon-gemms", {"large_t_gluon": True})]  # Runner arguments
 
 
 def parse_try(spec: str, tiles_cls) -> tuple[str, dict]:

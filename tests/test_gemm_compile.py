@@ -62,17 +62,20 @@ def test_portable_kernel_compiles_for_hopper_and_blackwell(report):
 
 
 @pytest.mark.slow
-def test_large_t_gemm1_and_permute_compile_without_spills(report):
-    """Rung 4's large-T GEMM1 (grouped Gluon, SwiGLU epilogue) keeps its K loop out of local memory: the
-    no-op wait after each promotion stops ptxas from giving the gate wgmma a second partial (676 B of
-    spills without it); the permute launch before it compiles for both targets."""
-    row = report["sm90_moe_gemm1_grouped"]
-    assert "error" not in row, row
-    assert row["stack"] == 0 and "LDL" not in row["ops"] and "STL" not in row["ops"]
-    assert row["ops"]["QGMMA"] == 16  # per K block: 4 for the up panel, 4 for the gate, in each consumer
-    assert row["ops"]["WARPGROUP.DEPBAR"] == 8  # per panel: the wgmma's wait and the no-op one
-    assert not _serialized(row)
-    assert 240 in row["setmaxnreg"] and 24 in row["setmaxnreg"]
+def test_large_t_gemms_and_permute_compile_without_spills(report):
+    """Rung 4's large-T GEMMs (grouped Gluon) keep their K loops out of local memory: the no-op wait after
+    each promotion stops ptxas from giving the next wgmma a second partial (676 B of spills in GEMM1
+    without it); the permute launch before them compiles for both targets."""
+    for label in ("sm90_moe_gemm1_grouped", "sm90_moe_gemm2_grouped"):
+        row = report[label]
+        assert "error" not in row, row
+        assert row["stack"] == 0 and "LDL" not in row["ops"] and "STL" not in row["ops"], row
+        # per K block in each of the two consumers: two wgmmas of 4 QGMMA (GEMM1: the up and the gate
+        # panel; GEMM2: C's hi and lo terms on one W2 tile), each followed by its wait and the no-op one
+        assert row["ops"]["QGMMA"] == 16, row
+        assert row["ops"]["WARPGROUP.DEPBAR"] == 8, row
+        assert not _serialized(row)
+        assert 240 in row["setmaxnreg"] and 24 in row["setmaxnreg"]
     for cap in (90, 100):
         permute = report[f"sm{cap}_moe_permute"]
         assert "error" not in permute and permute["stack"] == 0, permute

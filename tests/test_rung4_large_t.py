@@ -1,12 +1,13 @@
-"""Rung 4's large-T path (variants/r4_fused/large_t.py), on the small definition: rung 3's launches with
-GEMM1 replaced by the permute launch and the grouped Gluon GEMM1.
+"""Rung 4's large-T path (variants/r4_fused/large_t.py), on the small definition: rung 3's routing, sort
+and finalize launches around the permute launch and the two grouped Gluon GEMMs.
 
-The Gluon kernel runs on Hopper only (tests/gpu/test_rung4_large_t_gpu.py). On the CPU the interpreter
-runs the permute kernel, and a torch model of what the Gluon kernel computes from the permuted buffers
-(`grouped_gemm1_model`, the math of GEMM_NOTES.md's block-scaled GEMM plus `_shared/quant.py`'s hi/lo
-pair) stands in for it: that checks the contract between them (tile numbering, padding, row ids, the
-scale layout) and that rung 3's GEMM2 and finalize take the C it writes. Buffers are poisoned before
-each launch, so an element the permute kernel does not write cannot pass.
+The Gluon kernels run on Hopper only (tests/gpu/test_rung4_large_t_gpu.py). On the CPU the interpreter
+runs the permute kernel and rung 3's launches, and torch models of what the Gluon kernels compute stand
+in for them (`grouped_gemm1_model`, `grouped_gemm2_model`: the math of GEMM_NOTES.md's block-scaled
+GEMM, `_shared/quant.py`'s hi/lo pair and rung 3's GEMM2 epilogue), fed from the arguments the
+workspace passes the kernels: that checks the contract between the launches (tile numbering, padding,
+row ids, the permuted C and its scale layout, the parked rows) and the host path's plumbing. Buffers
+are poisoned before each launch, so an element a launch does not write cannot pass.
 """
 
 import dataclasses
@@ -40,13 +41,12 @@ def _inputs(ds, T, seed, style="contest"):
 
 
 def _workspace(large_t, inp):
-    """A large-T workspace for a small workload: the sort launch forced (the table derives rows inline
-    at small T), 32-row tiles in GEMM2."""
+    """A large-T workspace for a small workload, with the large-T table's choices that the small-T table
+    makes otherwise: the routing and sort launches, bf16 parked rows."""
     T, E = inp[0].shape
     NL, N1, H = inp[4].shape
-    tiles = large_t.tiles_for(T, 90)
-    tiles = dataclasses.replace(tiles, inline_rows=False, fused_routing=False, routing_block_t=16, routing_warps=4,
-                                gemm1_block_m=32, gemm2_block_m=32)  # fmt: skip
+    tiles = dataclasses.replace(large_t.tiles_for(T, 90), inline_rows=False, fused_routing=False,
+                                bf16_partial_rows=True, routing_block_t=16, routing_warps=4)  # fmt: skip
     return large_t.Workspace(inp[2].device, T, E, NL, H, N1 // 2, 90, tiles=tiles)
 
 
@@ -58,33 +58,62 @@ def _quant(c):
     return q.to(torch.float8_e4m3fn), scale
 
 
-def grouped_gemm1_model(ws, w1, w1s):
-    """What the Gluon kernel writes, from the permuted buffers only: per tile t of expert tile_expert[t],
+def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, cq, cs, H, inter, MP):
+    """What the Gluon GEMM1 writes, from its launch arguments: per tile t of expert tile_expert[t],
     G1 = sum over K blocks of (A_perm @ W1[e]^T) * sa_perm * w1_scale, SwiGLU, the hi/lo pair of each
-    128-column block stored at each valid row's id (cq, cs)."""
-    inter, hidden = ws.I, ws.H
-    nkb = hidden // BLOCK
-    for t in range(int(ws.n_tiles[0])):
+    128-column block at the tile's own rows (cq [MP, 2I]: hi then lo per block; cs [2I/128, MP])."""
+    nkb = H // BLOCK
+    w1 = w_desc.base.view(-1, 2 * inter, H)
+    for t in range(int(n_tiles[0])):
         rows = slice(t * BLOCK, (t + 1) * BLOCK)
-        rid = ws.rid_perm[rows].long()
-        ok = rid >= 0
-        e = int(ws.tile_expert[t])
-        a = ws.a_perm[rows].float().view(BLOCK, nkb, BLOCK)
+        e = int(tile_expert[t])
+        a = a_desc.base[rows].float().view(BLOCK, nkb, BLOCK)
         w = w1[e].float().view(2 * inter, nkb, BLOCK)
         sw = w1s[e].float().repeat_interleave(BLOCK, dim=0)  # [2I, nkb]
         partial = torch.einsum("mkc,nkc->mkn", a, w)  # [rows, K blocks, 2I], one product per K block
-        g1 = (partial * ws.sa_perm[:, rows].t()[:, :, None] * sw.t()[None]).sum(dim=1)
-        up, gate = g1[:, :inter], g1[:, inter:]
-        c = torch.nn.functional.silu(gate) * up
+        g1 = (partial * sa_desc.base[:, rows].t()[:, :, None] * sw.t()[None]).sum(dim=1)
+        c = torch.nn.functional.silu(g1[:, inter:]) * g1[:, :inter]
         for jb in range(inter // BLOCK):
-            cb = c[:, jb * BLOCK : (jb + 1) * BLOCK]
-            hi, s_hi = _quant(cb)
-            lo, s_lo = _quant(cb - hi.float() * s_hi[:, None])
-            cq = ws.cq.view(torch.uint8)  # (torch has no index_put for fp8 on the CPU)
-            cq[rid[ok], jb * 2 * BLOCK : jb * 2 * BLOCK + BLOCK] = hi[ok].view(torch.uint8)
-            cq[rid[ok], jb * 2 * BLOCK + BLOCK : (jb + 1) * 2 * BLOCK] = lo[ok].view(torch.uint8)
-            ws.cs[rid[ok], jb, 0] = s_hi[ok]
-            ws.cs[rid[ok], jb, 1] = s_lo[ok]
+            hi, s_hi = _quant(c[:, jb * BLOCK : (jb + 1) * BLOCK])
+            lo, s_lo = _quant(c[:, jb * BLOCK : (jb + 1) * BLOCK] - hi.float() * s_hi[:, None])
+            cq.view(torch.uint8)[rows, jb * 2 * BLOCK : (jb + 1) * 2 * BLOCK] = torch.cat([hi, lo], 1).view(torch.uint8)
+            cs[2 * jb, rows], cs[2 * jb + 1, rows] = s_hi, s_lo
+
+
+def grouped_gemm2_model(c_desc, w_desc, cs_desc, w2s, tile_expert, n_tiles, rid_perm, ids, w, out, obuf, H, inter, NL,
+                        local_off):  # fmt: skip
+    """What the Gluon GEMM2 writes, from its launch arguments: per tile, O = sum over C's K blocks (hi and
+    lo of each I block) of (C @ W2[e]^T) * c_scale * w2_scale, times the routing weight; the bf16 row at
+    the token's output row (one local expert) or parked at its row id (several)."""
+    nkb = inter // BLOCK
+    w2 = w_desc.base.view(-1, H, inter)
+    c_all, s_all = c_desc.base.float(), cs_desc.base
+    n_local = ((ids - local_off >= 0) & (ids - local_off < NL)).sum(dim=1)
+    for t in range(int(n_tiles[0])):
+        rows = slice(t * BLOCK, (t + 1) * BLOCK)
+        e = int(tile_expert[t])
+        c = c_all[rows].view(BLOCK, nkb, 2, BLOCK)  # [rows, I block, term, 128]
+        sc = s_all[:, rows].t().reshape(BLOCK, nkb, 2)
+        wt = w2[e].float().view(H, nkb, BLOCK)
+        sw = w2s[e].float().repeat_interleave(BLOCK, dim=0)  # [H, nkb]
+        partial = torch.einsum("mktc,nkc->mktn", c, wt)
+        o = (partial * sc[..., None] * sw.t()[None, :, None, :]).sum(dim=(1, 2))
+        rid = rid_perm[rows].long()
+        ok = rid >= 0
+        rid = rid[ok]
+        o = (o[ok] * w.view(-1)[rid][:, None]).to(torch.bfloat16)
+        single = n_local[rid // 8] == 1
+        out[rid[single] // 8] = o[single]
+        obuf.view(-1, H)[rid[~single]] = o[~single]
+
+
+class StandIn:
+    """A launch whose kernel is a torch model (the Gluon kernels cannot run on the CPU)."""
+
+    fast_ready = False
+
+    def __init__(self, model):
+        self.slow = model
 
 
 NAN_E4M3 = 0x7F
@@ -113,7 +142,7 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
     ws = _workspace(large_t, inp)
     _routing_and_sort(ws, inp)
     _poison(ws)
-    ws.permute(inp[2], inp[3])
+    ws.k_permute.slow(*ws.permute_arguments(inp[2], inp[3]))
     ids = ws.ids.long() - int(inp[8])
     hs, hss = inp[2].float(), inp[3].float()
     tile = 0
@@ -138,18 +167,21 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
 
 
 @pytest.mark.parametrize("style,T,seed", [("contest", 40, 21), ("quantized", 64, 22)])
-def test_rung3_gemm2_takes_the_grouped_gemm1s_c(small, style, T, seed):
-    """A whole call through the large-T workspace, with the torch model in the Gluon kernel's place:
-    the layer's output passes rung 3's bounds (tests/test_rung3.py), with offsets 0 and the last rank
-    among the workloads."""
+def test_a_call_through_the_permuted_gemms_passes_rung3s_bounds(small, style, T, seed):
+    """A whole call through the large-T workspace's launches, with the torch models in the Gluon kernels'
+    places: the layer's output passes rung 3's bounds (tests/test_rung3.py; the rows of tokens with
+    several local experts are parked in bf16, as at large T), with offsets 0 and the last rank among the
+    workloads; a second call on fresh inputs, every buffer poisoned again, too."""
     ds, large_t = small
-    inp = _inputs(ds, T, seed, style)
-    ws = _workspace(large_t, inp)
-    ws.cq.view(torch.uint8).fill_(NAN_E4M3)
-    ws.cs.fill_(float("nan"))
-    ws.grouped_gemm1 = lambda w1, w1s: grouped_gemm1_model(ws, w1, w1s)
-    _poison(ws)
-    out = torch.full((T, ws.H), float("nan"), dtype=torch.bfloat16, device=inp[2].device)
-    assert ws.run(*inp, out) is out
-    _check_output(out, inp)
-
+    ws = _workspace(large_t, _inputs(ds, T, seed, style))
+    for call in range(2):
+        inp = _inputs(ds, T, seed + call, style)
+        ws.k_gemm1_gluon, ws.k_gemm2_gluon = StandIn(grouped_gemm1_model), StandIn(grouped_gemm2_model)
+        ws.cq_perm.view(torch.uint8).fill_(NAN_E4M3)
+        ws.cs_perm.fill_(float("nan"))
+        ws.obuf.fill_(float("nan"))
+        _poison(ws)
+        out = torch.full((T, ws.H), float("nan"), dtype=torch.bfloat16, device=inp[2].device)
+        assert ws.run(*inp, out) is out
+        _check_output(out, inp, parked_bf16=True)
+        assert ws.stream is None  # stand-ins have no C launcher: every call takes the dispatcher path

@@ -1,7 +1,8 @@
-"""Rung 4's large-T path with the grouped Gluon GEMM1 (Hopper only) on the contest's large workloads:
-the layer against the fp32 reference (the official rule and rung 3's bounds), the Gluon kernel's C
-against rung 3's GEMM1's C for the same rows, and bit-identical repeated calls. Outputs are poisoned
-before every call. tests/test_rung4_large_t.py checks the same path's contract on the CPU."""
+"""Rung 4's large-T path with the grouped Gluon GEMMs (Hopper only) on the contest's large workloads: the
+layer against the fp32 reference (rung 3's bound), bit-identical repeated calls (the first through the
+dispatcher, the next through the C launchers), a call on fresh inputs (new weights: new TMA descriptors),
+and the permuted C that GEMM1 hands GEMM2 against rung 3's GEMM1's C for the same rows. Outputs are
+poisoned before every call. tests/test_rung4_large_t.py checks the same path's contract on the CPU."""
 
 import sys
 
@@ -30,13 +31,16 @@ def _empty(inp):
 
 
 @pytest.mark.parametrize("seq_len", [11948, 14107])
-def test_gluon_gemm1_layer_matches_the_reference_and_rung3s_c(r4, seq_len):
+def test_gluon_layer_matches_the_reference_and_rung3s_c(r4, seq_len):
     ds, mod, large_t = r4
     w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == seq_len)
     torch.manual_seed(seq_len)
     inp = inputs.generate(ds, w, "cuda", "contest")
-    run = mod.Runner(gluon_gemm1=True)
-    a, b = run(*inp, _empty(inp)), run(*inp, _empty(inp))
+    run = mod.Runner(large_t_gluon=True)
+    a = run(*inp, _empty(inp))
+    (gluon_ws,) = [ws for ws in run.workspaces.values() if isinstance(ws, large_t.Workspace)]
+    assert gluon_ws.stream is not None, "the first call did not prepare the C launchers"
+    b = run(*inp, _empty(inp))
     torch.cuda.synchronize()
     assert not a.isnan().any()
     assert torch.equal(a, b)
@@ -44,23 +48,34 @@ def test_gluon_gemm1_layer_matches_the_reference_and_rung3s_c(r4, seq_len):
     err = ((a.float() - ref32).norm() / ref32.norm()).item()
     assert err < REL_L2, err
 
-    # C, the hand-off to rung 3's GEMM2: the Gluon kernel's against rung 3's GEMM1's for the same rows
-    (gluon_ws,) = [ws for ws in run.workspaces.values() if isinstance(ws, large_t.Workspace)]
+    # C, the hand-off from GEMM1 to GEMM2: the permuted rows' against rung 3's GEMM1's for the same rows
     T, E = inp[0].shape
     NL, N1, H = inp[4].shape
     rung3_ws = large_t.Rung3Workspace(inp[2].device, T, E, NL, H, N1 // 2, gluon_ws.tiles)
     rung3_ws.run(*inp, _empty(inp))
     torch.cuda.synchronize()
-    rows = gluon_ws.rid_perm[gluon_ws.rid_perm >= 0].long()
-    assert len(rows) > 0
-    c_gluon = _dequantized_c(gluon_ws, rows)
-    c_rung3 = _dequantized_c(rung3_ws, rows)
+    n_rows = int(gluon_ws.n_tiles[0]) * 128
+    rid = gluon_ws.rid_perm[:n_rows].long()
+    valid = rid >= 0
+    assert int(valid.sum()) == int(gluon_ws.counts.sum())
+    cq_perm = gluon_ws.cq_perm.view(torch.uint8)[:n_rows]  # (fp8 tensors lack advanced indexing)
+    c_gluon = _dequantized_c(cq_perm[valid], gluon_ws.cs_perm[:, :n_rows][:, valid].t(), N1 // 2)
+    c_rung3 = _dequantized_c(rung3_ws.cq.view(torch.uint8)[rid[valid]], rung3_ws.cs[rid[valid]].flatten(1), N1 // 2)
     rel = ((c_gluon - c_rung3).norm() / c_rung3.norm()).item()
     assert rel < 1e-3, rel  # the same math; the fp32 sums in another order (and their fp8 roundings)
+    assert not cq_perm[~valid].any()  # padding rows: C = +0
+
+    # fresh inputs (other tensors, other weights): the fast path builds the descriptors from them
+    torch.manual_seed(seq_len + 1)
+    inp2 = inputs.generate(ds, w, "cuda", "contest")
+    c = run(*inp2, _empty(inp2))
+    ref32 = reference.forward(*inp2)
+    err = ((c.float() - ref32).norm() / ref32.norm()).item()
+    assert err < REL_L2, err
 
 
-def _dequantized_c(ws, rows):
-    """C of `rows` in fp32 from the hi/lo pair and its scales ([R, I])."""
-    q = ws.cq[rows].float().view(len(rows), ws.I // 128, 2, 128)
-    s = ws.cs[rows].float()  # [rows, I/128, 2]
-    return (q * s[..., None]).sum(dim=2).reshape(len(rows), ws.I)
+def _dequantized_c(cq, cs, inter):
+    """C in fp32 ([rows, I]) from the hi/lo pair (cq [rows, 2I] as the fp8 bytes: hi then lo per 128
+    block) and its scales (cs [rows, 2I/128], hi then lo per block)."""
+    q = cq.view(torch.float8_e4m3fn).float().view(len(cq), inter // 128, 2, 128)
+    return (q * cs.float().view(len(cq), inter // 128, 2)[..., None]).sum(dim=2).reshape(len(cq), inter)

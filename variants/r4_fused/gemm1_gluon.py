@@ -1,11 +1,15 @@
 """GEMM1 of the large-T path on Hopper: a grouped, warp-specialized Gluon kernel over the permuted rows.
 
     G1[rows of tile t, columns jb] = A_perm[tile t] @ W1[e(t)][up | gate rows of jb]^T, block-scaled,
-    then C = silu(gate) * up stored as rung 3's hi/lo FP8 pair at each row's id (`quant.py`'s layout)
+    then C = silu(gate) * up stored as a hi/lo FP8 pair in the permuted row order
 
-so that rung 3's GEMM2 and finalize take C as they take it from rung 3's GEMM1. The inputs come from
-`permute.py`: A_perm [MP, H] (each expert's rows, tile-padded), its scales [H/128, MP], the row ids
-(-1 on padding), each tile's expert and the number of tiles.
+so that the grouped GEMM2 (`gemm2_gluon.py`) loads C's tiles with TMA as this kernel loads A's. The
+inputs come from `permute.py`: A_perm [MP, H] (each expert's rows, tile-padded), its scales
+[H/128, MP], each tile's expert and the number of tiles. C's layout, rung 3's pair in permuted rows:
+
+    cq_perm [MP, 2I]        fp8: columns jb * 256 + (0..127) the hi term of I block jb, + 128 the lo term
+    cs_perm [2I / 128, MP]  fp32: the scale of C block k = 2 jb + term of each row (rows contiguous, as
+                            hidden_states_scale), so C reads as one [MP, 2I] block-scaled operand
 
 The kernel is `gemm_blockscaled.py`'s version (b) (GEMM_NOTES.md: 1071 TFLOP/s at GEMM1's shape, dense)
 made grouped and given GEMM1's epilogue:
@@ -19,16 +23,16 @@ made grouped and given GEMM1's epilogue:
   other's MMAs (the two are not synchronised);
 - epilogue per warpgroup: SwiGLU, hi = fp8(C / s_hi), lo = fp8((C - hi s_hi) / s_lo) per row and 128
   columns (the math of `_shared/quant.quant_block`, written again here: Gluon cannot call Triton
-  functions), scattered to the rows' ids with plain stores (padding rows masked).
+  functions), stored at the tile's own rows (padding rows are zeros: C = 0, scales 0).
 
 Hopper (sm_90) only: wgmma (`gemm_blockscaled.gluon_supported`). Elsewhere (sm_100, the CPU
-interpreter) the large-T path keeps rung 3's GEMM1.
+interpreter) the large-T path is rung 3's.
 """
 
 import triton.language as tl
 
 from .gemm_blockscaled import HAVE_GLUON
-from .launch import FP8_MAX
+from .launch import FP8_MAX, Kernel
 from .permute import BM as TILE_ROWS
 
 if HAVE_GLUON:
@@ -37,7 +41,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from .gemm_blockscaled import _gl_grouped_tile
+    from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scale_layout
 
 ROWS_PER_CONSUMER = 64  # rows per consumer warpgroup: one m64 wgmma
 COLUMNS = 128  # columns of I per work item (128 up and 128 gate rows of W1)
@@ -96,8 +100,8 @@ if HAVE_GLUON:
         return q, scale
 
     @gluon.jit
-    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                  cq_ptr, cs_ptr, GROUP_M, H, I, WG: gl.constexpr):  # fmt: skip
+    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
+                  cs_ptr, GROUP_M, H, I, MP, WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile."""
         BK: gl.constexpr = 128
         NKB = H // BK
@@ -129,30 +133,28 @@ if HAVE_GLUON:
                 acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
                 mbarrier.arrive(empty.index(s), count=1)
                 it += 1
-            # epilogue: SwiGLU and the hi/lo pair, stored at the rows' ids (rung 3's C layout)
-            rid = gl.load(rid_ptr + tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=row_layout))
-            rmask = rid >= 0
+            # epilogue: SwiGLU and the hi/lo pair, stored at the tile's rows (cq_perm, cs_perm)
+            p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
             c = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
             q, s_hi = _quant(c)
             q8 = q.to(gl.float8e4nv)
-            offs = rid.to(gl.int64)[:, None] * (2 * I) + (jb * (2 * BJ) + cols)[None, :]
-            gl.store(cq_ptr + offs, q8, mask=rmask[:, None])
-            s_offs = rid * (2 * NJ) + jb * 2
-            gl.store(cs_ptr + s_offs, s_hi, mask=rmask)
+            offs = p.to(gl.int64)[:, None] * (2 * I) + (jb * (2 * BJ) + cols)[None, :]
+            gl.store(cq_ptr + offs, q8)
+            gl.store(cs_ptr + (2 * jb) * MP + p, s_hi)
             ql, s_lo = _quant(c - q8.to(gl.float32) * s_hi[:, None])
-            gl.store(cq_ptr + offs + BJ, ql.to(gl.float8e4nv), mask=rmask[:, None])
-            gl.store(cs_ptr + s_offs + 1, s_lo, mask=rmask)
+            gl.store(cq_ptr + offs + BJ, ql.to(gl.float8e4nv))
+            gl.store(cs_ptr + (2 * jb + 1) * MP + p, s_lo)
 
     @gluon.jit
-    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                    cq_ptr, cs_ptr, GROUP_M, H, I):  # fmt: skip
+    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
+                    cs_ptr, GROUP_M, H, I, MP):  # fmt: skip
         # a worker partition takes no constexpr arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
-        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                  cq_ptr, cs_ptr, GROUP_M, H, I, 1)  # fmt: skip
+        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
+                  cs_ptr, GROUP_M, H, I, MP, 1)  # fmt: skip
 
     @gluon.jit
-    def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, cq_ptr, cs_ptr, H,
-                           I, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+    def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, H, I, MP,
+                           GROUP_M: gl.constexpr, STAGES: gl.constexpr,
                            CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
         sa_bufs = gl.allocate_shared_memory(sa_desc.dtype, [2 * STAGES, 1, HALF_M], sa_desc.layout)
@@ -163,33 +165,30 @@ if HAVE_GLUON:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                         cq_ptr, cs_ptr, GROUP_M, H, I)  # fmt: skip
+        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
+                         cs_ptr, GROUP_M, H, I, MP)  # fmt: skip
         producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
                          n_tiles_ptr, GROUP_M, H, I)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
                             (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
 
-def launch_plan(ws, gemm1_weights, gemm1_weights_scale, sms, *, stages=4, group_m=8, consumer_regs=240,
-                producer_regs=24, maxnreg=168):  # fmt: skip
-    """(kernel, grid, args, constexprs, options) of the GEMM1 launch of large-T workspace `ws` on `sms`
-    SMs: shared by the launch and the offline compile check. 4 + 4 + 1 warps in three warpgroups:
+def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
+    """The GEMM1 launch of large-T workspace `ws` on `sms` SMs. 4 + 4 + 1 warps in three warpgroups:
     168 registers x 384 threads fit 64K, and setmaxnreg moves the producer's spare ones to the consumers."""
-    NL, N1, H = gemm1_weights.shape
-    I = N1 // 2
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
-    a_layout = gl.NVMMASharedLayout.get_default_for([ROWS_PER_CONSUMER, 128], gl.float8e4nv)
-    w_layout = gl.NVMMASharedLayout.get_default_for([COLUMNS, 128], gl.float8e4nv)
-    sa_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
-    w2d = gemm1_weights.view(NL * N1, H)
-    args = dict(
-        a_desc=GluonTensorDescriptor.from_tensor(ws.a_perm, [ROWS_PER_CONSUMER, 128], a_layout),
-        w_desc=GluonTensorDescriptor.from_tensor(w2d, [COLUMNS, 128], w_layout),
-        sa_desc=GluonTensorDescriptor.from_tensor(ws.sa_perm, [1, ROWS_PER_CONSUMER], sa_layout),
-        w1s_ptr=gemm1_weights_scale, tile_expert_ptr=ws.tile_expert, n_tiles_ptr=ws.n_tiles, rid_ptr=ws.rid_perm,
-        cq_ptr=ws.cq, cs_ptr=ws.cs, H=H, I=I,
-    )  # fmt: skip
-    items = ws.perm_max_tiles * (I // COLUMNS)
+    items = ws.perm_max_tiles * (ws.I // COLUMNS)
     consts = dict(GROUP_M=group_m, STAGES=stages, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)
-    return gemm1_gluon_kernel, (min(sms, items),), args, consts, dict(num_warps=4, maxnreg=maxnreg)
+    return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
+
+
+def arguments(ws, gemm1_weights, gemm1_weights_scale) -> tuple:
+    """The launch's runtime arguments: TMA descriptors of the permuted rows, their scales and W1 (viewed
+    [NL * 2I, H]: expert e's up rows, then its gate rows I further), then pointers and sizes."""
+    NL, N1, H = gemm1_weights.shape
+    return (
+        GluonTensorDescriptor.from_tensor(ws.a_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
+        GluonTensorDescriptor.from_tensor(gemm1_weights.view(NL * N1, H), [COLUMNS, 128], fp8_tile_layout(COLUMNS)),
+        GluonTensorDescriptor.from_tensor(ws.sa_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
+        gemm1_weights_scale, ws.tile_expert, ws.n_tiles, ws.cq_perm, ws.cs_perm, H, N1 // 2, ws.sa_perm.shape[1],
+    )  # fmt: skip

@@ -20,6 +20,8 @@ Two kernels, each beside its launcher:
 `blockscaled_gemm` picks the Gluon kernel on sm_90 and the Triton one elsewhere.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -165,6 +167,16 @@ HALF_M = 64  # rows per consumer warpgroup: one m64 wgmma
 N_CONSUMERS = 2  # consumer warpgroups, so a tile is 128 rows
 
 if HAVE_GLUON:
+
+    @functools.cache
+    def fp8_tile_layout(rows):
+        """The shared-memory layout of an fp8 [rows, 128] TMA tile (a wgmma operand)."""
+        return gl.NVMMASharedLayout.get_default_for([rows, SCALE_BLOCK], gl.float8e4nv)
+
+    @functools.cache
+    def row_scale_layout():
+        """The shared-memory layout of a [1, rows] fp32 vector of row scales (no swizzle)."""
+        return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
 
     @gluon.jit
     def _gl_grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
@@ -342,9 +354,7 @@ def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=False, grou
     M, N, K = _check_shapes(a, a_scale, b, b_scale)
     BN = BK = SCALE_BLOCK
     assert (M * 4) % 16 == 0, "TMA needs the A-scale rows 16-byte aligned: M a multiple of 4"
-    a_layout = gl.NVMMASharedLayout.get_default_for([HALF_M, BK], gl.float8e4nv)
-    b_layout = gl.NVMMASharedLayout.get_default_for([BN, BK], gl.float8e4nv)
-    sa_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    a_layout, b_layout, sa_layout = fp8_tile_layout(HALF_M), fp8_tile_layout(BN), row_scale_layout()
     c_layout = gl.NVMMASharedLayout.get_default_for([HALF_M, BN], gl.bfloat16)
     args = dict(
         a_desc=GluonTensorDescriptor.from_tensor(a, [HALF_M, BK], a_layout),

@@ -1,30 +1,41 @@
-"""Rung 4 above the fused path's T (issue 8, first step): rung 3's launches, with GEMM1 on Hopper done
-by the permute launch and the grouped Gluon GEMM1 (`permute.py`, `gemm1_gluon.py`):
+"""Rung 4 above the fused path's T on Hopper (issue 8): both GEMMs as grouped Gluon kernels over the
+permuted rows, between rung 3's routing, sort and finalize launches:
 
-    routing -> sort -> permute -> GEMM1 (Gluon, sm_90) -> GEMM2 (rung 3) -> finalize (rung 3)
+    routing -> sort -> permute -> GEMM1 (Gluon) -> GEMM2 (Gluon) -> finalize      (`permute.py`,
+                                                                                  `gemm1_gluon.py`,
+                                                                                  `gemm2_gluon.py`)
 
-GEMM1 writes C exactly where rung 3's GEMM1 writes it (row ids, hi/lo pair), so everything after it is
-rung 3's. Elsewhere (sm_100, the CPU interpreter) a call is rung 3's as it is. Every launch goes
-through the dispatcher: at T > 1024 a call takes milliseconds, and the Gluon kernel's TMA descriptors
-are built per call from the weights it is given.
+The permute launch copies each expert's activation rows into contiguous, tile-padded buffers (TMA has
+no gather on Hopper); GEMM1 writes C in that row order, so GEMM2 loads C's tiles with TMA too; GEMM2
+writes output rows and parks the rows of multi-expert tokens exactly as rung 3's GEMM2 does, for rung
+3's finalize. Elsewhere (sm_100, the CPU interpreter) a call is rung 3's as it is.
+
+Host path: the first call goes through Triton's dispatcher (compiles, and prepares each launch's C
+launcher); later calls launch every kernel straight through its C launcher (`Kernel.fast`, tensors as
+arguments: no argument binding). The Gluon kernels' TMA descriptors are built per call from the
+weights given (a few us: plain Python objects; the launcher encodes them).
 """
 
 import torch
+import triton
 
-from . import gemm1_gluon, permute
+from . import gemm1_gluon, gemm2_gluon, permute
 from .moe import Workspace as Rung3Workspace
 from .rows import max_tiles
 from .tile_table import tiles_for
 
 
 class Workspace(Rung3Workspace):
-    """Rung 3's workspace of T tokens (its scratch, routing, sort, GEMM2 and finalize launches) plus the
-    permuted activations and the permute launch that the grouped GEMM1 reads."""
+    """Rung 3's workspace of T tokens (its scratch and its routing, sort and finalize launches) plus the
+    permuted activations, the permuted C and the permute and two Gluon GEMM launches."""
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None):
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
-        if self.tiles.inline_rows or self.n_terms != 2:
-            raise ValueError(f"T={T}: the grouped GEMM1 needs the sort launch and the hi/lo C")
+        t = self.tiles
+        if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
+            raise ValueError(f"T={T}: the large-T path needs the routing and sort launches, the hi/lo C and bf16 "
+                             "parked rows")  # fmt: skip
+        self.cq = self.cs = None  # rung 3's C (rows by id): this path keeps C in permuted rows instead
         self.perm_max_tiles = max_tiles(T, NL, permute.BM)
         mp = self.perm_max_tiles * permute.BM
         self.a_perm = torch.empty(mp, H, dtype=torch.float8_e4m3fn, device=device)
@@ -32,30 +43,46 @@ class Workspace(Rung3Workspace):
         self.rid_perm = torch.empty(mp, dtype=torch.int32, device=device)
         self.tile_expert = torch.empty(self.perm_max_tiles, dtype=torch.int32, device=device)
         self.n_tiles = torch.empty(1, dtype=torch.int32, device=device)
+        self.cq_perm = torch.empty(mp, 2 * I, dtype=torch.float8_e4m3fn, device=device)
+        self.cs_perm = torch.empty(2 * I // 128, mp, dtype=torch.float32, device=device)
+        self.obuf_bf16 = self.obuf.view(torch.bfloat16)  # GEMM2's parked rows, as rung 3's finalize reads them
         self.k_permute = permute.launch_for(self)
+        self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms)
+        self.k_gemm2_gluon = gemm2_gluon.launch_for(self, self.sms)
+        self.stream = None  # (get_stream, device index) once every launch has its C launcher
 
     def permute_arguments(self, hidden_states, hidden_states_scale):
         """The permute launch's arguments (shared with scripts/gemm_compile_report.py)."""
         return (hidden_states, hidden_states_scale, self.counts, self.lists, self.a_perm, self.sa_perm, self.rid_perm,
                 self.tile_expert, self.n_tiles, self.T)  # fmt: skip
 
-    def permute(self, hidden_states, hidden_states_scale):
-        self.k_permute.slow(*self.permute_arguments(hidden_states, hidden_states_scale))
-
-    def grouped_gemm1(self, gemm1_weights, gemm1_weights_scale):
-        """C (`cq`, `cs`) from the permuted rows: the Gluon kernel (sm_90)."""
-        fn, grid, args, consts, opts = gemm1_gluon.launch_plan(self, gemm1_weights, gemm1_weights_scale, self.sms)
-        fn[grid](**args, **consts, **opts)
+    def large_t_launches(self, *args):
+        """(kernel, arguments) of each launch of a call (the contest's 11 arguments, local_off an int), in
+        order: rung 3's routing and sort, permute, the two Gluon GEMMs, rung 3's finalize."""
+        route, sort, _gemm1, _gemm2, finalize = self.launches(*args)
+        hidden_states, hidden_states_scale, w1, w1s, w2, w2s, local_off = args[2:9]
+        return [
+            route,
+            sort,
+            (self.k_permute, self.permute_arguments(hidden_states, hidden_states_scale)),
+            (self.k_gemm1_gluon, gemm1_gluon.arguments(self, w1, w1s)),
+            (self.k_gemm2_gluon, gemm2_gluon.arguments(self, w2, w2s, args[10], local_off)),
+            finalize,
+        ]
 
     def run(self, *inputs_and_output):
-        """One call (the contest's 11 arguments): rung 3's launches in order, its GEMM1 replaced."""
+        """One call (the contest's 11 arguments)."""
         args = list(inputs_and_output)
         args[8], args[9] = int(args[8]), float(args[9])
-        hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale = args[2:6]
-        for kernel, kernel_args in self.launches(*args):
-            if kernel is self.k_gemm1:
-                self.permute(hidden_states, hidden_states_scale)
-                self.grouped_gemm1(gemm1_weights, gemm1_weights_scale)
-            else:
-                kernel.slow(*kernel_args)
+        launches = self.large_t_launches(*args)
+        aligned = not any(a.data_ptr() & 15 for a in inputs_and_output if isinstance(a, torch.Tensor))
+        if self.stream is not None and aligned:  # the compiled kernels assume 16-byte aligned pointers
+            stream = self.stream[0](self.stream[1])
+            for kernel, kernel_args in launches:
+                kernel.fast(stream, *kernel_args)
+            return args[10]
+        for kernel, kernel_args in launches:
+            kernel.slow(*kernel_args)
+        if all(kernel.fast_ready for kernel, _ in launches):
+            self.stream = (triton.runtime.driver.active.get_current_stream, args[2].get_device())
         return args[10]

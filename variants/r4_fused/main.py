@@ -1,7 +1,7 @@
 """Rung 4: the whole MoE layer as one persistent Triton launch for T <= 1024 (`persistent.py`);
-above, rung 3's kernels (its `moe.py`, packed beside these files) until the large-T path lands
-(`large_t.py`: rung 3's launches with a grouped Gluon GEMM1 on Hopper; built, not yet measured, so
-only `Runner(gluon_gemm1=True)` takes it).
+above, rung 3's kernels (its `moe.py`, packed beside these files), or on Hopper with
+`Runner(large_t_gluon=True)` the large-T path (`large_t.py`: both GEMMs as grouped Gluon kernels
+between rung 3's routing, sort and finalize launches).
 
 The host path of a call is as short as a launch: after the first call of a workload (compile, grid
 sizing, scratch allocation) a call checks that the workload is the one cached and launches the compiled
@@ -25,12 +25,12 @@ from .tiles import MAX_FUSED_T
 class Runner:
     """A callable with `run`'s signature over its own cache of workspaces: `Runner()` is the solution;
     `Runner(tiles)` forces one tile shape for every T (for experiments; see scripts/r4_tiles_sweep.py);
-    `Runner(gluon_gemm1=True)` takes the large-T path with the grouped Gluon GEMM1 where it can run
-    (sm_90), rung 3's kernels otherwise (issue 8: to be measured against rung 3's path)."""
+    `Runner(large_t_gluon=True)` takes the Gluon large-T path where it can run (sm_90), rung 3's
+    kernels otherwise."""
 
-    def __init__(self, tiles=None, gluon_gemm1=False):
+    def __init__(self, tiles=None, large_t_gluon=False):
         self.tiles = tiles
-        self.gluon_gemm1 = gluon_gemm1
+        self.large_t_gluon = large_t_gluon
         self.workspaces: dict = {}
         self.last = None  # the workspace of the last call, once its fast path is ready
 
@@ -82,7 +82,7 @@ class Runner:
         if T > MAX_FUSED_T:
             self.last = None
             large_t_call = run_rung3
-            if self.gluon_gemm1 and gluon_supported(hidden_states.device):
+            if self.large_t_gluon and gluon_supported(hidden_states.device):
                 key = ("large", hidden_states.device, T, E, NL, H, N1 // 2)
                 if key not in self.workspaces:
                     self.workspaces[key] = large_t.Workspace(hidden_states.device, T, E, NL, H, N1 // 2, 90)

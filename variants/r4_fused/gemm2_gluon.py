@@ -1,0 +1,168 @@
+"""GEMM2 of the large-T path on Hopper: a grouped, warp-specialized Gluon kernel over GEMM1's permuted C.
+
+    O[rows of tile t, columns hb] = C_perm[tile t] @ W2[e(t)][rows of hb]^T, block-scaled, times each
+    row's routing weight
+
+C comes from `gemm1_gluon.py` as rung 3's hi/lo FP8 pair in permuted rows (cq_perm [MP, 2I], cs_perm
+[2I/128, MP]). Its K block 2k is the hi term and 2k + 1 the lo term of I block k, and both multiply
+the same W2 block k: so GEMM2 is one block-scaled GEMM over K = 2I whose B tile is loaded once per
+pair of A blocks. The structure is GEMM1's (GEMM_NOTES.md, version (b)):
+- work items (tile, column block hb of H) in grouped order (GROUP_M tiles of one hb run together);
+- one TMA producer warp: per I block, the hi and the lo 64-row halves of the C tile with their
+  scales, and W2[e]'s 128 rows of hb (48.5 KB a stage, 4 stages);
+- two consumer warpgroups (rows 0-63 and 64-127), each per I block: the hi wgmma, wait, promote
+  (scale c_hi_scale[row] * w2_scale[hb, k]); the lo wgmma on the same W2 tile likewise. Two 64 x 128
+  fp32 tiles per thread (the accumulator and the partial);
+- epilogue: times the routing weight, bf16; a token with one local expert gets its output row
+  written here, a token with several has its rows parked in bf16 at their row ids for rung 3's
+  finalize launch (its `bf16_partial_rows` layout), exactly as rung 3's GEMM2 does.
+
+Hopper (sm_90) only: wgmma (`gemm_blockscaled.gluon_supported`).
+"""
+
+import triton.language as tl
+
+from .gemm1_gluon import BJ, HALF_M, ROWS_PER_CONSUMER
+from .gemm_blockscaled import HAVE_GLUON
+from .launch import Kernel
+from .permute import BM as TILE_ROWS
+from .routing import TOP_K
+
+if HAVE_GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
+
+    from .gemm1_gluon import _promote_block
+    from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scale_layout
+
+COLUMNS = 128  # columns of H per work item (128 rows of W2[e])
+TOPK = tl.constexpr(TOP_K)
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _producer(c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
+                  GROUP_M, H, I):  # fmt: skip
+        """One warp: TMA loads of every item's I blocks into the ring of stages, across item boundaries.
+        Stage s holds C blocks at 4 s + 2 h + term (h: the consumer's half, term: hi 0, lo 1)."""
+        BK: gl.constexpr = 128
+        NKB = I // BK
+        NHB = H // BJ
+        STAGES: gl.constexpr = w_bufs.shape[0]
+        nbytes: gl.constexpr = 4 * (c_desc.block_type.nbytes + cs_desc.block_type.nbytes) + w_desc.block_type.nbytes
+        n_tiles = gl.load(n_tiles_ptr)
+        it = 0
+        for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
+            tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
+            e = gl.load(tile_expert_ptr + tile)
+            w_row = e * H + hb * BJ  # W2 viewed as [NL * H, I]
+            for kb in range(NKB):
+                s = it % STAGES
+                mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+                bar = ready.index(s)
+                mbarrier.expect(bar, nbytes)
+                for h in gl.static_range(2):
+                    m = tile * (2 * HALF_M) + h * HALF_M
+                    for term in gl.static_range(2):
+                        tma.async_copy_global_to_shared(c_desc, [m, (2 * kb + term) * BK], bar,
+                                                        c_bufs.index(4 * s + 2 * h + term))  # fmt: skip
+                        tma.async_copy_global_to_shared(cs_desc, [2 * kb + term, m], bar,
+                                                        cs_bufs.index(4 * s + 2 * h + term))  # fmt: skip
+                tma.async_copy_global_to_shared(w_desc, [w_row, kb * BK], bar, w_bufs.index(s))
+                it += 1
+
+    @gluon.jit
+    def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
+                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, WG: gl.constexpr):  # fmt: skip
+        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile."""
+        BK: gl.constexpr = 128
+        NKB = I // BK
+        NHB = H // BJ
+        STAGES: gl.constexpr = w_bufs.shape[0]
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BJ, 32])
+        row_layout: gl.constexpr = gl.SliceLayout(1, mma)
+        col_layout: gl.constexpr = gl.SliceLayout(0, mma)
+        cs_rows = cs_bufs._reinterpret(gl.float32, [4 * STAGES, HALF_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        cols = gl.arange(0, BJ, layout=col_layout)
+        n_tiles = gl.load(n_tiles_ptr)
+        it = 0
+        for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
+            tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
+            e = gl.load(tile_expert_ptr + tile)
+            sw_ptr = w2s_ptr + (e * NHB + hb) * NKB  # w2 scales [NL, H/128, I/128]: row block hb
+            acc = gl.zeros([HALF_M, BJ], gl.float32, mma)
+            spare = gl.zeros([HALF_M, BJ], gl.float32, mma)  # the partial's registers (values unused)
+            for kb in range(NKB):
+                s = it % STAGES
+                mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                s_hi = cs_rows.index(4 * s + 2 * WG).load(row_layout)
+                s_lo = cs_rows.index(4 * s + 2 * WG + 1).load(row_layout)
+                sw = gl.load(sw_ptr + kb)
+                w_smem = w_bufs.index(s)
+                acc, spare = _promote_block(c_bufs.index(4 * s + 2 * WG), w_smem, spare, acc, s_hi * sw)
+                acc, spare = _promote_block(c_bufs.index(4 * s + 2 * WG + 1), w_smem, spare, acc, s_lo * sw)
+                mbarrier.arrive(empty.index(s), count=1)
+                it += 1
+            # epilogue: times the routing weight; the row's output row, or its parked row (rung 3's rule)
+            p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
+            rid = gl.load(rid_ptr + p)
+            ok = rid >= 0  # padding rows: -1
+            rid = gl.where(ok, rid, 0)
+            tok = rid // TOPK
+            n_local = gl.zeros([HALF_M], gl.int32, row_layout)
+            for k in gl.static_range(TOPK):
+                loc = gl.load(ids_ptr + tok * TOPK + k, mask=ok, other=-1) - local_off
+                n_local += ((loc >= 0) & (loc < NL)).to(gl.int32)
+            o = (acc * gl.load(w_ptr + rid, mask=ok, other=0.0)[:, None]).to(gl.bfloat16)
+            h = hb * BJ + cols
+            gl.store(out_ptr + tok.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local == 1))[:, None])
+            gl.store(obuf_ptr + rid.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local > 1))[:, None])
+
+    @gluon.jit
+    def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
+                    w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off):  # fmt: skip
+        # a worker partition takes no constexpr arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
+        _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
+                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, 1)  # fmt: skip
+
+    @gluon.jit(do_not_specialize=["local_off"])  # `Kernel.fast` reuses the first compile for every offset
+    def gemm2_gluon_kernel(c_desc, w_desc, cs_desc, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr, w_ptr,
+                           out_ptr, obuf_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                           CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
+        c_bufs = gl.allocate_shared_memory(c_desc.dtype, [4 * STAGES, HALF_M, 128], c_desc.layout)
+        cs_bufs = gl.allocate_shared_memory(cs_desc.dtype, [4 * STAGES, 1, HALF_M], cs_desc.layout)
+        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BJ, 128], w_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
+            mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
+        consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
+                         w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off)  # fmt: skip
+        producer_args = (c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
+                         GROUP_M, H, I)  # fmt: skip
+        gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
+                            (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
+
+
+def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
+    """The GEMM2 launch of large-T workspace `ws` on `sms` SMs (warps and registers as GEMM1's)."""
+    assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
+    items = ws.perm_max_tiles * (ws.H // COLUMNS)
+    consts = dict(GROUP_M=group_m, STAGES=stages, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)
+    return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
+
+
+def arguments(ws, gemm2_weights, gemm2_weights_scale, output, local_off) -> tuple:
+    """The launch's runtime arguments: TMA descriptors of C, W2 (viewed [NL * H, I]) and C's scales, then
+    pointers (the parked rows as bf16: rung 3's `bf16_partial_rows` layout) and sizes."""
+    NL, H, I = gemm2_weights.shape
+    return (
+        GluonTensorDescriptor.from_tensor(ws.cq_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
+        GluonTensorDescriptor.from_tensor(gemm2_weights.view(NL * H, I), [COLUMNS, 128], fp8_tile_layout(COLUMNS)),
+        GluonTensorDescriptor.from_tensor(ws.cs_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
+        gemm2_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.ids, ws.w, output, ws.obuf_bf16, H, I, NL,
+        local_off,
+    )  # fmt: skip
