@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton._C.libtriton import native_specialize_impl  # noqa: E402
+from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from fibmoe import variants  # noqa: E402
@@ -79,6 +80,8 @@ def signature(fn, args, consts):
         if isinstance(a, torch.Tensor):
             sig[name] = "*" + TYPES[a.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif hasattr(a, "block_shape"):  # a TMA tensor descriptor (Gluon kernels): Triton's own specialization
+            sig[name] = native_specialize_impl(BaseBackend, a, False, True, True)[0]
         elif isinstance(a, bool) or not isinstance(a, (int, float)):
             raise TypeError(f"{fn.__name__}: argument {name} is a {type(a).__name__}")
         else:
@@ -88,9 +91,12 @@ def signature(fn, args, consts):
 
 def compile_one(name, fn, args, consts, opts, cap, workdir: Path):
     sig, attrs = signature(fn, args, consts)
-    options = {k: v for k, v in opts.items() if k in ("num_warps", "num_stages")}
+    options = {k: v for k, v in opts.items() if k in ("num_warps", "num_stages", "maxnreg")}
+    source = ASTSource
+    if type(fn).__name__ == "GluonJITFunction":  # Gluon kernels (rung 4's large-T GEMMs, sm_90)
+        from triton.experimental.gluon._runtime import GluonASTSource as source
     kernel = triton.compile(
-        ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", cap, 32), options=options
+        source(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", cap, 32), options=options
     )
     cubin = workdir / f"{name}_sm{cap}.cubin"
     cubin.write_bytes(kernel.asm["cubin"])

@@ -119,11 +119,11 @@ def large_t_modules():
     return importlib.import_module("packed.large_t"), importlib.import_module("packed.launch")
 
 
-def large_t_plans(T=14107, geometry=(256, 32, 7168, 2048)):
+def large_t_plans(T=14107, geometry=(256, 32, 7168, 2048), gemm2_columns=128):
     """{kernel name: plan} of the permute and the two Gluon GEMM launches of a large-T workspace of T
     tokens, built on the "meta" device from the arguments a call passes them."""
     large_t, launch = large_t_modules()
-    ws = large_t.Workspace(torch.device("meta"), T, *geometry, 90, 132)
+    ws = large_t.Workspace(torch.device("meta"), T, *geometry, 90, 132, gemm2_columns=gemm2_columns)
     inputs = list(launch.meta_call_arguments(T, *geometry))
     plans = {}
     for k, args in ws.large_t_launches(*inputs)[2:5]:
@@ -148,6 +148,8 @@ def variants(mod):
         out.append((f"sm90_{label}", 90, True, lambda m=mod, c=cfg: m.gluon_launch(*meta_inputs(), **c)))
     out.append(("sm90_moe_gemm1_grouped", 90, True, lambda: large_t_plans()["gemm1_gluon_kernel"]))
     out.append(("sm90_moe_gemm2_grouped", 90, True, lambda: large_t_plans()["gemm2_gluon_kernel"]))
+    n256 = lambda: large_t_plans(gemm2_columns=256)["gemm2_gluon_kernel"]  # noqa: E731
+    out.append(("sm90_moe_gemm2_grouped_n256", 90, True, n256))
     for cap in (90, 100):
         out.append((f"sm{cap}_moe_permute", cap, False, lambda: large_t_plans()["permute_kernel"]))
     return out

@@ -30,10 +30,11 @@ DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
 LARGE_T_PATHS = [("rung3-path", {"large_t_gluon": False}), ("gluon-gemms", {"large_t_gluon": True})]  # Runner arguments
 
 
-def parse_try(spec: str, tiles_cls) -> tuple[str, dict]:
-    """NAME:field=value,... -> (NAME, {field: value}) with each value of the tile field's own type."""
+def parse_try(spec: str, tiles_cls, extra=None) -> tuple[str, dict]:
+    """NAME:field=value,... -> (NAME, {field: value}) with each value of the tile field's own type
+    (`extra`: more {field: type} allowed)."""
     name, _, fields = spec.partition(":")
-    kinds = {f.name: f.type for f in dataclasses.fields(tiles_cls)}
+    kinds = {f.name: f.type for f in dataclasses.fields(tiles_cls)} | (extra or {})
     out = {}
     for item in filter(None, fields.split(",")):
         k, v = item.split("=")
@@ -107,6 +108,26 @@ def host_path_us(call, n: int = 50) -> float:
     return sorted(times)[n // 2]
 
 
+class LargeTry:
+    """A call through the Gluon large-T workspace with rung 3's tile table entry changed (`--large-try`:
+    its fields, and `gemm2_columns` of the Gluon GEMM2)."""
+
+    def __init__(self, large_t, tile_table, cap, fields):
+        self.large_t, self.tile_table, self.cap, self.fields = large_t, tile_table, cap, dict(fields)
+        self.workspaces = {}
+
+    def __call__(self, *args):
+        T, E = args[0].shape
+        NL, N1, H = args[4].shape
+        if T not in self.workspaces:
+            fields = dict(self.fields)
+            columns = fields.pop("gemm2_columns", 128)
+            tiles = dataclasses.replace(self.tile_table.tiles_for(T, self.cap), **fields)
+            self.workspaces[T] = self.large_t.Workspace(args[2].device, T, E, NL, H, N1 // 2, self.cap, tiles=tiles,
+                                                        gemm2_columns=columns)  # fmt: skip
+        return self.workspaces[T].run(*args)
+
+
 def stage_times(call) -> dict[str, float]:
     """GPU time of each kernel of one call (us, by kernel name, in launch order; the median of 5 calls),
     from torch.profiler's CUDA activity: where a call's time goes, stage by stage."""
@@ -131,6 +152,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", default="1,7,56,901")
     ap.add_argument("--try", dest="tries", action="append", default=[], help="NAME:field=value,...")
+    ap.add_argument("--large-try", dest="large_tries", action="append", default=[],
+                    help="NAME:field=value,... above the fused T: rung 3's tile fields or gemm2_columns")  # fmt: skip
     ap.add_argument("--variant", default="r4-fused-persistent")
     ap.add_argument("--trace", action="store_true", help="also run each shape with its work-item trace on")
     ap.add_argument("--stages", action="store_true", help="also time each kernel of one call (torch.profiler)")
@@ -143,6 +166,9 @@ def main() -> None:
     tiles_mod = sys.modules[mod.__package__ + ".tiles"]
     cap = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
     tries = [("table", {})] + [parse_try(s, tiles_mod.Tiles) for s in args.tries]
+    tile_table = sys.modules[mod.__package__ + ".tile_table"]
+    large_t = sys.modules[mod.__package__ + ".large_t"]
+    large_tries = [parse_try(s, tile_table.Tiles, {"gemm2_columns": int}) for s in args.large_tries]
     if args.trace:
         tries += [(name + "+trace", {**fields, "trace": True}) for name, fields in tries]
     rows = []
@@ -153,10 +179,14 @@ def main() -> None:
         ref32 = reference.forward(*inp)
         large = T > tiles_mod.MAX_FUSED_T
         base = None if large else tiles_mod.tiles_for(T, cap)
-        for name, fields in LARGE_T_PATHS if large else tries:
+        for name, fields in LARGE_T_PATHS + large_tries if large else tries:
             row = dict(T=T, uuid=w.workload.uuid, name=name, fields=fields)
             try:
-                runner = mod.Runner(**fields) if large else mod.Runner(dataclasses.replace(base, **fields))
+                if large:
+                    is_path = (name, fields) in LARGE_T_PATHS
+                    runner = mod.Runner(**fields) if is_path else LargeTry(large_t, tile_table, cap, fields)
+                else:
+                    runner = mod.Runner(dataclasses.replace(base, **fields))
                 out = torch.full_like(ref32, float("nan"), dtype=torch.bfloat16)
                 runner(*inp, out)
                 torch.cuda.synchronize()

@@ -37,3 +37,15 @@ def test_a_variant_without_the_hook_or_unknown_is_one_error_line():
         proc = _run(name)
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_rung4_large_t_gluon_gemms_compile_through_the_hook():
+    """Rung 4 above the fused T on sm_90: the hook hands over the Gluon GEMMs (TMA descriptors among their
+    arguments) and they compile to FP8 wgmmas without spilling."""
+    proc = _run("r4-fused-persistent", "--cap", "90", "-t", "14107", "-k", "gemm1_gluon", "-k", "gemm2_gluon")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert [ln.split()[2] for ln in lines] == ["gemm1_gluon", "gemm2_gluon"], lines
+    for line in lines:
+        assert "stack=0" in line and "'QGMMA': 16" in line and "'LDL'" not in line, line

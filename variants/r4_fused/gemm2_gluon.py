@@ -37,7 +37,6 @@ if HAVE_GLUON:
     from .gemm1_gluon import _promote_block
     from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scale_layout
 
-COLUMNS = 128  # columns of H per work item (128 rows of W2[e])
 TOPK = tl.constexpr(TOP_K)
 
 if HAVE_GLUON:
@@ -48,8 +47,9 @@ if HAVE_GLUON:
         """One warp: TMA loads of every item's I blocks into the ring of stages, across item boundaries.
         Stage s holds C blocks at 4 s + 2 h + term (h: the consumer's half, term: hi 0, lo 1)."""
         BK: gl.constexpr = 128
+        BN: gl.constexpr = w_bufs.shape[1]
         NKB = I // BK
-        NHB = H // BJ
+        NHB = H // BN
         STAGES: gl.constexpr = w_bufs.shape[0]
         nbytes: gl.constexpr = 4 * (c_desc.block_type.nbytes + cs_desc.block_type.nbytes) + w_desc.block_type.nbytes
         n_tiles = gl.load(n_tiles_ptr)
@@ -57,7 +57,7 @@ if HAVE_GLUON:
         for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
             tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
             e = gl.load(tile_expert_ptr + tile)
-            w_row = e * H + hb * BJ  # W2 viewed as [NL * H, I]
+            w_row = e * H + hb * BN  # W2 viewed as [NL * H, I]
             for kb in range(NKB):
                 s = it % STAGES
                 mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
@@ -74,12 +74,31 @@ if HAVE_GLUON:
                 it += 1
 
     @gluon.jit
+    def _epilogue(acc, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off, row_layout: gl.constexpr):
+        """Rows p of the permuted tile, columns h: times the routing weight, bf16; the token's output row
+        (one local expert) or the row parked at its id (several), as rung 3's GEMM2 writes them."""
+        rid = gl.load(rid_ptr + p)
+        ok = rid >= 0  # padding rows: -1
+        rid = gl.where(ok, rid, 0)
+        tok = rid // TOPK
+        n_local = gl.zeros([HALF_M], gl.int32, row_layout)
+        for k in gl.static_range(TOPK):
+            loc = gl.load(ids_ptr + tok * TOPK + k, mask=ok, other=-1) - local_off
+            n_local += ((loc >= 0) & (loc < NL)).to(gl.int32)
+        o = (acc * gl.load(w_ptr + rid, mask=ok, other=0.0)[:, None]).to(gl.bfloat16)
+        gl.store(out_ptr + tok.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local == 1))[:, None])
+        gl.store(obuf_ptr + rid.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local > 1))[:, None])
+
+    @gluon.jit
     def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
                   w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, WG: gl.constexpr):  # fmt: skip
-        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile."""
+        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile; BN = 256 columns as two 128-column
+        accumulators on the two halves of the W2 tile (three fp32 tiles with the partial, as GEMM1)."""
         BK: gl.constexpr = 128
+        BN: gl.constexpr = w_bufs.shape[1]
+        TWO: gl.constexpr = BN == 2 * BJ
         NKB = I // BK
-        NHB = H // BJ
+        NHB = H // BN
         STAGES: gl.constexpr = w_bufs.shape[0]
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BJ, 32])
         row_layout: gl.constexpr = gl.SliceLayout(1, mma)
@@ -91,34 +110,34 @@ if HAVE_GLUON:
         for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
             tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
             e = gl.load(tile_expert_ptr + tile)
-            sw_ptr = w2s_ptr + (e * NHB + hb) * NKB  # w2 scales [NL, H/128, I/128]: row block hb
-            acc = gl.zeros([HALF_M, BJ], gl.float32, mma)
+            sw_ptr = w2s_ptr + (e * (H // BJ) + hb * (BN // BJ)) * NKB  # w2 scales [NL, H/128, I/128]
+            acc0 = gl.zeros([HALF_M, BJ], gl.float32, mma)
+            acc1 = gl.zeros([HALF_M, BJ], gl.float32, mma)  # BN = 256: columns 128-255
             spare = gl.zeros([HALF_M, BJ], gl.float32, mma)  # the partial's registers (values unused)
             for kb in range(NKB):
                 s = it % STAGES
                 mbarrier.wait(ready.index(s), (it // STAGES) & 1)
                 s_hi = cs_rows.index(4 * s + 2 * WG).load(row_layout)
                 s_lo = cs_rows.index(4 * s + 2 * WG + 1).load(row_layout)
-                sw = gl.load(sw_ptr + kb)
+                c_hi = c_bufs.index(4 * s + 2 * WG)
+                c_lo = c_bufs.index(4 * s + 2 * WG + 1)
                 w_smem = w_bufs.index(s)
-                acc, spare = _promote_block(c_bufs.index(4 * s + 2 * WG), w_smem, spare, acc, s_hi * sw)
-                acc, spare = _promote_block(c_bufs.index(4 * s + 2 * WG + 1), w_smem, spare, acc, s_lo * sw)
+                sw = gl.load(sw_ptr + kb)
+                w0 = w_smem.slice(0, BJ)
+                acc0, spare = _promote_block(c_hi, w0, spare, acc0, s_hi * sw)
+                acc0, spare = _promote_block(c_lo, w0, spare, acc0, s_lo * sw)
+                if TWO:
+                    sw1 = gl.load(sw_ptr + NKB + kb)
+                    w1 = w_smem.slice(BJ, BJ)
+                    acc1, spare = _promote_block(c_hi, w1, spare, acc1, s_hi * sw1)
+                    acc1, spare = _promote_block(c_lo, w1, spare, acc1, s_lo * sw1)
                 mbarrier.arrive(empty.index(s), count=1)
                 it += 1
-            # epilogue: times the routing weight; the row's output row, or its parked row (rung 3's rule)
             p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
-            rid = gl.load(rid_ptr + p)
-            ok = rid >= 0  # padding rows: -1
-            rid = gl.where(ok, rid, 0)
-            tok = rid // TOPK
-            n_local = gl.zeros([HALF_M], gl.int32, row_layout)
-            for k in gl.static_range(TOPK):
-                loc = gl.load(ids_ptr + tok * TOPK + k, mask=ok, other=-1) - local_off
-                n_local += ((loc >= 0) & (loc < NL)).to(gl.int32)
-            o = (acc * gl.load(w_ptr + rid, mask=ok, other=0.0)[:, None]).to(gl.bfloat16)
-            h = hb * BJ + cols
-            gl.store(out_ptr + tok.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local == 1))[:, None])
-            gl.store(obuf_ptr + rid.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local > 1))[:, None])
+            h = hb * BN + cols
+            _epilogue(acc0, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off, row_layout)
+            if TWO:
+                _epilogue(acc1, p, h + BJ, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off, row_layout)
 
     @gluon.jit
     def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
@@ -133,7 +152,7 @@ if HAVE_GLUON:
                            CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
         c_bufs = gl.allocate_shared_memory(c_desc.dtype, [4 * STAGES, HALF_M, 128], c_desc.layout)
         cs_bufs = gl.allocate_shared_memory(cs_desc.dtype, [4 * STAGES, 1, HALF_M], cs_desc.layout)
-        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BJ, 128], w_desc.layout)
+        w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
@@ -147,11 +166,16 @@ if HAVE_GLUON:
                             (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
 
-def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
-    """The GEMM2 launch of large-T workspace `ws` on `sms` SMs (warps and registers as GEMM1's)."""
+def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
+    """The GEMM2 launch of large-T workspace `ws` on `sms` SMs (warps and registers as GEMM1's), with
+    `ws.gemm2_columns` of H per item: 128 (one accumulator, 4 stages of 49 KB) or 256 (two, 3 stages of
+    65 KB)."""
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
-    items = ws.perm_max_tiles * (ws.H // COLUMNS)
-    consts = dict(GROUP_M=group_m, STAGES=stages, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)
+    n = ws.gemm2_columns
+    assert n in (BJ, 2 * BJ) and ws.H % n == 0, n
+    items = ws.perm_max_tiles * (ws.H // n)
+    consts = dict(GROUP_M=group_m, STAGES=stages or (4 if n == BJ else 3), CONSUMER_REGS=consumer_regs,
+                  PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 
@@ -159,9 +183,10 @@ def arguments(ws, gemm2_weights, gemm2_weights_scale, output, local_off) -> tupl
     """The launch's runtime arguments: TMA descriptors of C, W2 (viewed [NL * H, I]) and C's scales, then
     pointers (the parked rows as bf16: rung 3's `bf16_partial_rows` layout) and sizes."""
     NL, H, I = gemm2_weights.shape
+    n = ws.gemm2_columns
     return (
         GluonTensorDescriptor.from_tensor(ws.cq_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
-        GluonTensorDescriptor.from_tensor(gemm2_weights.view(NL * H, I), [COLUMNS, 128], fp8_tile_layout(COLUMNS)),
+        GluonTensorDescriptor.from_tensor(gemm2_weights.view(NL * H, I), [n, 128], fp8_tile_layout(n)),
         GluonTensorDescriptor.from_tensor(ws.cs_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
         gemm2_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.ids, ws.w, output, ws.obuf_bf16, H, I, NL,
         local_off,

@@ -1,7 +1,7 @@
 """Rung 4: the whole MoE layer as one persistent Triton launch for T <= 1024 (`persistent.py`);
-above, rung 3's kernels (its `moe.py`, packed beside these files), or on Hopper with
-`Runner(large_t_gluon=True)` the large-T path (`large_t.py`: both GEMMs as grouped Gluon kernels
-between rung 3's routing, sort and finalize launches).
+above, on Hopper the large-T path (`large_t.py`: both GEMMs as grouped Gluon kernels between rung 3's
+routing, sort and finalize launches), elsewhere rung 3's kernels (its `moe.py`, packed beside these
+files).
 
 The host path of a call is as short as a launch: after the first call of a workload (compile, grid
 sizing, scratch allocation) a call checks that the workload is the one cached and launches the compiled
@@ -25,10 +25,10 @@ from .tiles import MAX_FUSED_T
 class Runner:
     """A callable with `run`'s signature over its own cache of workspaces: `Runner()` is the solution;
     `Runner(tiles)` forces one tile shape for every T (for experiments; see scripts/r4_tiles_sweep.py);
-    `Runner(large_t_gluon=True)` takes the Gluon large-T path where it can run (sm_90), rung 3's
-    kernels otherwise."""
+    `Runner(large_t_gluon=False)` keeps rung 3's kernels above the fused T even where the Gluon large-T
+    path runs (sm_90), for comparisons."""
 
-    def __init__(self, tiles=None, large_t_gluon=False):
+    def __init__(self, tiles=None, large_t_gluon=True):
         self.tiles = tiles
         self.large_t_gluon = large_t_gluon
         self.workspaces: dict = {}
@@ -130,10 +130,18 @@ def run(
 
 def compile_plan(T: int, cap: int, sms: int = 132, geometry=CONTEST):
     """The kernels a call of T tokens launches on a GPU of capability `cap` (scripts/compile_check.py):
-    the one persistent kernel up to MAX_FUSED_T, rung 3's above. Built on the "meta" device."""
-    if T > MAX_FUSED_T:
-        return compile_plan_rung3(T, cap, sms, geometry)
+    the one persistent kernel up to MAX_FUSED_T; above, the Gluon large-T path's launches on sm_90 and
+    rung 3's elsewhere. Built on the "meta" device."""
     E, NL, H, I = (geometry[k] for k in ("E", "NL", "H", "I"))
+    if T > MAX_FUSED_T and cap != 90:
+        return compile_plan_rung3(T, cap, sms, geometry)
+    if T > MAX_FUSED_T:
+        ws = large_t.Workspace(torch.device("meta"), T, E, NL, H, I, cap, sms)
+        plan = []
+        for kernel, args in ws.large_t_launches(*meta_call_arguments(T, E, NL, H, I)):
+            consts = dict(kernel.consts, **({"USE_LIBDEVICE": True} if "USE_LIBDEVICE" in kernel.consts else {}))
+            plan.append((kernel.fn.__name__.removesuffix("_kernel"), kernel.fn, args, consts, kernel.opts))
+        return plan
     ws = Workspace(torch.device("meta"), T, E, NL, H, I, None, cap, sms)
     args = meta_call_arguments(T, E, NL, H, I)  # the kernel takes the output before its scratch
     kernel_args = (*args[:8], args[10], *ws.scratch, T, args[8], args[9])

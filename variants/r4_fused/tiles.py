@@ -29,8 +29,9 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     PTX (the L2 prefetch) is used."""
     if T > MAX_FUSED_T:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
-    if T <= 4:  # split-K 2: ~100 long GEMM1 items that reach a steady stream (14: 5 waves of 4-block items)
-        t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 4, 8)
+    if T <= 4:  # stream-K: one equal share of GEMM1's K blocks per program (v9: 83 against 89 us at T = 1,
+        # the mean of four rounds; split-K 2 before)
+        t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 4, 8, stream_k=True)
     elif T <= 8:
         t = Tiles(16, 128, 1, 4, True, 1, False, True, False, 4, 4, 8)
     # above T = 8 GEMM2 items take 2-4 H blocks: the last two waves of them one H block each (a short tail)
