@@ -147,9 +147,9 @@ def variants(mod):
     for label, cfg in gluon_configs:
         out.append((f"sm90_{label}", 90, True, lambda m=mod, c=cfg: m.gluon_launch(*meta_inputs(), **c)))
     out.append(("sm90_moe_gemm1_grouped", 90, True, lambda: large_t_plans()["gemm1_gluon_kernel"]))
-    out.append(("sm90_moe_gemm2_grouped", 90, True, lambda: large_t_plans()["gemm2_gluon_kernel"]))
-    n256 = lambda: large_t_plans(gemm2_columns=256)["gemm2_gluon_kernel"]  # noqa: E731
-    out.append(("sm90_moe_gemm2_grouped_n256", 90, True, n256))
+    for n in (128, 256):
+        plan = lambda n=n: large_t_plans(gemm2_columns=n)["gemm2_gluon_kernel"]  # noqa: E731
+        out.append((f"sm90_moe_gemm2_grouped_n{n}", 90, True, plan))
     for cap in (90, 100):
         out.append((f"sm{cap}_moe_permute", cap, False, lambda: large_t_plans()["permute_kernel"]))
     return out

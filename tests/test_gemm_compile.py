@@ -66,14 +66,15 @@ def test_large_t_gemms_and_permute_compile_without_spills(report):
     """Rung 4's large-T GEMMs (grouped Gluon) keep their K loops out of local memory: the no-op wait after
     each promotion stops ptxas from giving the next wgmma a second partial (676 B of spills in GEMM1
     without it); the permute launch before them compiles for both targets."""
-    for label in ("sm90_moe_gemm1_grouped", "sm90_moe_gemm2_grouped"):
+    # per K block in each of the two consumers: wgmmas of 4 QGMMA, each followed by its wait and the no-op
+    # one: GEMM1 the up and the gate panel (2); GEMM2 C's hi and lo terms on each 128 columns of W2 (2 or 4)
+    for label, wgmmas in (("sm90_moe_gemm1_grouped", 2), ("sm90_moe_gemm2_grouped_n128", 2),
+                          ("sm90_moe_gemm2_grouped_n256", 4)):  # fmt: skip
         row = report[label]
         assert "error" not in row, row
         assert row["stack"] == 0 and "LDL" not in row["ops"] and "STL" not in row["ops"], row
-        # per K block in each of the two consumers: two wgmmas of 4 QGMMA (GEMM1: the up and the gate
-        # panel; GEMM2: C's hi and lo terms on one W2 tile), each followed by its wait and the no-op one
-        assert row["ops"]["QGMMA"] == 16, row
-        assert row["ops"]["WARPGROUP.DEPBAR"] == 8, row
+        assert row["ops"]["QGMMA"] == 2 * 4 * wgmmas, row
+        assert row["ops"]["WARPGROUP.DEPBAR"] == 2 * 2 * wgmmas, row
         assert not _serialized(row)
         assert 240 in row["setmaxnreg"] and 24 in row["setmaxnreg"]
     for cap in (90, 100):

@@ -82,11 +82,14 @@ def tiles_for(T: int, cap: int) -> Tiles:
         st2 = 3
     if sm90 and T > 2048:  # hi/lo C: BM 128 x BH 128 with the scale prefetch spills 16 B (255 regs)
         spf2 = False
+    large = T > 2048
     return Tiles(
         inline_rows=small,
         fused_routing=T <= 8,
-        routing_block_t=1 if small else 16,
-        routing_warps=1 if small else 8,
+        # large T (rung 4 v12-v13, H200 kernel times): 4 tokens on 2 warps route in 36-43 us where 16 on
+        # 8 warps took 79-94 (T = 11948, 14107)
+        routing_block_t=1 if small else 4 if large else 16,
+        routing_warps=1 if small else 2 if large else 8,
         sort_block_t=min(1024, max(16, next_pow2(T))),
         gemm1_block_m=bm1,
         gemm1_split_k=split_k,
@@ -108,7 +111,8 @@ def tiles_for(T: int, cap: int) -> Tiles:
         c_hi_lo=True,  # rel-L2 error ~2e-3 instead of ~2.3e-2 (NOTES.md, v7)
         bf16_partial_rows=not small,  # measured: -7% at T=14107, -6% at T=11948 (v5), -6.4% at T=901 (v6)
         atomic_reduction=False,  # within 1% of the ordered sum, and not deterministic
-        finalize_block_t=1 if small else 8,
-        finalize_block_h=1024,
+        # large T (same runs): one token x 2048 columns a program, 63-93 us where 8 x 1024 took 144-196
+        finalize_block_t=1 if small or large else 8,
+        finalize_block_h=2048 if large else 1024,
         pdl=True,
     )
