@@ -225,7 +225,9 @@ def profile(
     require_cuda(device, "Nsight Compute profiling")
     out_base = Path(out_base)
     solution_path = _write_solution(solution, Path(str(out_base) + ".solution.json"))
-    cmd = [ncu, "--profile-from-start", "off", "--target-processes", "all", "-f", "-o", str(out_base)]
+    # --clock-control none: measure the card at the clocks it runs (ncu locks them to base by default)
+    cmd = [ncu, "--profile-from-start", "off", "--clock-control", "none", "--target-processes", "all", "-f", "-o",
+           str(out_base)]  # fmt: skip
     cmd += (["--set", section_set] if section_set else []) + ["--metrics", ",".join(NCU_METRICS.values())]
     cmd += runner_argv(solution_path, ds, trace, device, warmup, profile_range=True)
     try:

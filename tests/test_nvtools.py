@@ -140,7 +140,8 @@ def test_profile_keeps_the_report_and_reads_the_hottest_kernel(tools, small):
     assert len(list(report.glob("profile-r1-torch-*.ncu-rep"))) == 1 and len(list(report.glob("*.csv"))) == 1
     profiled, imported = calls(tools)
     argv = profiled["argv"]
-    assert argv[:3] == ["--profile-from-start", "off", "--target-processes"] and "--set" in argv
+    assert argv[:2] == ["--profile-from-start", "off"] and "--set" in argv
+    assert argv[argv.index("--clock-control") + 1] == "none"  # the card's clocks are left as they are
     assert ",".join(METRICS) in argv
     runner = argv[argv.index("-m") :]
     assert runner[:2] == ["-m", "fibmoe.nvtools"] and "--profile-range" in runner
