@@ -29,7 +29,7 @@ class Workspace(Rung3Workspace):
     """Rung 3's workspace of T tokens (its scratch and its routing, sort and finalize launches) plus the
     permuted activations, the permuted C and the permute and two Gluon GEMM launches."""
 
-    def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256):
+    def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8):
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -49,8 +49,9 @@ class Workspace(Rung3Workspace):
         # H columns per GEMM2 item: 256 (two accumulators) measured 8-14% faster than 128 (v12-v13)
         self.gemm2_columns = gemm2_columns
         self.k_permute = permute.launch_for(self)
-        self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms)
-        self.k_gemm2_gluon = gemm2_gluon.launch_for(self, self.sms)
+        # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
+        self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
+        self.k_gemm2_gluon = gemm2_gluon.launch_for(self, self.sms, group_m=group_m)
         self.stream = None  # (get_stream, device index) once every launch has its C launcher
 
     def permute_arguments(self, hidden_states, hidden_states_scale):
