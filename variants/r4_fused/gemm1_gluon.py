@@ -182,13 +182,21 @@ def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs
     return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 
+def fixed_arguments(ws) -> dict:
+    """What the launch's arguments keep from call to call, built once per workspace: the TMA descriptors
+    of the permuted rows and their scales, and W1's tile layout."""
+    return dict(
+        a=GluonTensorDescriptor.from_tensor(ws.a_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
+        sa=GluonTensorDescriptor.from_tensor(ws.sa_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
+        w_layout=fp8_tile_layout(COLUMNS),
+    )
+
+
 def arguments(ws, gemm1_weights, gemm1_weights_scale) -> tuple:
-    """The launch's runtime arguments: TMA descriptors of the permuted rows, their scales and W1 (viewed
-    [NL * 2I, H]: expert e's up rows, then its gate rows I further), then pointers and sizes."""
+    """The launch's runtime arguments: TMA descriptors of the permuted rows, W1 (viewed [NL * 2I, H]:
+    expert e's up rows, then its gate rows I further) and the rows' scales, then pointers and sizes."""
     NL, N1, H = gemm1_weights.shape
-    return (
-        GluonTensorDescriptor.from_tensor(ws.a_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
-        GluonTensorDescriptor.from_tensor(gemm1_weights.view(NL * N1, H), [COLUMNS, 128], fp8_tile_layout(COLUMNS)),
-        GluonTensorDescriptor.from_tensor(ws.sa_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
-        gemm1_weights_scale, ws.tile_expert, ws.n_tiles, ws.cq_perm, ws.cs_perm, H, N1 // 2, ws.sa_perm.shape[1],
-    )  # fmt: skip
+    f = ws.gemm1_fixed
+    w_desc = GluonTensorDescriptor.from_tensor(gemm1_weights.view(NL * N1, H), [COLUMNS, 128], f["w_layout"])
+    return (f["a"], w_desc, f["sa"], gemm1_weights_scale, ws.tile_expert, ws.n_tiles, ws.cq_perm, ws.cs_perm, H,
+            N1 // 2, ws.sa_perm.shape[1])  # fmt: skip

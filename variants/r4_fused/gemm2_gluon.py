@@ -179,15 +179,21 @@ def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_r
     return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 
+def fixed_arguments(ws) -> dict:
+    """What the launch's arguments keep from call to call, built once per workspace: the TMA descriptors
+    of C and its scales, and W2's tile layout."""
+    return dict(
+        c=GluonTensorDescriptor.from_tensor(ws.cq_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
+        cs=GluonTensorDescriptor.from_tensor(ws.cs_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
+        w_layout=fp8_tile_layout(ws.gemm2_columns),
+    )
+
+
 def arguments(ws, gemm2_weights, gemm2_weights_scale, output, local_off) -> tuple:
     """The launch's runtime arguments: TMA descriptors of C, W2 (viewed [NL * H, I]) and C's scales, then
     pointers (the parked rows as bf16: rung 3's `bf16_partial_rows` layout) and sizes."""
     NL, H, I = gemm2_weights.shape
-    n = ws.gemm2_columns
-    return (
-        GluonTensorDescriptor.from_tensor(ws.cq_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
-        GluonTensorDescriptor.from_tensor(gemm2_weights.view(NL * H, I), [n, 128], fp8_tile_layout(n)),
-        GluonTensorDescriptor.from_tensor(ws.cs_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
-        gemm2_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.ids, ws.w, output, ws.obuf_bf16, H, I, NL,
-        local_off,
-    )  # fmt: skip
+    f = ws.gemm2_fixed
+    w_desc = GluonTensorDescriptor.from_tensor(gemm2_weights.view(NL * H, I), [ws.gemm2_columns, 128], f["w_layout"])
+    return (f["c"], w_desc, f["cs"], gemm2_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.ids, ws.w, output,
+            ws.obuf_bf16, H, I, NL, local_off)  # fmt: skip

@@ -20,8 +20,6 @@ Two kernels, each beside its launcher:
 `blockscaled_gemm` picks the Gluon kernel on sm_90 and the Triton one elsewhere.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -168,12 +166,10 @@ N_CONSUMERS = 2  # consumer warpgroups, so a tile is 128 rows
 
 if HAVE_GLUON:
 
-    @functools.cache
     def fp8_tile_layout(rows):
         """The shared-memory layout of an fp8 [rows, 128] TMA tile (a wgmma operand)."""
         return gl.NVMMASharedLayout.get_default_for([rows, SCALE_BLOCK], gl.float8e4nv)
 
-    @functools.cache
     def row_scale_layout():
         """The shared-memory layout of a [1, rows] fp32 vector of row scales (no swizzle)."""
         return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)

@@ -12,8 +12,9 @@ writes output rows and parks the rows of multi-expert tokens exactly as rung 3's
 
 Host path: the first call goes through Triton's dispatcher (compiles, and prepares each launch's C
 launcher); later calls launch every kernel straight through its C launcher (`Kernel.fast`, tensors as
-arguments: no argument binding). The Gluon kernels' TMA descriptors are built per call from the
-weights given (a few us: plain Python objects; the launcher encodes them).
+arguments: no argument binding). The Gluon kernels' TMA descriptors of the workspace's own buffers are
+built once; those of the weights per call, from the weights given (a few us: plain Python objects; the
+launcher encodes every descriptor into a CUtensorMap).
 """
 
 import torch
@@ -52,6 +53,8 @@ class Workspace(Rung3Workspace):
         # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
         self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
         self.k_gemm2_gluon = gemm2_gluon.launch_for(self, self.sms, group_m=group_m)
+        self.gemm1_fixed = gemm1_gluon.fixed_arguments(self)  # descriptors of this workspace's own buffers
+        self.gemm2_fixed = gemm2_gluon.fixed_arguments(self)
         self.stream = None  # (get_stream, device index) once every launch has its C launcher
 
     def permute_arguments(self, hidden_states, hidden_states_scale):
