@@ -49,6 +49,16 @@ HALF_M = tl.constexpr(ROWS_PER_CONSUMER)  # the same, for the kernels
 BJ = tl.constexpr(COLUMNS)
 
 if HAVE_GLUON:
+    # a consumer's [64, 128] fp32 accumulator as the m64n128 wgmma leaves it, its rows and its columns
+    # (shared with gemm2_gluon.py)
+    ACC = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 32]))
+    ACC_ROWS = gl.constexpr(gl.SliceLayout(1, ACC))
+    ACC_COLS = gl.constexpr(gl.SliceLayout(0, ACC))
+
+    @gluon.jit
+    def row_scale_vectors(bufs):
+        """A ring of [1, 64] fp32 row-scale TMA tiles viewed as [n, 64] vectors (`.index(i).load(ACC_ROWS)`)."""
+        return bufs._reinterpret(gl.float32, [bufs.shape[0], HALF_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
     @gluon.jit
     def _producer(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
@@ -107,11 +117,8 @@ if HAVE_GLUON:
         NKB = H // BK
         NJ = I // BJ
         STAGES: gl.constexpr = u_bufs.shape[0]
-        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BJ, 32])
-        row_layout: gl.constexpr = gl.SliceLayout(1, mma)
-        col_layout: gl.constexpr = gl.SliceLayout(0, mma)
-        sa_rows = sa_bufs._reinterpret(gl.float32, [2 * STAGES, HALF_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-        cols = gl.arange(0, BJ, layout=col_layout)
+        sa_rows = row_scale_vectors(sa_bufs)
+        cols = gl.arange(0, BJ, layout=ACC_COLS)
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
         for item in range(gl.program_id(0), n_tiles * NJ, gl.num_programs(0)):
@@ -119,13 +126,13 @@ if HAVE_GLUON:
             e = gl.load(tile_expert_ptr + tile)
             su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB  # w1 scales [NL, 2I/128, H/128]: up block jb
             sg_ptr = su_ptr + NJ * NKB  # and its gate block
-            acc_u = gl.zeros([HALF_M, BJ], gl.float32, mma)
-            acc_g = gl.zeros([HALF_M, BJ], gl.float32, mma)
-            spare = gl.zeros([HALF_M, BJ], gl.float32, mma)  # the partial's registers (values unused)
+            acc_u = gl.zeros([HALF_M, BJ], gl.float32, ACC)
+            acc_g = gl.zeros([HALF_M, BJ], gl.float32, ACC)
+            spare = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # the partial's registers (values unused)
             for kb in range(NKB):
                 s = it % STAGES
                 mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                sa = sa_rows.index(2 * s + WG).load(row_layout)
+                sa = sa_rows.index(2 * s + WG).load(ACC_ROWS)
                 su = gl.load(su_ptr + kb)
                 sg = gl.load(sg_ptr + kb)
                 a_smem = a_bufs.index(2 * s + WG)
@@ -134,7 +141,7 @@ if HAVE_GLUON:
                 mbarrier.arrive(empty.index(s), count=1)
                 it += 1
             # epilogue: SwiGLU and the hi/lo pair, stored at the tile's rows (cq_perm, cs_perm)
-            p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
+            p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=ACC_ROWS)
             c = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
             q, s_hi = _quant(c)
             q8 = q.to(gl.float8e4nv)

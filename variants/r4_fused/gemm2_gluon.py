@@ -34,7 +34,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from .gemm1_gluon import _promote_block
+    from .gemm1_gluon import ACC, ACC_COLS, ACC_ROWS, _promote_block, row_scale_vectors
     from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scale_layout
 
 TOPK = tl.constexpr(TOP_K)
@@ -74,14 +74,14 @@ if HAVE_GLUON:
                 it += 1
 
     @gluon.jit
-    def _epilogue(acc, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off, row_layout: gl.constexpr):
+    def _epilogue(acc, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off):
         """Rows p of the permuted tile, columns h: times the routing weight, bf16; the token's output row
         (one local expert) or the row parked at its id (several), as rung 3's GEMM2 writes them."""
         rid = gl.load(rid_ptr + p)
         ok = rid >= 0  # padding rows: -1
         rid = gl.where(ok, rid, 0)
         tok = rid // TOPK
-        n_local = gl.zeros([HALF_M], gl.int32, row_layout)
+        n_local = gl.zeros([HALF_M], gl.int32, ACC_ROWS)
         for k in gl.static_range(TOPK):
             loc = gl.load(ids_ptr + tok * TOPK + k, mask=ok, other=-1) - local_off
             n_local += ((loc >= 0) & (loc < NL)).to(gl.int32)
@@ -100,25 +100,22 @@ if HAVE_GLUON:
         NKB = I // BK
         NHB = H // BN
         STAGES: gl.constexpr = w_bufs.shape[0]
-        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BJ, 32])
-        row_layout: gl.constexpr = gl.SliceLayout(1, mma)
-        col_layout: gl.constexpr = gl.SliceLayout(0, mma)
-        cs_rows = cs_bufs._reinterpret(gl.float32, [4 * STAGES, HALF_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-        cols = gl.arange(0, BJ, layout=col_layout)
+        cs_rows = row_scale_vectors(cs_bufs)
+        cols = gl.arange(0, BJ, layout=ACC_COLS)
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
         for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
             tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
             e = gl.load(tile_expert_ptr + tile)
             sw_ptr = w2s_ptr + (e * (H // BJ) + hb * (BN // BJ)) * NKB  # w2 scales [NL, H/128, I/128]
-            acc0 = gl.zeros([HALF_M, BJ], gl.float32, mma)
-            acc1 = gl.zeros([HALF_M, BJ], gl.float32, mma)  # BN = 256: columns 128-255
-            spare = gl.zeros([HALF_M, BJ], gl.float32, mma)  # the partial's registers (values unused)
+            acc0 = gl.zeros([HALF_M, BJ], gl.float32, ACC)
+            acc1 = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # BN = 256: columns 128-255
+            spare = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # the partial's registers (values unused)
             for kb in range(NKB):
                 s = it % STAGES
                 mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                s_hi = cs_rows.index(4 * s + 2 * WG).load(row_layout)
-                s_lo = cs_rows.index(4 * s + 2 * WG + 1).load(row_layout)
+                s_hi = cs_rows.index(4 * s + 2 * WG).load(ACC_ROWS)
+                s_lo = cs_rows.index(4 * s + 2 * WG + 1).load(ACC_ROWS)
                 c_hi = c_bufs.index(4 * s + 2 * WG)
                 c_lo = c_bufs.index(4 * s + 2 * WG + 1)
                 w_smem = w_bufs.index(s)
@@ -133,11 +130,11 @@ if HAVE_GLUON:
                     acc1, spare = _promote_block(c_lo, w1, spare, acc1, s_lo * sw1)
                 mbarrier.arrive(empty.index(s), count=1)
                 it += 1
-            p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
+            p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=ACC_ROWS)
             h = hb * BN + cols
-            _epilogue(acc0, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off, row_layout)
+            _epilogue(acc0, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off)
             if TWO:
-                _epilogue(acc1, p, h + BJ, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off, row_layout)
+                _epilogue(acc1, p, h + BJ, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off)
 
     @gluon.jit
     def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
