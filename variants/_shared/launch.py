@@ -57,6 +57,14 @@ def meta_call_arguments(T: int, E: int, NL: int, H: int, I: int) -> tuple:
     )
 
 
+def compile_entry(kernel, args) -> tuple:
+    """(name, jit function, arguments, constexprs, launch options) of one launch of `kernel` (a `Kernel`)
+    with `args`, as scripts/compile_check.py compiles it: for a GPU, so libdevice's math where the kernel
+    chooses between it and the interpreter's."""
+    consts = dict(kernel.consts, **({"USE_LIBDEVICE": True} if "USE_LIBDEVICE" in kernel.consts else {}))
+    return kernel.fn.__name__.removesuffix("_kernel"), kernel.fn, args, consts, kernel.opts
+
+
 def sm_count(device) -> int:
     if INTERPRET or device.type != "cuda":
         return 2  # the interpreter runs programs one by one: two persistent programs exercise the loop

@@ -29,7 +29,7 @@ import triton
 
 from . import finalize, gemm1, gemm2, sort
 from .exact import INTERPRET
-from .launch import BLOCK, Kernel, capability, meta_call_arguments, next_pow2, sm_count
+from .launch import BLOCK, Kernel, capability, compile_entry, meta_call_arguments, next_pow2, sm_count
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route, route_kernel, use_libdevice
 from .rows import max_tiles
 from .tile_table import Tiles, tiles_for
@@ -235,9 +235,4 @@ def compile_plan(T: int, cap: int, sms: int = 132, geometry=CONTEST):
     nothing launched): what scripts/compile_check.py compiles offline."""
     E, NL, H, I = (geometry[k] for k in ("E", "NL", "H", "I"))
     ws = Workspace(torch.device("meta"), T, E, NL, H, I, tiles_for(T, cap), sms=sms)
-    inputs = meta_call_arguments(T, E, NL, H, I)
-    plan = []
-    for kernel, args in ws.launches(*inputs):
-        consts = dict(kernel.consts, **({"USE_LIBDEVICE": True} if "USE_LIBDEVICE" in kernel.consts else {}))
-        plan.append((kernel.fn.__name__.removesuffix("_kernel"), kernel.fn, args, consts, kernel.opts))
-    return plan
+    return [compile_entry(kernel, args) for kernel, args in ws.launches(*meta_call_arguments(T, E, NL, H, I))]

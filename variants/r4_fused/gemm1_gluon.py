@@ -41,7 +41,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scale_layout
+    from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scaled_descriptors
 
 ROWS_PER_CONSUMER = 64  # rows per consumer warpgroup: one m64 wgmma
 COLUMNS = 128  # columns of I per work item (128 up and 128 gate rows of W1)
@@ -192,11 +192,8 @@ def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs
 def fixed_arguments(ws) -> dict:
     """What the launch's arguments keep from call to call, built once per workspace: the TMA descriptors
     of the permuted rows and their scales, and W1's tile layout."""
-    return dict(
-        a=GluonTensorDescriptor.from_tensor(ws.a_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
-        sa=GluonTensorDescriptor.from_tensor(ws.sa_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
-        w_layout=fp8_tile_layout(COLUMNS),
-    )
+    a, sa = row_scaled_descriptors(ws.a_perm, ws.sa_perm, ROWS_PER_CONSUMER)
+    return dict(a=a, sa=sa, w_layout=fp8_tile_layout(COLUMNS))
 
 
 def arguments(ws, gemm1_weights, gemm1_weights_scale) -> tuple:

@@ -35,7 +35,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
     from .gemm1_gluon import ACC, ACC_COLS, ACC_ROWS, _promote_block, row_scale_vectors
-    from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scale_layout
+    from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scaled_descriptors
 
 TOPK = tl.constexpr(TOP_K)
 
@@ -179,11 +179,8 @@ def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_r
 def fixed_arguments(ws) -> dict:
     """What the launch's arguments keep from call to call, built once per workspace: the TMA descriptors
     of C and its scales, and W2's tile layout."""
-    return dict(
-        c=GluonTensorDescriptor.from_tensor(ws.cq_perm, [ROWS_PER_CONSUMER, 128], fp8_tile_layout(ROWS_PER_CONSUMER)),
-        cs=GluonTensorDescriptor.from_tensor(ws.cs_perm, [1, ROWS_PER_CONSUMER], row_scale_layout()),
-        w_layout=fp8_tile_layout(ws.gemm2_columns),
-    )
+    c, cs = row_scaled_descriptors(ws.cq_perm, ws.cs_perm, ROWS_PER_CONSUMER)
+    return dict(c=c, cs=cs, w_layout=fp8_tile_layout(ws.gemm2_columns))
 
 
 def arguments(ws, gemm2_weights, gemm2_weights_scale, output, local_off) -> tuple:

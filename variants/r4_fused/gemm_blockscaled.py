@@ -174,6 +174,12 @@ if HAVE_GLUON:
         """The shared-memory layout of a [1, rows] fp32 vector of row scales (no swizzle)."""
         return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
 
+    def row_scaled_descriptors(values, scales, rows=HALF_M):
+        """TMA descriptors of an fp8 operand [M, K] (K contiguous) in [rows, 128] tiles and of its row
+        scales [K / 128, M] in [1, rows] vectors: the A side of the Gluon kernels."""
+        return (GluonTensorDescriptor.from_tensor(values, [rows, SCALE_BLOCK], fp8_tile_layout(rows)),
+                GluonTensorDescriptor.from_tensor(scales, [1, rows], row_scale_layout()))  # fmt: skip
+
     @gluon.jit
     def _gl_grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
         per_group = GROUP_M * num_pid_n
@@ -350,12 +356,12 @@ def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=False, grou
     M, N, K = _check_shapes(a, a_scale, b, b_scale)
     BN = BK = SCALE_BLOCK
     assert (M * 4) % 16 == 0, "TMA needs the A-scale rows 16-byte aligned: M a multiple of 4"
-    a_layout, b_layout, sa_layout = fp8_tile_layout(HALF_M), fp8_tile_layout(BN), row_scale_layout()
     c_layout = gl.NVMMASharedLayout.get_default_for([HALF_M, BN], gl.bfloat16)
+    a_desc, sa_desc = row_scaled_descriptors(a, a_scale)
     args = dict(
-        a_desc=GluonTensorDescriptor.from_tensor(a, [HALF_M, BK], a_layout),
-        b_desc=GluonTensorDescriptor.from_tensor(b, [BN, BK], b_layout),
-        sa_desc=GluonTensorDescriptor.from_tensor(a_scale, [1, HALF_M], sa_layout),
+        a_desc=a_desc,
+        b_desc=GluonTensorDescriptor.from_tensor(b, [BN, BK], fp8_tile_layout(BN)),
+        sa_desc=sa_desc,
         c_desc=GluonTensorDescriptor.from_tensor(out, [HALF_M, BN], c_layout),
         b_scale_ptr=b_scale, M=M, N=N, K=K,
     )  # fmt: skip

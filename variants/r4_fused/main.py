@@ -13,7 +13,7 @@ import triton
 
 from . import large_t
 from .gemm_blockscaled import gluon_supported
-from .launch import capability, meta_call_arguments
+from .launch import capability, compile_entry, meta_call_arguments
 from .moe import CONTEST
 from .moe import compile_plan as compile_plan_rung3
 from .moe import run as run_rung3
@@ -85,7 +85,9 @@ class Runner:
             if self.large_t_gluon and gluon_supported(hidden_states.device):
                 key = ("large", hidden_states.device, T, E, NL, H, N1 // 2)
                 if key not in self.workspaces:
-                    self.workspaces[key] = large_t.Workspace(hidden_states.device, T, E, NL, H, N1 // 2, 90)
+                    self.workspaces[key] = large_t.Workspace(
+                        hidden_states.device, T, E, NL, H, N1 // 2, capability(hidden_states.device)
+                    )
                 large_t_call = self.workspaces[key].run
             return large_t_call(
                 routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
@@ -135,15 +137,10 @@ def compile_plan(T: int, cap: int, sms: int = 132, geometry=CONTEST):
     E, NL, H, I = (geometry[k] for k in ("E", "NL", "H", "I"))
     if T > MAX_FUSED_T and cap != 90:
         return compile_plan_rung3(T, cap, sms, geometry)
+    args = meta_call_arguments(T, E, NL, H, I)
     if T > MAX_FUSED_T:
         ws = large_t.Workspace(torch.device("meta"), T, E, NL, H, I, cap, sms)
-        plan = []
-        for kernel, args in ws.large_t_launches(*meta_call_arguments(T, E, NL, H, I)):
-            consts = dict(kernel.consts, **({"USE_LIBDEVICE": True} if "USE_LIBDEVICE" in kernel.consts else {}))
-            plan.append((kernel.fn.__name__.removesuffix("_kernel"), kernel.fn, args, consts, kernel.opts))
-        return plan
+        return [compile_entry(kernel, kernel_args) for kernel, kernel_args in ws.large_t_launches(*args)]
     ws = Workspace(torch.device("meta"), T, E, NL, H, I, None, cap, sms)
-    args = meta_call_arguments(T, E, NL, H, I)  # the kernel takes the output before its scratch
-    kernel_args = (*args[:8], args[10], *ws.scratch, T, args[8], args[9])
-    consts = dict(ws.kernel.consts, USE_LIBDEVICE=True)
-    return [("moe", ws.kernel.fn, kernel_args, consts, ws.kernel.opts)]
+    # the kernel takes the output before its scratch
+    return [compile_entry(ws.kernel, (*args[:8], args[10], *ws.scratch, T, args[8], args[9]))]
