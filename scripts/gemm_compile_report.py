@@ -119,11 +119,12 @@ def large_t_modules():
     return importlib.import_module("packed.large_t"), importlib.import_module("packed.launch")
 
 
-def large_t_plans(T=14107, geometry=(256, 32, 7168, 2048), gemm2_columns=128):
+def large_t_plans(T=14107, geometry=(256, 32, 7168, 2048), **workspace_args):
     """{kernel name: plan} of the permute and the two Gluon GEMM launches of a large-T workspace of T
-    tokens, built on the "meta" device from the arguments a call passes them."""
+    tokens (`workspace_args`: large_t.Workspace's own, e.g. gemm2_columns), built on the "meta" device
+    from the arguments a call passes them."""
     large_t, launch = large_t_modules()
-    ws = large_t.Workspace(torch.device("meta"), T, *geometry, 90, 132, gemm2_columns=gemm2_columns)
+    ws = large_t.Workspace(torch.device("meta"), T, *geometry, 90, 132, **workspace_args)
     inputs = list(launch.meta_call_arguments(T, *geometry))
     plans = {}
     for k, args in ws.large_t_launches(*inputs)[2:5]:
@@ -146,10 +147,13 @@ def variants(mod):
     )
     for label, cfg in gluon_configs:
         out.append((f"sm90_{label}", 90, True, lambda m=mod, c=cfg: m.gluon_launch(*meta_inputs(), **c)))
-    out.append(("sm90_moe_gemm1_grouped", 90, True, lambda: large_t_plans()["gemm1_gluon_kernel"]))
-    for n in (128, 256):
-        plan = lambda n=n: large_t_plans(gemm2_columns=n)["gemm2_gluon_kernel"]  # noqa: E731
-        out.append((f"sm90_moe_gemm2_grouped_n{n}", 90, True, plan))
+    for tag, ws_args in (("", {}), ("_pp1", dict(pingpong=1)), ("_pp2", dict(pingpong=2)),
+                         ("_shared_lo", dict(shared_lo_scale=True))):  # fmt: skip
+        plan = lambda a=ws_args: large_t_plans(**a)["gemm1_gluon_kernel"]  # noqa: E731
+        out.append((f"sm90_moe_gemm1_grouped{tag}", 90, True, plan))
+        for n in (128, 256):
+            plan = lambda n=n, a=ws_args: large_t_plans(gemm2_columns=n, **a)["gemm2_gluon_kernel"]  # noqa: E731
+            out.append((f"sm90_moe_gemm2_grouped_n{n}{tag}", 90, True, plan))
     for cap in (90, 100):
         out.append((f"sm{cap}_moe_permute", cap, False, lambda: large_t_plans()["permute_kernel"]))
     return out

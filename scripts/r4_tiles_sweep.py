@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 from fibmoe import dataset, inputs, reference, variants  # noqa: E402
 
 DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
+# the large-T workspace's own arguments (`--large-try`), beside rung 3's tile fields
+GLUON_FIELDS = {"gemm2_columns": int, "group_m": int, "pingpong": int, "shared_lo_scale": bool}
 LARGE_T_PATHS = [("rung3-path", {"large_t_gluon": False}), ("gluon-gemms", {"large_t_gluon": True})]  # Runner arguments
 
 
@@ -110,7 +112,7 @@ def host_path_us(call, n: int = 50) -> float:
 
 class LargeTry:
     """A call through the Gluon large-T workspace with rung 3's tile table entry changed (`--large-try`:
-    its fields, and the Gluon GEMMs' `gemm2_columns` and `group_m`)."""
+    its fields, and the large-T workspace's GLUON_FIELDS)."""
 
     def __init__(self, large_t, tile_table, cap, fields):
         self.large_t, self.tile_table, self.cap, self.fields = large_t, tile_table, cap, dict(fields)
@@ -121,7 +123,7 @@ class LargeTry:
         NL, N1, H = args[4].shape
         if T not in self.workspaces:
             fields = dict(self.fields)
-            gluon = {k: fields.pop(k) for k in ("gemm2_columns", "group_m") if k in fields}  # the Gluon GEMMs'
+            gluon = {k: fields.pop(k) for k in GLUON_FIELDS if k in fields}  # the Gluon GEMMs'
             tiles = dataclasses.replace(self.tile_table.tiles_for(T, self.cap), **fields)
             self.workspaces[T] = self.large_t.Workspace(args[2].device, T, E, NL, H, N1 // 2, self.cap, tiles=tiles,
                                                         **gluon)  # fmt: skip
@@ -152,8 +154,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", default="1,7,56,901")
     ap.add_argument("--try", dest="tries", action="append", default=[], help="NAME:field=value,...")
-    ap.add_argument("--large-try", dest="large_tries", action="append", default=[],
-                    help="NAME:field=value,... above the fused T: rung 3 tiles, gemm2_columns, group_m")  # fmt: skip
+    large_help = "NAME:field=value,... above the fused T: rung 3 tiles, " + ", ".join(GLUON_FIELDS)
+    ap.add_argument("--large-try", dest="large_tries", action="append", default=[], help=large_help)  # fmt: skip
     ap.add_argument("--variant", default="r4-fused-persistent")
     ap.add_argument("--trace", action="store_true", help="also run each shape with its work-item trace on")
     ap.add_argument("--stages", action="store_true", help="also time each kernel of one call (torch.profiler)")
@@ -168,7 +170,7 @@ def main() -> None:
     tries = [("table", {})] + [parse_try(s, tiles_mod.Tiles) for s in args.tries]
     tile_table = sys.modules[mod.__package__ + ".tile_table"]
     large_t = sys.modules[mod.__package__ + ".large_t"]
-    large_tries = [parse_try(s, tile_table.Tiles, {"gemm2_columns": int, "group_m": int}) for s in args.large_tries]
+    large_tries = [parse_try(s, tile_table.Tiles, GLUON_FIELDS) for s in args.large_tries]
     if args.trace:
         tries += [(name + "+trace", {**fields, "trace": True}) for name, fields in tries]
     rows = []

@@ -118,20 +118,26 @@ def _quant_fp8(x):
     return q.to(torch.float8_e4m3fn).float(), scale
 
 
-def _quant_c(c, n_terms):
+def _quant_c(c, n_terms, shared_lo=False):
     """C [M, I] -> the (fp8 values [M, I], scales [M, I/128]) terms rung 3 passes to GEMM2: hi, and with
-    n_terms = 2 lo, the fp8 quantization of the fp32 residual r = C - hi * s_hi with its own scales."""
+    n_terms = 2 lo, the fp8 quantization of the fp32 residual r = C - hi * s_hi with its own scales
+    (`shared_lo`: in hi's scales, as rung 4's large-T path with `shared_lo_scale`)."""
     m, inter = c.shape
     cb = c.view(m, inter // BLOCK, BLOCK)
     q, s = _quant_fp8(cb)
     terms = [(q.view(m, inter), s)]
     if n_terms == 2:
-        ql, sl = _quant_fp8(cb - q * s[..., None])
+        if shared_lo:
+            sl = s
+            ql = (cb - q * s[..., None]) / torch.where(s > 0, s, 1.0)[..., None]
+            ql = ql.clamp(-448.0, 448.0).to(torch.float8_e4m3fn).float()
+        else:
+            ql, sl = _quant_fp8(cb - q * s[..., None])
         terms.append((ql.view(m, inter), sl))
     return terms
 
 
-def _fp8_aware_reference(inp, n_terms=2):
+def _fp8_aware_reference(inp, n_terms=2, shared_lo=False):
     """fp32 result computed as rung 3 computes it: per-128-K-block scaled partials, and C
     re-quantized to FP8 (hi, and the lo residual when n_terms = 2) with scale = amax / 448 per row per
     128 columns (torch's RNE cast)."""
@@ -153,7 +159,7 @@ def _fp8_aware_reference(inp, n_terms=2):
         g1 = _blockwise_matmul([(x[tokens], xs[tokens])], w1[e].float(), w1s[e].float())
         gate, up = g1[:, inter:], g1[:, :inter]
         c = gate / (1.0 + torch.exp(-gate)) * up
-        o = _blockwise_matmul(_quant_c(c, n_terms), w2[e].float(), w2s[e].float())
+        o = _blockwise_matmul(_quant_c(c, n_terms, shared_lo), w2[e].float(), w2s[e].float())
         out.index_add_(0, tokens, o * w_tok[:, None])
     return out
 
@@ -163,17 +169,18 @@ def _rel_l2(out, ref):
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def _check_output(out, inp, parked_bf16=False):
+def _check_output(out, inp, parked_bf16=False, shared_lo=False):
     """NaN-free, the official rule, tight bounds, and exact zeros for tokens with no local expert.
     `parked_bf16`: the rows of tokens with several local experts were parked in bf16 (`bf16_partial_rows`),
-    so only the other tokens' rows are held to the bitwise-equality fraction."""
+    so only the other tokens' rows are held to the bitwise-equality fraction. `shared_lo`: C's lo term
+    in its hi term's scale (the FP8-aware reference quantizes it so)."""
     assert not out.isnan().any(), "some output elements were not written"
     ref_bf16 = reference.run(*inp)
     ref32 = reference.forward(*inp)
     _, _, exceeds, matched = compute_error_stats(out.cpu(), ref_bf16.cpu(), OFFICIAL)
     assert not exceeds, f"official rule failed: matched ratio {matched:.4f}"
     assert _rel_l2(out, ref32) < REL_L2_FP32
-    ref8 = _fp8_aware_reference(inp).to(torch.bfloat16)
+    ref8 = _fp8_aware_reference(inp, shared_lo=shared_lo).to(torch.bfloat16)
     assert _rel_l2(out, ref8) < REL_L2_FP8_AWARE
     experts, _ = reference.route(inp[0], inp[1], inp[9])
     local = experts - int(inp[8])

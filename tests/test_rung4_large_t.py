@@ -11,6 +11,7 @@ are poisoned before each launch, so an element a launch does not write cannot pa
 """
 
 import dataclasses
+import functools
 import sys
 
 import pytest
@@ -40,14 +41,14 @@ def _inputs(ds, T, seed, style="contest"):
     return inputs.generate(ds, w, DEVICE, style)
 
 
-def _workspace(large_t, inp):
+def _workspace(large_t, inp, **workspace_args):
     """A large-T workspace for a small workload, with the large-T table's choices that the small-T table
     makes otherwise: the routing and sort launches, bf16 parked rows."""
     T, E = inp[0].shape
     NL, N1, H = inp[4].shape
     tiles = dataclasses.replace(large_t.tiles_for(T, 90), inline_rows=False, fused_routing=False,
                                 bf16_partial_rows=True, routing_block_t=16, routing_warps=4)  # fmt: skip
-    return large_t.Workspace(inp[2].device, T, E, NL, H, N1 // 2, 90, tiles=tiles)
+    return large_t.Workspace(inp[2].device, T, E, NL, H, N1 // 2, 90, tiles=tiles, **workspace_args)
 
 
 def _quant(c):
@@ -58,10 +59,11 @@ def _quant(c):
     return q.to(torch.float8_e4m3fn), scale
 
 
-def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, cq, cs, H, inter, MP):
+def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, cq, cs, H, inter, MP, shared_lo=False):
     """What the Gluon GEMM1 writes, from its launch arguments: per tile t of expert tile_expert[t],
     G1 = sum over K blocks of (A_perm @ W1[e]^T) * sa_perm * w1_scale, SwiGLU, the hi/lo pair of each
-    128-column block at the tile's own rows (cq [MP, 2I]: hi then lo per block; cs [2I/128, MP])."""
+    128-column block at the tile's own rows (cq [MP, 2I]: hi then lo per block; cs [2I/128, MP]; with
+    `shared_lo` the lo term in the hi term's scale)."""
     nkb = H // BLOCK
     w1 = w_desc.base.view(-1, 2 * inter, H)
     for t in range(int(n_tiles[0])):
@@ -75,7 +77,13 @@ def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, cq, 
         c = torch.nn.functional.silu(g1[:, inter:]) * g1[:, :inter]
         for jb in range(inter // BLOCK):
             hi, s_hi = _quant(c[:, jb * BLOCK : (jb + 1) * BLOCK])
-            lo, s_lo = _quant(c[:, jb * BLOCK : (jb + 1) * BLOCK] - hi.float() * s_hi[:, None])
+            resid = c[:, jb * BLOCK : (jb + 1) * BLOCK] - hi.float() * s_hi[:, None]
+            if shared_lo:
+                s_lo = s_hi
+                lo = (resid / torch.where(s_hi > 0, s_hi, 1.0)[:, None]).clamp(-FP8_MAX, FP8_MAX)
+                lo = lo.to(torch.float8_e4m3fn)
+            else:
+                lo, s_lo = _quant(resid)
             cq.view(torch.uint8)[rows, jb * 2 * BLOCK : (jb + 1) * 2 * BLOCK] = torch.cat([hi, lo], 1).view(torch.uint8)
             cs[2 * jb, rows], cs[2 * jb + 1, rows] = s_hi, s_lo
 
@@ -166,22 +174,25 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
     assert tile <= ws.perm_max_tiles
 
 
-@pytest.mark.parametrize("style,T,seed", [("contest", 40, 21), ("quantized", 64, 22)])
-def test_a_call_through_the_permuted_gemms_passes_rung3s_bounds(small, style, T, seed):
+@pytest.mark.parametrize("style,T,seed,shared_lo", [("contest", 40, 21, False), ("quantized", 64, 22, False),
+                                                    ("contest", 64, 23, True)])  # fmt: skip
+def test_a_call_through_the_permuted_gemms_passes_rung3s_bounds(small, style, T, seed, shared_lo):
     """A whole call through the large-T workspace's launches, with the torch models in the Gluon kernels'
     places: the layer's output passes rung 3's bounds (tests/test_rung3.py; the rows of tokens with
     several local experts are parked in bf16, as at large T), with offsets 0 and the last rank among the
-    workloads; a second call on fresh inputs, every buffer poisoned again, too."""
+    workloads; a second call on fresh inputs, every buffer poisoned again, too. `shared_lo`: C's lo term
+    in its hi term's scale (`Workspace(shared_lo_scale=True)`)."""
     ds, large_t = small
-    ws = _workspace(large_t, _inputs(ds, T, seed, style))
+    ws = _workspace(large_t, _inputs(ds, T, seed, style), shared_lo_scale=shared_lo)
+    gemm1 = functools.partial(grouped_gemm1_model, shared_lo=shared_lo)
     for call in range(2):
         inp = _inputs(ds, T, seed + call, style)
-        ws.k_gemm1_gluon, ws.k_gemm2_gluon = StandIn(grouped_gemm1_model), StandIn(grouped_gemm2_model)
+        ws.k_gemm1_gluon, ws.k_gemm2_gluon = StandIn(gemm1), StandIn(grouped_gemm2_model)
         ws.cq_perm.view(torch.uint8).fill_(NAN_E4M3)
         ws.cs_perm.fill_(float("nan"))
         ws.obuf.fill_(float("nan"))
         _poison(ws)
         out = torch.full((T, ws.H), float("nan"), dtype=torch.bfloat16, device=inp[2].device)
         assert ws.run(*inp, out) is out
-        _check_output(out, inp, parked_bf16=True)
+        _check_output(out, inp, parked_bf16=True, shared_lo=shared_lo)
         assert ws.stream is None  # stand-ins have no C launcher: every call takes the dispatcher path

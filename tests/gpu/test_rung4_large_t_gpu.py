@@ -30,13 +30,35 @@ def _empty(inp):
     return torch.full(inp[2].shape, float("nan"), dtype=torch.bfloat16, device="cuda")
 
 
-@pytest.mark.parametrize("seq_len", [11948, 14107])
-def test_gluon_layer_matches_the_reference_and_rung3s_c(r4, seq_len):
+class WorkspaceRunner:
+    """Calls through one large-T workspace built with `workspace_args` (what `Runner` builds, with the
+    workspace's own arguments changed)."""
+
+    def __init__(self, large_t, workspace_args):
+        self.large_t, self.workspace_args, self.workspaces = large_t, workspace_args, {}
+
+    def __call__(self, *args):
+        T, E = args[0].shape
+        NL, N1, H = args[4].shape
+        if T not in self.workspaces:
+            self.workspaces[T] = self.large_t.Workspace(args[2].device, T, E, NL, H, N1 // 2, 90,
+                                                        **self.workspace_args)  # fmt: skip
+        return self.workspaces[T].run(*args)
+
+
+# the solution's path at both sizes; the large-T workspace's other choices (pingpong, the lo term in
+# the hi term's scale) at one
+CASES = [(11948, {}), (14107, {}), (11948, dict(pingpong=1)), (11948, dict(pingpong=2)),
+         (11948, dict(shared_lo_scale=True))]  # fmt: skip
+
+
+@pytest.mark.parametrize("seq_len,workspace_args", CASES, ids=[f"{t}-{a}" for t, a in CASES])
+def test_gluon_layer_matches_the_reference_and_rung3s_c(r4, seq_len, workspace_args):
     ds, mod, large_t = r4
     w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == seq_len)
     torch.manual_seed(seq_len)
     inp = inputs.generate(ds, w, "cuda", "contest")
-    run = mod.Runner(large_t_gluon=True)
+    run = WorkspaceRunner(large_t, workspace_args) if workspace_args else mod.Runner(large_t_gluon=True)
     a = run(*inp, _empty(inp))
     (gluon_ws,) = [ws for ws in run.workspaces.values() if isinstance(ws, large_t.Workspace)]
     assert gluon_ws.stream is not None, "the first call did not prepare the C launchers"
@@ -62,7 +84,9 @@ def test_gluon_layer_matches_the_reference_and_rung3s_c(r4, seq_len):
     c_gluon = _dequantized_c(cq_perm[valid], gluon_ws.cs_perm[:, :n_rows][:, valid].t(), N1 // 2)
     c_rung3 = _dequantized_c(rung3_ws.cq.view(torch.uint8)[rid[valid]], rung3_ws.cs[rid[valid]].flatten(1), N1 // 2)
     rel = ((c_gluon - c_rung3).norm() / c_rung3.norm()).item()
-    assert rel < 1e-3, rel  # the same math; the fp32 sums in another order (and their fp8 roundings)
+    # the same math; the fp32 sums in another order (and their fp8 roundings); with the lo term in hi's
+    # scale its own rounding too (7.3e-4 between the two pairs of one C, on the CPU)
+    assert rel < (1.5e-3 if gluon_ws.shared_lo_scale else 1e-3), rel
     assert not cq_perm[~valid].any()  # padding rows: C = +0
 
     # fresh inputs (other tensors, other weights): the fast path builds the descriptors from them
