@@ -48,7 +48,8 @@ class WorkspaceRunner:
 
 # the solution's path at both sizes; the large-T workspace's other choices (pingpong, the lo term in
 # the hi term's scale) at one
-CASES = [(11948, {}), (14107, {}), (11948, dict(pingpong=1)), (11948, dict(pingpong=2)),
+CASES = [(11948, {}), (14107, {}), (11948, dict(gemm1_pingpong=1, gemm2_pingpong=1)),
+         (11948, dict(gemm1_pingpong=2, gemm2_pingpong=2)),
          (11948, dict(shared_lo_scale=True))]  # fmt: skip
 
 
