@@ -66,15 +66,18 @@ def test_large_t_gemms_and_permute_compile_without_spills(report):
     """Rung 4's large-T GEMMs (grouped Gluon) keep their K loops out of local memory: the no-op wait after
     each promotion stops ptxas from giving the next wgmma a second partial (676 B of spills in GEMM1
     without it); the permute launch before them compiles for both targets."""
-    # per K block in each of the two consumers: wgmmas of 4 QGMMA, each followed by its wait and the no-op
-    # one: GEMM1 the up and the gate panel (2); GEMM2 C's hi and lo terms on each 128 columns of W2 (2 or 4)
-    for label, wgmmas in (("sm90_moe_gemm1_grouped", 2), ("sm90_moe_gemm2_grouped_n128", 2),
-                          ("sm90_moe_gemm2_grouped_n256", 4)):  # fmt: skip
+    # per K block in each of the two consumers: groups of wgmmas of 4 QGMMA each, each group followed by
+    # its wait and the no-op one. GEMM1: the up and the gate panel (2 groups of 1). GEMM2 on each 128
+    # columns of W2: C's hi and lo terms in one group (the solution: lo in hi's scale) or in two (rung 3's
+    # pair, `_own_lo`)
+    for label, groups, wgmmas in (("sm90_moe_gemm1_grouped", 2, 1), ("sm90_moe_gemm2_grouped_n128", 1, 2),
+                                  ("sm90_moe_gemm2_grouped_n256", 2, 2), ("sm90_moe_gemm2_grouped_n128_own_lo", 2, 1),
+                                  ("sm90_moe_gemm2_grouped_n256_own_lo", 4, 1)):  # fmt: skip
         row = report[label]
         assert "error" not in row, row
         assert row["stack"] == 0 and "LDL" not in row["ops"] and "STL" not in row["ops"], row
-        assert row["ops"]["QGMMA"] == 2 * 4 * wgmmas, row
-        assert row["ops"]["WARPGROUP.DEPBAR"] == 2 * 2 * wgmmas, row
+        assert row["ops"]["QGMMA"] == 2 * 4 * wgmmas * groups, row
+        assert row["ops"]["WARPGROUP.DEPBAR"] == 2 * 2 * groups, row
         assert not _serialized(row)
         assert 240 in row["setmaxnreg"] and 24 in row["setmaxnreg"]
     for cap in (90, 100):

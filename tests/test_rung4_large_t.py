@@ -174,14 +174,14 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
     assert tile <= ws.perm_max_tiles
 
 
-@pytest.mark.parametrize("style,T,seed,shared_lo", [("contest", 40, 21, False), ("quantized", 64, 22, False),
-                                                    ("contest", 64, 23, True)])  # fmt: skip
+@pytest.mark.parametrize("style,T,seed,shared_lo", [("contest", 40, 21, True), ("quantized", 64, 22, True),
+                                                    ("contest", 64, 23, False)])  # fmt: skip
 def test_a_call_through_the_permuted_gemms_passes_rung3s_bounds(small, style, T, seed, shared_lo):
     """A whole call through the large-T workspace's launches, with the torch models in the Gluon kernels'
     places: the layer's output passes rung 3's bounds (tests/test_rung3.py; the rows of tokens with
     several local experts are parked in bf16, as at large T), with offsets 0 and the last rank among the
     workloads; a second call on fresh inputs, every buffer poisoned again, too. `shared_lo`: C's lo term
-    in its hi term's scale (`Workspace(shared_lo_scale=True)`)."""
+    in its hi term's scale (`Workspace(shared_lo_scale=True)`, the default) or in its own (rung 3's)."""
     ds, large_t = small
     ws = _workspace(large_t, _inputs(ds, T, seed, style), shared_lo_scale=shared_lo)
     gemm1 = functools.partial(grouped_gemm1_model, shared_lo=shared_lo)

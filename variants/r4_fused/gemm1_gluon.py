@@ -53,6 +53,9 @@ if HAVE_GLUON:
     # (shared with gemm2_gluon.py)
     ACC = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 32]))
     ACC_ROWS = gl.constexpr(gl.SliceLayout(1, ACC))
+    # an A operand [64, 128] fp8 in registers (wgmma's RS form: 16 registers, loaded once with LDSM and
+    # used by each wgmma of the K block instead of each reading it from shared memory)
+    A_REGS = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=4))
     ACC_COLS = gl.constexpr(gl.SliceLayout(0, ACC))
 
     @gluon.jit
@@ -89,23 +92,15 @@ if HAVE_GLUON:
                 it += 1
 
     @gluon.jit
-    def _promote_block(a_smem, w_smem, spare, acc, scale, turn, n, WG: gl.constexpr, PINGPONG: gl.constexpr,
-                       a_lo=None):  # fmt: skip
+    def _promote_block(a_smem, w_smem, spare, acc, scale, a_lo=None):
         """(acc + (A @ W^T) * scale[:, None], the partial) for one K block: the wgmma into the registers
         of `spare` (use_acc=False: its values are ignored), waited for, then scaled into acc. `a_lo`: a
         second A tile on the same rows with the same scale (C's lo term, gemm2_gluon.py), accumulated by
-        the same partial. PINGPONG: this is the warpgroup's n-th turn at the tensor core, and the two
-        consumers take turns (1: the turn passes once the wgmma is issued; 2: once it is done)."""
-        if PINGPONG > 0:
-            mbarrier.wait(turn.index(WG), (n & 1) ^ (1 - WG))  # consumer 0 goes first: a fresh barrier passes parity 1
+        the same partial: one wait and one promotion for both."""
         part = warpgroup_mma(a_smem, w_smem.permute((1, 0)), spare, use_acc=False, is_async=True)
         if a_lo is not None:
             part = warpgroup_mma(a_lo, w_smem.permute((1, 0)), part, is_async=True)
-        if PINGPONG == 1:
-            mbarrier.arrive(turn.index(1 - WG), count=1)
         part = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
-        if PINGPONG == 2:
-            mbarrier.arrive(turn.index(1 - WG), count=1)
         acc = acc + part * scale[:, None]
         # a wait with nothing in flight that takes the new acc: the next wgmma, issued after it, cannot
         # overlap these FFMAs (ptxas would give it a second partial: 4 tiles of 64 registers, spills)
@@ -122,8 +117,8 @@ if HAVE_GLUON:
         return q, scale
 
     @gluon.jit
-    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, turn, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                  cs_ptr, GROUP_M, H, I, MP, PINGPONG: gl.constexpr, SHARED_LO: gl.constexpr,
+    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
+                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr, A_IN_REGS: gl.constexpr,
                   WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile."""
         BK: gl.constexpr = 128
@@ -149,10 +144,13 @@ if HAVE_GLUON:
                 su = gl.load(su_ptr + kb)
                 sg = gl.load(sg_ptr + kb)
                 a_smem = a_bufs.index(2 * s + WG)
-                acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su, turn, 2 * it, WG,
-                                              PINGPONG)  # fmt: skip
-                acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg, turn, 2 * it + 1, WG,
-                                              PINGPONG)  # fmt: skip
+                if A_IN_REGS:
+                    a_regs = a_smem.load(A_REGS)
+                    acc_u, spare = _promote_block(a_regs, u_bufs.index(s), spare, acc_u, sa * su)
+                    acc_g, spare = _promote_block(a_regs, g_bufs.index(s), spare, acc_g, sa * sg)
+                else:
+                    acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
+                    acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
                 mbarrier.arrive(empty.index(s), count=1)
                 it += 1
             # epilogue: SwiGLU and the hi/lo pair, stored at the tile's rows (cq_perm, cs_perm)
@@ -173,16 +171,16 @@ if HAVE_GLUON:
             gl.store(cs_ptr + (2 * jb + 1) * MP + p, s_lo)
 
     @gluon.jit
-    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, turn, w1s_ptr, tile_expert_ptr, n_tiles_ptr,
-                    cq_ptr, cs_ptr, GROUP_M, H, I, MP, PINGPONG, SHARED_LO):  # fmt: skip
+    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
+                    cs_ptr, GROUP_M, H, I, MP, SHARED_LO, A_IN_REGS):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
-        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, turn, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                  cs_ptr, GROUP_M, H, I, MP, PINGPONG, SHARED_LO, 1)  # fmt: skip
+        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
+                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO, A_IN_REGS, 1)  # fmt: skip
 
     @gluon.jit
     def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, H, I, MP,
-                           GROUP_M: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-                           SHARED_LO: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           GROUP_M: gl.constexpr, STAGES: gl.constexpr, SHARED_LO: gl.constexpr,
+                           A_IN_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            PRODUCER_REGS: gl.constexpr):  # fmt: skip
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
         sa_bufs = gl.allocate_shared_memory(sa_desc.dtype, [2 * STAGES, 1, HALF_M], sa_desc.layout)
@@ -193,26 +191,21 @@ if HAVE_GLUON:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG: consumer i's turn
-        for i in gl.static_range(2):
-            mbarrier.init(turn.index(i), count=1)  # the other consumer passes it
-        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, turn, w1s_ptr, tile_expert_ptr, n_tiles_ptr,
-                         cq_ptr, cs_ptr, GROUP_M, H, I, MP, PINGPONG, SHARED_LO)  # fmt: skip
+        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
+                         cs_ptr, GROUP_M, H, I, MP, SHARED_LO, A_IN_REGS)  # fmt: skip
         producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
                          n_tiles_ptr, GROUP_M, H, I)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
                             (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
 
-def launch_for(ws, sms, *, stages=4, group_m=8, pingpong=0, consumer_regs=240, producer_regs=24,
-               maxnreg=168) -> Kernel:  # fmt: skip
+def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
     """The GEMM1 launch of large-T workspace `ws` on `sms` SMs (C's lo term in hi's scale if
-    `ws.shared_lo_scale`; `pingpong` as `_promote_block`'s PINGPONG). 4 + 4 + 1 warps in three
-    warpgroups: 168 registers x 384 threads fit 64K, and setmaxnreg moves the producer's spare ones to
-    the consumers."""
+    `ws.shared_lo_scale`). 4 + 4 + 1 warps in three warpgroups: 168 registers x 384 threads fit 64K,
+    and setmaxnreg moves the producer's spare ones to the consumers."""
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
     items = ws.perm_max_tiles * (ws.I // COLUMNS)
-    consts = dict(GROUP_M=group_m, STAGES=stages, PINGPONG=pingpong, SHARED_LO=ws.shared_lo_scale,
+    consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, A_IN_REGS=ws.a_in_registers,
                   CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 

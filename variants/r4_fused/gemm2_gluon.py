@@ -34,7 +34,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from .gemm1_gluon import ACC, ACC_COLS, ACC_ROWS, _promote_block, row_scale_vectors
+    from .gemm1_gluon import A_REGS, ACC, ACC_COLS, ACC_ROWS, _promote_block, row_scale_vectors
     from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scaled_descriptors
 
 TOPK = tl.constexpr(TOP_K)
@@ -96,9 +96,9 @@ if HAVE_GLUON:
         gl.store(obuf_ptr + rid.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local > 1))[:, None])
 
     @gluon.jit
-    def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, turn, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                  ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, PINGPONG: gl.constexpr,
-                  SHARED_LO: gl.constexpr, WG: gl.constexpr):  # fmt: skip
+    def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
+                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO: gl.constexpr,
+                  A_IN_REGS: gl.constexpr, WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile; BN = 256 columns as two 128-column
         accumulators on the two halves of the W2 tile (three fp32 tiles with the partial, as GEMM1)."""
         BK: gl.constexpr = 128
@@ -109,7 +109,6 @@ if HAVE_GLUON:
         STAGES: gl.constexpr = w_bufs.shape[0]
         cs_rows = row_scale_vectors(cs_bufs)
         cols = gl.arange(0, BJ, layout=ACC_COLS)
-        TURNS: gl.constexpr = (1 if SHARED_LO else 2) * (2 if TWO else 1)  # wgmma groups per I block
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
         for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
@@ -128,22 +127,27 @@ if HAVE_GLUON:
                 w_smem = w_bufs.index(s)
                 sw = gl.load(sw_ptr + kb)
                 w0 = w_smem.slice(0, BJ)
-                n = TURNS * it
-                if SHARED_LO:  # hi and lo in one partial, one promotion
-                    acc0, spare = _promote_block(c_hi, w0, spare, acc0, s_hi * sw, turn, n, WG, PINGPONG, c_lo)
+                if A_IN_REGS:  # (SHARED_LO)
+                    c_hi_r = c_hi.load(A_REGS)
+                    c_lo_r = c_lo.load(A_REGS)
+                    acc0, spare = _promote_block(c_hi_r, w0, spare, acc0, s_hi * sw, c_lo_r)
                     if TWO:
                         sw1 = gl.load(sw_ptr + NKB + kb)
-                        acc1, spare = _promote_block(c_hi, w_smem.slice(BJ, BJ), spare, acc1, s_hi * sw1, turn, n + 1,
-                                                     WG, PINGPONG, c_lo)  # fmt: skip
+                        acc1, spare = _promote_block(c_hi_r, w_smem.slice(BJ, BJ), spare, acc1, s_hi * sw1, c_lo_r)
+                elif SHARED_LO:  # hi and lo in one partial, one promotion
+                    acc0, spare = _promote_block(c_hi, w0, spare, acc0, s_hi * sw, c_lo)
+                    if TWO:
+                        sw1 = gl.load(sw_ptr + NKB + kb)
+                        acc1, spare = _promote_block(c_hi, w_smem.slice(BJ, BJ), spare, acc1, s_hi * sw1, c_lo)
                 else:
                     s_lo = cs_rows.index(4 * s + 2 * WG + 1).load(ACC_ROWS)
-                    acc0, spare = _promote_block(c_hi, w0, spare, acc0, s_hi * sw, turn, n, WG, PINGPONG)
-                    acc0, spare = _promote_block(c_lo, w0, spare, acc0, s_lo * sw, turn, n + 1, WG, PINGPONG)
+                    acc0, spare = _promote_block(c_hi, w0, spare, acc0, s_hi * sw)
+                    acc0, spare = _promote_block(c_lo, w0, spare, acc0, s_lo * sw)
                     if TWO:
                         sw1 = gl.load(sw_ptr + NKB + kb)
                         w1 = w_smem.slice(BJ, BJ)
-                        acc1, spare = _promote_block(c_hi, w1, spare, acc1, s_hi * sw1, turn, n + 2, WG, PINGPONG)
-                        acc1, spare = _promote_block(c_lo, w1, spare, acc1, s_lo * sw1, turn, n + 3, WG, PINGPONG)
+                        acc1, spare = _promote_block(c_hi, w1, spare, acc1, s_hi * sw1)
+                        acc1, spare = _promote_block(c_lo, w1, spare, acc1, s_lo * sw1)
                 mbarrier.arrive(empty.index(s), count=1)
                 it += 1
             p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=ACC_ROWS)
@@ -153,16 +157,16 @@ if HAVE_GLUON:
                 _epilogue(acc1, p, h + BJ, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off)
 
     @gluon.jit
-    def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, turn, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                    ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, PINGPONG, SHARED_LO):  # fmt: skip
+    def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
+                    w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, A_IN_REGS):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
-        _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, turn, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                  ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, PINGPONG, SHARED_LO, 1)  # fmt: skip
+        _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
+                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, A_IN_REGS, 1)  # fmt: skip
 
     @gluon.jit(do_not_specialize=["local_off"])  # `Kernel.fast` reuses the first compile for every offset
     def gemm2_gluon_kernel(c_desc, w_desc, cs_desc, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr, w_ptr,
                            out_ptr, obuf_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                           PINGPONG: gl.constexpr, SHARED_LO: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           SHARED_LO: gl.constexpr, A_IN_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            PRODUCER_REGS: gl.constexpr):  # fmt: skip
         c_bufs = gl.allocate_shared_memory(c_desc.dtype, [4 * STAGES, HALF_M, 128], c_desc.layout)
         cs_bufs = gl.allocate_shared_memory(cs_desc.dtype, [4 * STAGES, 1, HALF_M], cs_desc.layout)
@@ -172,29 +176,24 @@ if HAVE_GLUON:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG: consumer i's turn
-        for i in gl.static_range(2):
-            mbarrier.init(turn.index(i), count=1)  # the other consumer passes it
-        consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, turn, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                         ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, PINGPONG,
-                         SHARED_LO)  # fmt: skip
+        consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
+                         w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, A_IN_REGS)  # fmt: skip
         producer_args = (c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
                          GROUP_M, H, I, SHARED_LO)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
                             (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
 
-def launch_for(ws, sms, *, stages=None, group_m=8, pingpong=0, consumer_regs=240, producer_regs=24,
-               maxnreg=168) -> Kernel:  # fmt: skip
-    """The GEMM2 launch of large-T workspace `ws` on `sms` SMs (warps, registers and `pingpong` as
-    GEMM1's), with `ws.gemm2_columns` of H per item: 128 (one accumulator, 4 stages of 49 KB) or 256
-    (two, 3 stages of 65 KB); C's lo term in hi's scale if `ws.shared_lo_scale`."""
+def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
+    """The GEMM2 launch of large-T workspace `ws` on `sms` SMs (warps and registers as GEMM1's), with
+    `ws.gemm2_columns` of H per item: 128 (one accumulator, 4 stages of 49 KB) or 256 (two, 3 stages of
+    65 KB); C's lo term in hi's scale if `ws.shared_lo_scale`."""
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
     n = ws.gemm2_columns
     assert n in (BJ, 2 * BJ) and ws.H % n == 0, n
     items = ws.perm_max_tiles * (ws.H // n)
-    consts = dict(GROUP_M=group_m, STAGES=stages or (4 if n == BJ else 3), PINGPONG=pingpong,
-                  SHARED_LO=ws.shared_lo_scale, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
+    consts = dict(GROUP_M=group_m, STAGES=stages or (4 if n == BJ else 3), SHARED_LO=ws.shared_lo_scale,
+                  A_IN_REGS=ws.a_in_registers, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 

@@ -31,7 +31,7 @@ class Workspace(Rung3Workspace):
     permuted activations, the permuted C and the permute and two Gluon GEMM launches."""
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8,
-                 shared_lo_scale=False, gemm1_pingpong=0, gemm2_pingpong=0):  # fmt: skip
+                 shared_lo_scale=True, a_in_registers=False):  # fmt: skip
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -51,12 +51,14 @@ class Workspace(Rung3Workspace):
         # H columns per GEMM2 item: 256 (two accumulators) measured 8-14% faster than 128 (v12-v13)
         self.gemm2_columns = gemm2_columns
         # C's lo term stored in its hi term's scale: GEMM2 sums hi and lo in one wgmma group and promotes once
+        # per I block (v18-v19: the layer -4..-7%); False: rung 3's pair, each term in its own scale
         self.shared_lo_scale = shared_lo_scale
+        # the GEMMs' A tiles (activations, C) read into registers once per K block (wgmma's RS form)
+        self.a_in_registers = a_in_registers
         self.k_permute = permute.launch_for(self)
-        # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels);
-        # gemm*_pingpong: the two consumer warpgroups take turns at the tensor core (gemm1_gluon._promote_block)
-        self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m, pingpong=gemm1_pingpong)
-        self.k_gemm2_gluon = gemm2_gluon.launch_for(self, self.sms, group_m=group_m, pingpong=gemm2_pingpong)
+        # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
+        self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
+        self.k_gemm2_gluon = gemm2_gluon.launch_for(self, self.sms, group_m=group_m)
         self.gemm1_fixed = gemm1_gluon.fixed_arguments(self)  # descriptors of this workspace's own buffers
         self.gemm2_fixed = gemm2_gluon.fixed_arguments(self)
         self.stream = None  # (get_stream, device index) once every launch has its C launcher
