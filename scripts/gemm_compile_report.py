@@ -147,8 +147,7 @@ def variants(mod):
     )
     for label, cfg in gluon_configs:
         out.append((f"sm90_{label}", 90, True, lambda m=mod, c=cfg: m.gluon_launch(*meta_inputs(), **c)))
-    # the solution's; rung 3's pair of C terms; the A tiles in registers
-    for tag, ws_args in (("", {}), ("_own_lo", dict(shared_lo_scale=False)), ("_a_regs", dict(a_in_registers=True))):
+    for tag, ws_args in (("", {}), ("_own_lo", dict(shared_lo_scale=False))):  # the solution's C; rung 3's pair
         plan = lambda a=ws_args: large_t_plans(**a)["gemm1_gluon_kernel"]  # noqa: E731
         out.append((f"sm90_moe_gemm1_grouped{tag}", 90, True, plan))
         for n in (128, 256):

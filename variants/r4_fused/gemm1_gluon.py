@@ -53,9 +53,6 @@ if HAVE_GLUON:
     # (shared with gemm2_gluon.py)
     ACC = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 32]))
     ACC_ROWS = gl.constexpr(gl.SliceLayout(1, ACC))
-    # an A operand [64, 128] fp8 in registers (wgmma's RS form: 16 registers, loaded once with LDSM and
-    # used by each wgmma of the K block instead of each reading it from shared memory)
-    A_REGS = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=4))
     ACC_COLS = gl.constexpr(gl.SliceLayout(0, ACC))
 
     @gluon.jit
@@ -118,8 +115,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr, A_IN_REGS: gl.constexpr,
-                  WG: gl.constexpr):  # fmt: skip
+                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr, WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile."""
         BK: gl.constexpr = 128
         NKB = H // BK
@@ -144,13 +140,8 @@ if HAVE_GLUON:
                 su = gl.load(su_ptr + kb)
                 sg = gl.load(sg_ptr + kb)
                 a_smem = a_bufs.index(2 * s + WG)
-                if A_IN_REGS:
-                    a_regs = a_smem.load(A_REGS)
-                    acc_u, spare = _promote_block(a_regs, u_bufs.index(s), spare, acc_u, sa * su)
-                    acc_g, spare = _promote_block(a_regs, g_bufs.index(s), spare, acc_g, sa * sg)
-                else:
-                    acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
-                    acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
+                acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
+                acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
                 mbarrier.arrive(empty.index(s), count=1)
                 it += 1
             # epilogue: SwiGLU and the hi/lo pair, stored at the tile's rows (cq_perm, cs_perm)
@@ -172,16 +163,15 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                    cs_ptr, GROUP_M, H, I, MP, SHARED_LO, A_IN_REGS):  # fmt: skip
+                    cs_ptr, GROUP_M, H, I, MP, SHARED_LO):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
         _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO, A_IN_REGS, 1)  # fmt: skip
+                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO, 1)  # fmt: skip
 
     @gluon.jit
     def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, H, I, MP,
                            GROUP_M: gl.constexpr, STAGES: gl.constexpr, SHARED_LO: gl.constexpr,
-                           A_IN_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                           PRODUCER_REGS: gl.constexpr):  # fmt: skip
+                           CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
         sa_bufs = gl.allocate_shared_memory(sa_desc.dtype, [2 * STAGES, 1, HALF_M], sa_desc.layout)
         u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BJ, 128], w_desc.layout)
@@ -192,7 +182,7 @@ if HAVE_GLUON:
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
         consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                         cs_ptr, GROUP_M, H, I, MP, SHARED_LO, A_IN_REGS)  # fmt: skip
+                         cs_ptr, GROUP_M, H, I, MP, SHARED_LO)  # fmt: skip
         producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
                          n_tiles_ptr, GROUP_M, H, I)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
@@ -205,8 +195,8 @@ def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs
     and setmaxnreg moves the producer's spare ones to the consumers."""
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
     items = ws.perm_max_tiles * (ws.I // COLUMNS)
-    consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, A_IN_REGS=ws.a_in_registers,
-                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
+    consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, CONSUMER_REGS=consumer_regs,
+                  PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 

@@ -34,7 +34,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from .gemm1_gluon import A_REGS, ACC, ACC_COLS, ACC_ROWS, _promote_block, row_scale_vectors
+    from .gemm1_gluon import ACC, ACC_COLS, ACC_ROWS, _promote_block, row_scale_vectors
     from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scaled_descriptors
 
 TOPK = tl.constexpr(TOP_K)
@@ -98,7 +98,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
                   w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO: gl.constexpr,
-                  A_IN_REGS: gl.constexpr, WG: gl.constexpr):  # fmt: skip
+                  WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile; BN = 256 columns as two 128-column
         accumulators on the two halves of the W2 tile (three fp32 tiles with the partial, as GEMM1)."""
         BK: gl.constexpr = 128
@@ -127,14 +127,7 @@ if HAVE_GLUON:
                 w_smem = w_bufs.index(s)
                 sw = gl.load(sw_ptr + kb)
                 w0 = w_smem.slice(0, BJ)
-                if A_IN_REGS:  # (SHARED_LO)
-                    c_hi_r = c_hi.load(A_REGS)
-                    c_lo_r = c_lo.load(A_REGS)
-                    acc0, spare = _promote_block(c_hi_r, w0, spare, acc0, s_hi * sw, c_lo_r)
-                    if TWO:
-                        sw1 = gl.load(sw_ptr + NKB + kb)
-                        acc1, spare = _promote_block(c_hi_r, w_smem.slice(BJ, BJ), spare, acc1, s_hi * sw1, c_lo_r)
-                elif SHARED_LO:  # hi and lo in one partial, one promotion
+                if SHARED_LO:  # hi and lo in one partial, one promotion
                     acc0, spare = _promote_block(c_hi, w0, spare, acc0, s_hi * sw, c_lo)
                     if TWO:
                         sw1 = gl.load(sw_ptr + NKB + kb)
@@ -158,15 +151,15 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                    w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, A_IN_REGS):  # fmt: skip
+                    w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
         _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, A_IN_REGS, 1)  # fmt: skip
+                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, 1)  # fmt: skip
 
     @gluon.jit(do_not_specialize=["local_off"])  # `Kernel.fast` reuses the first compile for every offset
     def gemm2_gluon_kernel(c_desc, w_desc, cs_desc, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr, w_ptr,
                            out_ptr, obuf_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                           SHARED_LO: gl.constexpr, A_IN_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           SHARED_LO: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            PRODUCER_REGS: gl.constexpr):  # fmt: skip
         c_bufs = gl.allocate_shared_memory(c_desc.dtype, [4 * STAGES, HALF_M, 128], c_desc.layout)
         cs_bufs = gl.allocate_shared_memory(cs_desc.dtype, [4 * STAGES, 1, HALF_M], cs_desc.layout)
@@ -177,7 +170,7 @@ if HAVE_GLUON:
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
         consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                         w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, A_IN_REGS)  # fmt: skip
+                         w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO)  # fmt: skip
         producer_args = (c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
                          GROUP_M, H, I, SHARED_LO)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
@@ -193,7 +186,7 @@ def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_r
     assert n in (BJ, 2 * BJ) and ws.H % n == 0, n
     items = ws.perm_max_tiles * (ws.H // n)
     consts = dict(GROUP_M=group_m, STAGES=stages or (4 if n == BJ else 3), SHARED_LO=ws.shared_lo_scale,
-                  A_IN_REGS=ws.a_in_registers, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
+                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 
