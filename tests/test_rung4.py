@@ -207,7 +207,8 @@ def test_tied_routing_through_the_whole_call_at_the_last_rank(ds, built):
 
 def test_tile_table_and_geometry_checks(built):
     _, _, tiles_mod, persistent = built
-    assert tiles_mod.tiles_for(1).route_in_every_program and not tiles_mod.tiles_for(901).route_in_every_program
+    assert tiles_mod.tiles_for(1).route_in_every_program and not tiles_mod.tiles_for(7).route_in_every_program
+    assert not tiles_mod.tiles_for(901).route_in_every_program
     assert tiles_mod.tiles_for(901).sorted_rows and not tiles_mod.tiles_for(128).sorted_rows
     with pytest.raises(ValueError, match="above the fused path"):
         tiles_mod.tiles_for(tiles_mod.MAX_FUSED_T + 1)

@@ -451,8 +451,8 @@ class Workspace:
         split_k = 1 if t.stream_k else t.split_k
         while (H // BLOCK) % split_k:  # the splits must divide the K blocks
             split_k -= 1
-        if H % t.h_block or (t.h_block % BLOCK and BLOCK % t.h_block) or t.h_block < 64:
-            raise ValueError("the H block must divide H and be 64 or a multiple of 128 (W2's scale blocks)")
+        if H % t.h_block or t.h_block % BLOCK:
+            raise ValueError("the H block must divide H and be a multiple of 128")
         hbg = t.h_blocks_per_item
         while (H // t.h_block) % hbg or hbg & (hbg - 1):  # whole groups, a power of two H blocks
             hbg -= 1

@@ -32,8 +32,9 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     if T <= 4:  # stream-K: one equal share of GEMM1's K blocks per program (v9: 83 against 89 us at T = 1,
         # the mean of four rounds; split-K 2 before)
         t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 4, 8, stream_k=True)
-    elif T <= 8:
-        t = Tiles(16, 128, 1, 4, True, 1, False, True, False, 4, 4, 8)
+    elif T <= 8:  # routing items, not every program routing all T (v22: T = 7 -5..-6%, 3 rounds of 3;
+        # the GEMM phase started 9.5 us in when every program routed 7 tokens)
+        t = Tiles(16, 128, 1, 4, False, 1, False, True, False, 4, 4, 8)
     # above T = 8 GEMM2 items take 2-4 H blocks: the last two waves of them one H block each (a short tail)
     elif T <= 32:  # no split-K: 16-32 tiles of 16 items are 2-4 waves already (split-K 2: +4-7%, v7)
         t = Tiles(16, 128, 2, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
