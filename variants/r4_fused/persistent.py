@@ -7,7 +7,7 @@ grid:
 
 1. routing (T > 8): BT tokens an item: sigmoid, group top-2, top-4 groups, top-8 experts, weights
    (`route_tokens`, bit-identical to the reference); the exact zero rows of tokens with no local expert.
-   At T <= 8 every program routes all T tokens itself and there are no routing items.
+   At T <= 4 every program routes all T tokens itself and there are no routing items.
 2. sort (large T): one item per local expert lists its rows in token order.
 3. GEMM1: (M tile, 128 columns of I, K split): G1 = X[rows] @ W1[e]^T on FP8 tensor cores, one dot per
    128-wide K block with its block scales applied to the fp32 partial; SwiGLU and the hi/lo FP8
