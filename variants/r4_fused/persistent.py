@@ -5,7 +5,7 @@ grid:
 
     [routing items] [sort items] [GEMM1 items] [GEMM2 items] [finalize items]
 
-1. routing (T > 8): BT tokens an item: sigmoid, group top-2, top-4 groups, top-8 experts, weights
+1. routing (T > 4): BT tokens an item: sigmoid, group top-2, top-4 groups, top-8 experts, weights
    (`route_tokens`, bit-identical to the reference); the exact zero rows of tokens with no local expert.
    At T <= 4 every program routes all T tokens itself and there are no routing items.
 2. sort (large T): one item per local expert lists its rows in token order.
