@@ -88,16 +88,6 @@ def item_tile_major(item, SPLIT_K: tl.constexpr, NJ: tl.constexpr):
 
 
 @triton.jit
-def _last_to_arrive(ticket_ptr, n):
-    """After this program parked its part: take a ticket; true for the part that arrived last (acq_rel:
-    it sees every other part's stores). That part resets the ticket for the next call."""
-    tl.debug_barrier()
-    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-    tl.debug_barrier()
-    return ticket == n - 1
-
-
-@triton.jit
 def park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, slot0, j, n, BM: tl.constexpr, SWAP: tl.constexpr):
     """Column block tj of a tile gets its K blocks in n parts (split-K's splits, rung 4's stream-K shares);
     this is part j. Park its partials in slot slot0 + j and take a ticket; returns (last, up, gate): last
@@ -113,7 +103,10 @@ def park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, slot0, j, n, BM: tl.co
     pbase = part_ptr + slot0.to(tl.int64) * (2 * BJ * BM)
     tl.store(pbase + j * (2 * BJ * BM) + el, acc_u)
     tl.store(pbase + j * (2 * BJ * BM) + BJ * BM + el, acc_g)
-    last = _last_to_arrive(ticket_ptr + tj, n)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
+    tl.debug_barrier()
+    last = ticket == n - 1
     up = tl.zeros(acc_u.shape, tl.float32)
     gate = tl.zeros(acc_g.shape, tl.float32)
     if last:
@@ -122,22 +115,3 @@ def park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, slot0, j, n, BM: tl.co
             gate += tl.load(pbase + i * (2 * BJ * BM) + BJ * BM + el)
         tl.store(ticket_ptr + tj, 0)  # ready for the next call
     return last, up, gate
-
-
-@triton.jit
-def park_partial(acc, part_ptr, ticket_ptr, seg, slot0, j, n):
-    """`park_partials` for one accumulator (any 2-D shape; rung 4's GEMM2 stream-K shares): segment seg
-    gets its K blocks in n parts, this is part j, parked in slot slot0 + j; returns (last, the sum over
-    the n parts in part order for the last to arrive, zeros otherwise)."""
-    R: tl.constexpr = acc.shape[0]
-    C: tl.constexpr = acc.shape[1]
-    el = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
-    pbase = part_ptr + slot0.to(tl.int64) * (R * C)
-    tl.store(pbase + j * (R * C) + el, acc)
-    last = _last_to_arrive(ticket_ptr + seg, n)
-    total = tl.zeros(acc.shape, tl.float32)
-    if last:
-        for i in range(0, n):
-            total += tl.load(pbase + i * (R * C) + el)
-        tl.store(ticket_ptr + seg, 0)  # ready for the next call
-    return last, total
