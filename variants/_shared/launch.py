@@ -96,14 +96,9 @@ def gdc_launch_dependents(PDL: tl.constexpr):
 
 
 @triton.jit
-def prefetch_l2(ptrs, EVICT_LAST: tl.constexpr = False):
-    """Ask the L2 to fetch the 128-byte lines at `ptrs` (no register result, no wait); EVICT_LAST: as the
-    last lines to evict (kept while other data streams through)."""
-    if EVICT_LAST:
-        asm: tl.constexpr = "prefetch.global.L2::evict_last [$1]; // $0"
-    else:
-        asm: tl.constexpr = "prefetch.global.L2 [$1]; // $0"
-    tl.inline_asm_elementwise(asm, "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)
+def prefetch_l2(ptrs):
+    """Ask the L2 to fetch the 128-byte lines at `ptrs` (no register result, no wait)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)
 
 
 class Kernel:

@@ -133,21 +133,6 @@ def _share_of(x, S, W):
 
 
 @triton.jit
-def _w2_to_l2(c, w2_ptr, H: tl.constexpr, I: tl.constexpr):
-    """This program's equal share of the 128-byte lines of every hit expert's W2 (experts with rows, in
-    order), asked of the L2 as the last lines to evict: GEMM2 then reads them from there."""
-    LPE: tl.constexpr = H * I // 128  # lines per expert
-    cum = tl.cumsum((c > 0).to(tl.int32), axis=0)
-    lines = tl.max(cum, axis=0) * LPE
-    first = (tl.program_id(0) * lines) // tl.num_programs(0)
-    end = ((tl.program_id(0) + 1) * lines) // tl.num_programs(0)
-    for l0 in range(first, end, 128):
-        ln = tl.minimum(l0 + tl.arange(0, 128), end - 1)  # past the end: the last line again (harmless)
-        e = tl.sum((cum[None, :] <= (ln // LPE)[:, None]).to(tl.int32), axis=1)  # the (ln // LPE)-th hit
-        prefetch_l2(w2_ptr + e.to(tl.int64) * (H * I) + (ln % LPE).to(tl.int64) * 128, True)
-
-
-@triton.jit
 def _gemm1_share(s, S, W, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                  tile_done_ptr, T, H: tl.constexpr, I: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
                  TOPK: tl.constexpr, BM: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr,
@@ -342,7 +327,7 @@ def moe_kernel(
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
     BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, TAIL_WAVES: tl.constexpr, HBG_TAIL: tl.constexpr,
-    SPLIT_K: tl.constexpr, STREAM_K: tl.constexpr, W2_TO_L2: tl.constexpr, ROUTE_ALL: tl.constexpr,
+    SPLIT_K: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
     BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
@@ -400,8 +385,6 @@ def moe_kernel(
 
     # 3-5. the GEMMs and the finalize, over the tiles of the experts that were hit
     c, n_tiles = hit_tiles(loc, counts_ptr, NL, NLP, TP, TOPK, BM, INLINE)
-    if W2_TO_L2:
-        _w2_to_l2(c, w2_ptr, H, I)
     w1_blocks = n_tiles * (NJ * (H // 128))  # stream-K: GEMM1's K blocks, shared out equally
     if STREAM_K:
         n1 = tl.minimum(nprog, w1_blocks)  # no empty share: a column block must hear from all of its own
@@ -520,7 +503,7 @@ class Workspace:
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
             BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k,
-            STREAM_K=t.stream_k, W2_TO_L2=t.w2_to_l2, ROUTE_ALL=t.route_in_every_program,
+            STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,

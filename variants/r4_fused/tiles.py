@@ -21,8 +21,6 @@ class Tiles:
     tokens_per_finalize_block: int
     tail_waves: int = 0  # GEMM2's last items, about this many waves of programs' worth, one H block each
     stream_k: bool = False  # GEMM1 as one equal share of all K blocks per program (split_k unused)
-    w2_to_l2: bool = False  # at the GEMM phase's start each program asks the L2 for its share of the hit
-    # experts' W2 (evict_last), so GEMM2 reads it from the L2 (tiny T: W2 of the hit experts fits there)
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
 
@@ -45,5 +43,5 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     else:
         t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
     if interpret:
-        t = Tiles(**{**t.__dict__, "prefetch_w2": False, "w2_to_l2": False})
+        t = Tiles(**{**t.__dict__, "prefetch_w2": False})
     return t
