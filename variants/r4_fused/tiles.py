@@ -21,6 +21,7 @@ class Tiles:
     tokens_per_finalize_block: int
     tail_waves: int = 0  # GEMM2's last items, about this many waves of programs' worth, one H block each
     stream_k: bool = False  # GEMM1 as one equal share of all K blocks per program (split_k unused)
+    gemm2_stream_k: bool = False  # GEMM2 likewise: one equal share of all its steps per program (no tail)
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
 
