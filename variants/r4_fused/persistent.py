@@ -363,11 +363,14 @@ def _gemm2_share(s, S, W, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
             acc = tl.zeros((BM, BH), tl.float32)
         step0 = x - tile * TILE_STEPS
         n_steps = stop - x
+        # each step's scales loaded a step ahead (off the step's critical path; v25 without: 15 GB/s per SM)
+        asn, aln, wsn = _gemm2_scales(s_ptrs, ws_base, 0, step0, NKB, BH, NT)
         for i in range(0, n_steps):
             st = step0 + i
             kb = st % NKB
             hb = st // NKB
-            asc, asl, wsc = _gemm2_scales(s_ptrs, ws_base, 0, st, NKB, BH, NT)
+            asc, asl, wsc = asn, aln, wsn
+            asn, aln, wsn = _gemm2_scales(s_ptrs, ws_base, 0, step0 + tl.minimum(i + 1, n_steps - 1), NKB, BH, NT)
             acc = _gemm2_mma(acc, kb, hb, asc, asl, wsc, w_ptrs, a_ptrs, amask, I, BH, BK, NT, SWAP)
             if (kb == NKB - 1) | (i == n_steps - 1):  # this share's part of the segment: parked
                 tl.store(part_ptr + (tile * NHB + hb + s).to(tl.int64) * (BH * BM) + el, acc)
