@@ -101,11 +101,9 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (16, dict(h_blocks_per_item=1, tokens_per_finalize_block=2)),  # GEMM2 steps paired across H blocks
         (3, dict(route_in_every_program=True, stream_k=True)),  # stream-K shares, tiny T
         (40, dict(stream_k=True, sorted_rows=True)),  # stream-K over sorted rows, many tiles
-        (40, dict(gemm2_stream_k=True, sorted_rows=True, swapped=False, rows_per_tile=64, num_warps=8,
-                  num_stages=3)),  # GEMM2 stream-K shares on unswapped tiles  # fmt: skip
     ],
     ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
-         "stream-k-sorted", "gemm2-stream-k-unswapped"],  # fmt: skip
+         "stream-k-sorted"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built
@@ -146,31 +144,24 @@ def test_a_short_tail_of_single_h_block_items(built, monkeypatch):
     _check_output(out, inp)
 
 
-@pytest.mark.parametrize("programs,gemm2", [(3, False), (5, False), (3, True), (5, True)])
-def test_stream_k_shares_that_cross_column_blocks(built, monkeypatch, programs, gemm2):
-    """`stream_k`: GEMM1's K blocks in one equal share per program; `gemm2_stream_k`: GEMM2's (tile, H
-    block, K block) steps too. The small definition has 2 K blocks per column block and one per GEMM2
-    H block, so this runs a wider made-up geometry (H = 512: 4 K blocks and 4 H blocks, I = 256: 2
-    column blocks, 2 GEMM2 K blocks) on 3 and 5 programs: shares start and end inside column blocks (and
-    H blocks), a block hears from two or three shares, whose partials the last to arrive sums in share
-    order. Against the reference, bit-identical on a second call, every ticket back at zero."""
+@pytest.mark.parametrize("programs", [3, 5])
+def test_stream_k_shares_that_cross_column_blocks(built, monkeypatch, programs):
+    """`stream_k`: GEMM1's K blocks in one equal share per program. The small definition has 2 K blocks
+    per column block, so this runs a wider made-up geometry (H = 512: 4 K blocks, I = 256: 2 column
+    blocks) on 3 and 5 programs: shares start and end inside column blocks, a column block hears from
+    two or three shares, whose partials the last to arrive sums in share order. Against the reference,
+    bit-identical on a second call, every ticket back at zero."""
     _, mod, tiles_mod, persistent = built
     monkeypatch.setattr(persistent, "sm_count", lambda device: programs)
     T, H = 3, WIDE_H
     inp = _wide_inputs(T, seed=6)
-    runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(T), stream_k=True, gemm2_stream_k=gemm2))
-    if gemm2:  # some GEMM2 share starts inside an H block (2 K blocks each): its partials get parked
-        ids = reference.route(inp[0].cpu(), inp[1].cpu(), inp[9])[0]
-        hit = int(ids[ids < inp[4].shape[0]].unique().numel())  # local experts hit (offset 0), a tile each
-        steps = hit * (H // 128) * 2
-        assert any((s * steps // programs) % 2 for s in range(programs)), (hit, programs)
+    runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(T), stream_k=True))
     outs = []
     for _ in range(2):
         out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
         runner(*inp, out)
         (ws,) = runner.workspaces.values()
         assert ws.kernel.consts["STREAM_K"] and ws.kernel.grid[0] == programs
-        assert ws.kernel.consts["GEMM2_STREAM_K"] == gemm2
         assert int(ws.sync.abs().sum()) == 0 and int(ws.ticket.abs().sum()) == 0
         outs.append(out)
     assert torch.equal(outs[0], outs[1])
@@ -224,5 +215,8 @@ def test_tile_table_and_geometry_checks(built):
     with pytest.raises(ValueError, match="powers of two"):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
                              dataclasses.replace(tiles_mod.tiles_for(4), tokens_per_route_item=3))  # fmt: skip
+    with pytest.raises(ValueError, match="H block must be 128"):  # one W2 scale per H block and K block
+        persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
+                             dataclasses.replace(tiles_mod.tiles_for(4), h_block=256))  # fmt: skip
     with pytest.raises(ValueError, match="unsupported geometry"):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168 + 64, 2048)

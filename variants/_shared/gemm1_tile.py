@@ -88,16 +88,6 @@ def item_tile_major(item, SPLIT_K: tl.constexpr, NJ: tl.constexpr):
 
 
 @triton.jit
-def last_to_arrive(ticket_ptr, n):
-    """After this program parked its part: take a ticket; true for the part that arrived last (acq_rel:
-    it sees every other part's stores). That part resets the ticket for the next call."""
-    tl.debug_barrier()
-    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-    tl.debug_barrier()
-    return ticket == n - 1
-
-
-@triton.jit
 def park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, slot0, j, n, BM: tl.constexpr, SWAP: tl.constexpr):
     """Column block tj of a tile gets its K blocks in n parts (split-K's splits, rung 4's stream-K shares);
     this is part j. Park its partials in slot slot0 + j and take a ticket; returns (last, up, gate): last
@@ -113,7 +103,10 @@ def park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, slot0, j, n, BM: tl.co
     pbase = part_ptr + slot0.to(tl.int64) * (2 * BJ * BM)
     tl.store(pbase + j * (2 * BJ * BM) + el, acc_u)
     tl.store(pbase + j * (2 * BJ * BM) + BJ * BM + el, acc_g)
-    last = last_to_arrive(ticket_ptr + tj, n)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(ticket_ptr + tj, 1, sem="acq_rel")
+    tl.debug_barrier()
+    last = ticket == n - 1
     up = tl.zeros(acc_u.shape, tl.float32)
     gate = tl.zeros(acc_g.shape, tl.float32)
     if last:

@@ -19,9 +19,7 @@ grid:
    steps in one pipelined loop. The item waits until `tile_done[tile]` says all of its tile's C is
    written (optionally, `Tiles.prefetch_w2`, it first asks the L2 for its first weight block). A token
    with one local expert gets its bf16 row here; a token with several parks one fp32 row per (token,
-   slot). Then `hb_done[hb] += 1` for each of its H blocks. Or (`Tiles.gemm2_stream_k`) one item per
-   program: an equal share of all (tile, H block, K block) steps, each segment's partials summed in share
-   order by the last share to arrive, which runs the epilogue and counts the H block done.
+   slot). Then `hb_done[hb] += 1` for each of its H blocks.
 5. finalize (H block, token block): waits until every tile's GEMM2 item of that H block is done, then
    sums the parked rows of tokens with several local experts in slot order (deterministic), bf16.
 
@@ -41,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .exact import INTERPRET, round_to_bf16
-from .gemm1_tile import item_tile_major, last_to_arrive, park_partials, w1_tile
+from .gemm1_tile import item_tile_major, park_partials, w1_tile
 from .launch import Kernel, next_pow2, prefetch_l2, sm_count
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
@@ -184,96 +182,43 @@ def _gemm2_scales(s_ptrs, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.constexp
 
 
 @triton.jit
-def _gemm2_mma(acc, kb, hb, asc, asl, wsc, w_ptrs, a_ptrs, amask, I: tl.constexpr, BH: tl.constexpr,
-               BK: tl.constexpr, NT: tl.constexpr, SWAP: tl.constexpr):  # fmt: skip
-    """acc + K block kb of H block hb: C's hi and lo terms on the same weight tile, each with its own row
-    scale (asc, asl), times the weight block's scale wsc."""
+def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single, multi, out_ptr,
+                obuf_ptr, hn, H: tl.constexpr, I: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+                NKB: tl.constexpr, NT: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
+    """One (H block, K block) step of a GEMM2 item; after an H block's last K block its epilogue: a token
+    with one local expert gets its final bf16 row, a token with several parks its fp32 row."""
+    kb = step % NKB
+    hb = hb0 + step // NKB
     w = tl.load(w_ptrs + (hb * BH).to(tl.int64) * I + kb * BK)
     a = tl.load(a_ptrs + kb * (NT * BK), mask=amask, other=0.0, cache_modifier=".cg")
     al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
-    if SWAP:
+    if SWAP:  # hi and lo terms of C on the same weight tile, each with its own row scale
         acc += tl.dot(w, a) * (asc * wsc)[None, :]
         acc += tl.dot(w, al) * (asl * wsc)[None, :]
     else:
         acc += tl.dot(a, w) * (asc * wsc)[:, None]
         acc += tl.dot(al, w) * (asl * wsc)[:, None]
-    return acc
-
-
-@triton.jit
-def _gemm2_epilogue(acc, hb, tok64, rid64, wrow, single, multi, out_ptr, obuf_ptr, hn, H: tl.constexpr,
-                    BH: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
-    """H block hb of the tile's rows, times the routing weight: a token with one local expert gets its
-    final bf16 row, a token with several parks its fp32 row."""
-    h = hb * BH + hn
-    if SWAP:
-        res = acc * wrow[None, :]
-        o_offs = tok64[None, :] * H + h[:, None]
-        b_offs = rid64[None, :] * H + h[:, None]
-        smask = single[None, :]
-        mmask = multi[None, :]
-    else:
-        res = acc * wrow[:, None]
-        o_offs = tok64[:, None] * H + h[None, :]
-        b_offs = rid64[:, None] * H + h[None, :]
-        smask = single[:, None]
-        mmask = multi[:, None]
-    val = res
-    if EXACT:
-        val = round_to_bf16(val)
-    tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)
-    tl.store(obuf_ptr + b_offs, res, mask=mmask)
-
-
-@triton.jit
-def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single, multi, out_ptr,
-                obuf_ptr, hn, H: tl.constexpr, I: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
-                NKB: tl.constexpr, NT: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
-    """One (H block, K block) step of a GEMM2 item; after an H block's last K block its epilogue."""
-    kb = step % NKB
-    hb = hb0 + step // NKB
-    acc = _gemm2_mma(acc, kb, hb, asc, asl, wsc, w_ptrs, a_ptrs, amask, I, BH, BK, NT, SWAP)
     if kb == NKB - 1:
-        _gemm2_epilogue(acc, hb, tok64, rid64, wrow, single, multi, out_ptr, obuf_ptr, hn, H, BH, SWAP, EXACT)
+        h = hb * BH + hn
+        if SWAP:
+            res = acc * wrow[None, :]
+            o_offs = tok64[None, :] * H + h[:, None]
+            b_offs = rid64[None, :] * H + h[:, None]
+            smask = single[None, :]
+            mmask = multi[None, :]
+        else:
+            res = acc * wrow[:, None]
+            o_offs = tok64[:, None] * H + h[None, :]
+            b_offs = rid64[:, None] * H + h[None, :]
+            smask = single[:, None]
+            mmask = multi[:, None]
+        val = res
+        if EXACT:
+            val = round_to_bf16(val)
+        tl.store(out_ptr + o_offs, val.to(tl.bfloat16), mask=smask)
+        tl.store(obuf_ptr + b_offs, res, mask=mmask)
         acc = tl.zeros(acc.shape, tl.float32)
     return acc
-
-
-@triton.jit
-def _gemm2_tile(tile, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, T, local_off,
-                NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr, TP: tl.constexpr,
-                TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr, INLINE: tl.constexpr,
-                SWAP: tl.constexpr):  # fmt: skip
-    """What GEMM2 needs of an M tile: the weight and C pointers ([BH, BK] / [BK, BM] swapped), C's mask, the
-    rows' scale pointers, the expert's weight scales, and for the epilogue the token and row ids, routing
-    weights and which tokens have one local expert (single) or several (multi)."""
-    BK: tl.constexpr = 128
-    NKB: tl.constexpr = I // BK
-    e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
-    tok = rid // TOPK
-    kk = tl.arange(0, BK)
-    hn = tl.arange(0, BH)
-    k8 = tl.arange(0, TOPK)
-    w_base = w2_ptr + e.to(tl.int64) * (H * I)
-    # the routing weights and how many local experts each row's token has (known since routing)
-    wrow = tl.load(wts_ptr + rid, mask=rmask, other=0.0)
-    lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1)
-    nloc = tl.sum((((lt - local_off) >= 0) & ((lt - local_off) < NL)).to(tl.int32), axis=1)
-    single = rmask & (nloc == 1)
-    multi = rmask & (nloc > 1)
-    tok64 = tok.to(tl.int64)
-    rid64 = rid.to(tl.int64)
-    ws_base = w2s_ptr + e * ((H // 128) * NKB)  # [H / 128, NKB] scales of expert e
-    if SWAP:
-        w_ptrs = w_base + hn[:, None] * I + kk[None, :]  # [BH, BK] at H block 0, K block 0
-        a_ptrs = cq_ptr + rid64[None, :] * (NT * I) + kk[:, None]  # [BK, BM]
-        amask = rmask[None, :]
-    else:
-        w_ptrs = w_base + hn[None, :] * I + kk[:, None]  # [BK, BH]
-        a_ptrs = cq_ptr + rid64[:, None] * (NT * I) + kk[None, :]  # [BM, BK]
-        amask = rmask[:, None]
-    s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
-    return w_base, w_ptrs, a_ptrs, amask, s_ptrs, ws_base, tok64, rid64, wrow, single, multi
 
 
 @triton.jit
@@ -293,19 +238,37 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     NJ: tl.constexpr = I // 128
     tile = tile0 + g // NG2
     hb0 = (g % NG2) * HBG
+    e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
+    tok = rid // TOPK
+    kk = tl.arange(0, BK)
     hn = tl.arange(0, BH)
-    w_base, w_ptrs, a_ptrs, amask, s_ptrs, ws_base, tok64, rid64, wrow, single, multi = _gemm2_tile(
-        tile, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, T, local_off, NL, NLP, H, I, TP,
-        TOPK, BM, BH, INLINE, SWAP)  # fmt: skip
+    k8 = tl.arange(0, TOPK)
+    w_base = w2_ptr + e.to(tl.int64) * (H * I)
+    # the routing weights and how many local experts each row's token has (known since routing)
+    wrow = tl.load(wts_ptr + rid, mask=rmask, other=0.0)
+    lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1)
+    nloc = tl.sum((((lt - local_off) >= 0) & ((lt - local_off) < NL)).to(tl.int32), axis=1)
+    single = rmask & (nloc == 1)
+    multi = rmask & (nloc > 1)
+    tok64 = tok.to(tl.int64)
+    rid64 = rid.to(tl.int64)
     if PF:  # the weight blocks do not depend on GEMM1: have the L2 fetch the first one while we wait
         lines = tl.arange(0, I // 128) * 128
         prefetch_l2(w_base + (hb0 * BH + hn)[:, None] * I + lines[None, :])
     _wait_at_least(tile_done_ptr + tile, NJ)  # all of this tile's C (and its scales) is written
     _trace(rec_ptr, 2, _now(TRACE), TRACE)
+    ws_base = w2s_ptr + e * ((H // 128) * NKB)  # [H / 128, NKB] scales of expert e
     if SWAP:
+        w_ptrs = w_base + hn[:, None] * I + kk[None, :]  # [BH, BK] at H block 0, K block 0
+        a_ptrs = cq_ptr + rid64[None, :] * (NT * I) + kk[:, None]  # [BK, BM]
+        amask = rmask[None, :]
         acc = tl.zeros((BH, BM), tl.float32)
     else:
+        w_ptrs = w_base + hn[None, :] * I + kk[:, None]  # [BK, BH]
+        a_ptrs = cq_ptr + rid64[:, None] * (NT * I) + kk[None, :]  # [BM, BK]
+        amask = rmask[:, None]
         acc = tl.zeros((BM, BH), tl.float32)
+    s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
     # two (H block, K block) steps per iteration, their scales loaded one iteration ahead (v3: meant to
     # hide the scale loads' latency; it measured no faster than one step, the real cost was `.cg`, v4)
     last = HBG * NKB - 1
@@ -323,74 +286,6 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     tl.debug_barrier()  # every thread's rows are stored before the H blocks are counted done
     hbs = hb0 + tl.arange(0, HBG)
     tl.atomic_add(hb_done_ptr + hbs, tl.full((HBG,), 1, tl.int32), sem="release")
-
-
-@triton.jit
-def _gemm2_share(s, S, W, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
-                 part_ptr, ticket_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr,
-                 NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr,
-                 BM: tl.constexpr, BH: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr,
-                 EXACT: tl.constexpr):  # fmt: skip
-    """Stream-K share s of S (`Tiles.gemm2_stream_k`): GEMM2's W (tile, H block, K block) steps, tile by
-    tile, H block by H block, cut into S equal runs. One flattened loop per tile the run crosses (one
-    wait, one pipeline: no restart at H block boundaries) parks the partial of each (tile, H block)
-    segment it touches in slot segment + s (unique: share s - 1 ends where share s starts). Then, per
-    segment touched, a ticket: the last of its shares to arrive sums the partials in share order, runs
-    the epilogue and counts the H block done."""
-    BK: tl.constexpr = 128
-    NKB: tl.constexpr = I // BK
-    NHB: tl.constexpr = H // BH
-    NJ: tl.constexpr = I // 128
-    TILE_STEPS: tl.constexpr = NHB * NKB
-    hn = tl.arange(0, BH)
-    if SWAP:
-        el = hn[:, None] * BM + tl.arange(0, BM)[None, :]
-    else:
-        el = tl.arange(0, BM)[:, None] * BH + hn[None, :]
-    x0 = (s * W) // S
-    end = ((s + 1) * W) // S
-    x = x0
-    while x < end:  # the tiles this share crosses (one or two at tiny T)
-        tile = x // TILE_STEPS
-        stop = tl.minimum(end, (tile + 1) * TILE_STEPS)
-        _, w_ptrs, a_ptrs, amask, s_ptrs, ws_base, _, _, _, _, _ = _gemm2_tile(
-            tile, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, T, local_off, NL, NLP, H, I,
-            TP, TOPK, BM, BH, INLINE, SWAP)  # fmt: skip
-        _wait_at_least(tile_done_ptr + tile, NJ)
-        if SWAP:
-            acc = tl.zeros((BH, BM), tl.float32)
-        else:
-            acc = tl.zeros((BM, BH), tl.float32)
-        step0 = x - tile * TILE_STEPS
-        n_steps = stop - x
-        # each step's scales loaded a step ahead (off the step's critical path; v25 without: 15 GB/s per SM)
-        asn, aln, wsn = _gemm2_scales(s_ptrs, ws_base, 0, step0, NKB, BH, NT)
-        for i in range(0, n_steps):
-            st = step0 + i
-            kb = st % NKB
-            hb = st // NKB
-            asc, asl, wsc = asn, aln, wsn
-            asn, aln, wsn = _gemm2_scales(s_ptrs, ws_base, 0, step0 + tl.minimum(i + 1, n_steps - 1), NKB, BH, NT)
-            acc = _gemm2_mma(acc, kb, hb, asc, asl, wsc, w_ptrs, a_ptrs, amask, I, BH, BK, NT, SWAP)
-            if (kb == NKB - 1) | (i == n_steps - 1):  # this share's part of the segment: parked
-                tl.store(part_ptr + (tile * NHB + hb + s).to(tl.int64) * (BH * BM) + el, acc)
-                acc = tl.zeros(acc.shape, tl.float32)
-        x = stop
-    for seg in range(x0 // NKB, (end - 1) // NKB + 1):  # the segments this share touched
-        first = _share_of(seg * NKB, S, W)
-        n = _share_of((seg + 1) * NKB - 1, S, W) - first + 1
-        if last_to_arrive(ticket_ptr + seg, n):
-            tile = seg // NHB
-            hb = seg % NHB
-            _, _, _, _, _, _, tok64, rid64, wrow, single, multi = _gemm2_tile(
-                tile, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, T, local_off, NL, NLP, H,
-                I, TP, TOPK, BM, BH, INLINE, SWAP)  # fmt: skip
-            total = tl.zeros(el.shape, tl.float32)
-            for j in range(first, first + n):  # in share order: deterministic
-                total += tl.load(part_ptr + tl.cast(seg + j, tl.int64) * (BH * BM) + el)
-            tl.store(ticket_ptr + seg, 0)  # ready for the next call
-            _gemm2_epilogue(total, hb, tok64, rid64, wrow, single, multi, out_ptr, obuf_ptr, hn, H, BH, SWAP, EXACT)
-            _signal(hb_done_ptr + hb)
 
 
 @triton.jit
@@ -432,8 +327,8 @@ def moe_kernel(
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
     BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, TAIL_WAVES: tl.constexpr, HBG_TAIL: tl.constexpr,
-    SPLIT_K: tl.constexpr, STREAM_K: tl.constexpr, GEMM2_STREAM_K: tl.constexpr, PART2: tl.constexpr,
-    TICKET2: tl.constexpr, ROUTE_ALL: tl.constexpr, BT_ROUTE: tl.constexpr,
+    SPLIT_K: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
+    BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
     BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
@@ -502,10 +397,6 @@ def moe_kernel(
         n_small = tl.minimum(n_tiles, tl.cdiv(TAIL_WAVES * nprog, NHB // HBG_TAIL))
     n2_big = (n_tiles - n_small) * (NHB // HBG)
     n2 = n2_big + n_small * (NHB // HBG_TAIL)
-    w2_steps = n_tiles * (NHB * (I // 128))  # GEMM2 stream-K: its (tile, H block, K block) steps, shared out
-    if GEMM2_STREAM_K:
-        n2 = tl.minimum(nprog, w2_steps)
-        n2_big = n2
     base = n_route + n_sort
     g = item - base
     _trace(prog_rec, 2, _now(TRACE), TRACE)
@@ -524,10 +415,6 @@ def moe_kernel(
         elif g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                         tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, SPLIT_K, INLINE, SWAP, EXACT)  # fmt: skip
-        elif GEMM2_STREAM_K and g < n1 + n2:
-            _gemm2_share(g - n1, n2, w2_steps, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr,
-                         out_ptr, obuf_ptr, part_ptr + PART2, ticket_ptr + TICKET2, tile_done_ptr, hb_done_ptr, T,
-                         local_off, NL, NLP, H, I, TP, TOPK, BM, BH, INLINE, SWAP, EXACT)  # fmt: skip
         elif g < n1 + n2_big:
             _gemm2_item(g - n1, 0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
                         obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
@@ -564,8 +451,9 @@ class Workspace:
         split_k = 1 if t.stream_k else t.split_k
         while (H // BLOCK) % split_k:  # the splits must divide the K blocks
             split_k -= 1
-        if H % t.h_block or t.h_block % BLOCK:
-            raise ValueError("the H block must divide H and be a multiple of 128")
+        if t.h_block != BLOCK:  # GEMM2 applies one W2 scale per (H block, K block): 128 x 128 (v27: 256 was
+            # accepted here and gave rel L2 1.0)
+            raise ValueError("the H block must be 128 rows: one W2 scale block")
         hbg = t.h_blocks_per_item
         while (H // t.h_block) % hbg or hbg & (hbg - 1):  # whole groups, a power of two H blocks
             hbg -= 1
@@ -595,12 +483,8 @@ class Workspace:
         # partial slots: split-K's per (tile, column block) and split; stream-K's column block tj gets slots
         # tj + first share .. (the shares it hears from), so fewer than column blocks + shares in all
         slots = tiles_max * nj * split_k if split_k > 1 else (tiles_max * nj + max_grid if t.stream_k else 0)
-        # GEMM2 stream-K (after GEMM1's): share s parks its part of (tile, H block) segment seg in slot
-        # seg + s (BH x BM partials); a ticket per segment after GEMM1's
-        slots2 = tiles_max * nhb + max_grid if t.gemm2_stream_k else 0
-        part2, ticket2 = slots * 2 * BLOCK * bm, tiles_max * nj if slots else 0
-        self.part = torch.empty(max(1, part2 + slots2 * t.h_block * bm), **f32)
-        self.ticket = torch.zeros(max(1, ticket2 + (tiles_max * nhb if slots2 else 0)), **i32)
+        self.part = torch.empty(max(1, slots * 2 * BLOCK * bm), **f32)
+        self.ticket = torch.zeros(tiles_max * nj if slots else 1, **i32)
         self.obuf = torch.empty(R, H, **f32)
         nsync = next_pow2(HEAD.value + nhb + tiles_max)
         self.sync = torch.zeros(nsync, **i32)
@@ -609,7 +493,7 @@ class Workspace:
             triton.cdiv(T, t.tokens_per_route_item)
             + NL
             + (max_grid if t.stream_k else tiles_max * nj * split_k)
-            + (max_grid if t.gemm2_stream_k else tiles_max * (nhb // min(hbg, hbg_tail)))
+            + tiles_max * (nhb // min(hbg, hbg_tail))
             + nhb * triton.cdiv(T, t.tokens_per_finalize_block)
         )
         # optional trace (tiles.trace): a record per work item, then one per program (at most 8 per SM)
@@ -620,8 +504,7 @@ class Workspace:
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
             BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k,
-            STREAM_K=t.stream_k, GEMM2_STREAM_K=t.gemm2_stream_k, PART2=part2, TICKET2=ticket2,
-            ROUTE_ALL=t.route_in_every_program,
+            STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
