@@ -2,7 +2,10 @@
 # One device call: `check` (19 workloads x 3 trials) and `bench` of the given variants with the reference,
 # with OFFICIAL=V also `bench --official V`, then the GPU-only tests. Each step has a time limit (seconds:
 # CHECK_S, BENCH_S, OFFICIAL_S, TESTS_S) so that the call fits the session's device time, in the order
-# of what matters most if it runs short.
+# of what matters most if it runs short. STEPS picks the steps (default "check bench official tests"):
+# the four take ~500 s for rungs 3 and 4 on the H200, near a call's 600 s limit, so a sweep is two calls:
+#   STEPS="check bench" bash scripts/gpu_sweep.sh r3-triton-fp8 r4-fused-persistent
+#   STEPS="official tests" OFFICIAL=r4-fused-persistent bash scripts/gpu_sweep.sh
 # Usage (device tool, carry .whl): [OFFICIAL=r4-fused-persistent] bash scripts/gpu_sweep.sh VARIANT...
 # Everything lands in $OUT/res (tarred into $OUT/results.tgz after each step) and $OUT/*.txt.
 set -uo pipefail
@@ -16,10 +19,14 @@ step() {
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "$name rc=$? $((SECONDS - t0))s" | tee -a "$OUT/steps.txt"; pack
 }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c 'import torch,triton;print("torch",torch.__version__,"triton",triton.__version__)'; } > "$R/env.txt" 2>&1
-step check "${CHECK_S:-400}" python3 -m fibmoe check "$@" --definition contest --trials 3 --results-dir "$R"
-step bench "${BENCH_S:-400}" python3 -m fibmoe bench "$@" --definition contest --results-dir "$R"
-if [ -n "${OFFICIAL:-}" ]; then
+STEPS=" ${STEPS:-check bench official tests} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+want check && step check "${CHECK_S:-400}" python3 -m fibmoe check "$@" --definition contest --trials 3 --results-dir "$R"
+want bench && step bench "${BENCH_S:-400}" python3 -m fibmoe bench "$@" --definition contest --results-dir "$R"
+if want official && [ -n "${OFFICIAL:-}" ]; then
   step official "${OFFICIAL_S:-300}" python3 -m fibmoe bench --official "$OFFICIAL" --definition contest --results-dir "$R"
 fi
-step gpu_tests "${TESTS_S:-300}" python3 -m pytest -q -p no:cacheprovider tests/gpu
-cat "$OUT/steps.txt"; tail -5 "$OUT/check.txt"; tail -32 "$OUT/bench.txt"; tail -6 "$OUT/official.txt" 2>/dev/null; tail -4 "$OUT/gpu_tests.txt"
+want tests && step gpu_tests "${TESTS_S:-300}" python3 -m pytest -q -p no:cacheprovider tests/gpu
+cat "$OUT/steps.txt"; for f in check:5 bench:32 official:6 gpu_tests:4; do
+  if [ -f "$OUT/${f%%:*}.txt" ]; then tail -"${f##*:}" "$OUT/${f%%:*}.txt"; fi
+done
