@@ -5,7 +5,8 @@
 
 so that the grouped GEMM2 (`gemm2_gluon.py`) loads C's tiles with TMA as this kernel loads A's. The
 inputs come from `permute.py`: A_perm [MP, H] (each expert's rows, tile-padded), its scales
-[H/128, MP], each tile's expert and the number of tiles. C's layout, rung 3's pair in permuted rows:
+[H/128, MP], each tile's expert and the number of tiles. C's layout, rung 3's pair in permuted rows
+(with SHARED_LO, the default, the lo term's scale is the hi term's, stored in both places):
 
     cq_perm [MP, 2I]        fp8: columns jb * 256 + (0..127) the hi term of I block jb, + 128 the lo term
     cs_perm [2I / 128, MP]  fp32: the scale of C block k = 2 jb + term of each row (rows contiguous, as
@@ -23,7 +24,8 @@ made grouped and given GEMM1's epilogue:
   other's MMAs (the two are not synchronised);
 - epilogue per warpgroup: SwiGLU, hi = fp8(C / s_hi), lo = fp8((C - hi s_hi) / s_lo) per row and 128
   columns (the math of `_shared/quant.quant_block`, written again here: Gluon cannot call Triton
-  functions), stored at the tile's own rows (padding rows are zeros: C = 0, scales 0).
+  functions; SHARED_LO: s_lo = s_hi, GEMM_NOTES.md v19), stored at the tile's own rows (padding rows are
+  zeros: C = 0, scales 0).
 
 Hopper (sm_90) only: wgmma (`gemm_blockscaled.gluon_supported`). Elsewhere (sm_100, the CPU
 interpreter) the large-T path is rung 3's.

@@ -3,16 +3,18 @@
     O[rows of tile t, columns hb] = C_perm[tile t] @ W2[e(t)][rows of hb]^T, block-scaled, times each
     row's routing weight
 
-C comes from `gemm1_gluon.py` as rung 3's hi/lo FP8 pair in permuted rows (cq_perm [MP, 2I], cs_perm
+C comes from `gemm1_gluon.py` as a hi/lo FP8 pair in permuted rows (cq_perm [MP, 2I], cs_perm
 [2I/128, MP]). Its K block 2k is the hi term and 2k + 1 the lo term of I block k, and both multiply
 the same W2 block k: so GEMM2 is one block-scaled GEMM over K = 2I whose B tile is loaded once per
 pair of A blocks. The structure is GEMM1's (GEMM_NOTES.md, version (b)):
-- work items (tile, column block hb of H) in grouped order (GROUP_M tiles of one hb run together);
+- work items (tile, 128 or 256 columns of H) in grouped order (GROUP_M tiles of one column block run
+  together);
 - one TMA producer warp: per I block, the hi and the lo 64-row halves of the C tile with their
-  scales, and W2[e]'s 128 rows of hb (48.5 KB a stage, 4 stages);
-- two consumer warpgroups (rows 0-63 and 64-127), each per I block: the hi wgmma, wait, promote
-  (scale c_hi_scale[row] * w2_scale[hb, k]); the lo wgmma on the same W2 tile likewise. Two 64 x 128
-  fp32 tiles per thread (the accumulator and the partial);
+  scales, and W2[e]'s rows of the item;
+- two consumer warpgroups (rows 0-63 and 64-127), each per I block and 128 columns: with SHARED_LO
+  (the lo term stored in the hi term's scale: the default) the hi and the lo wgmma chained into one
+  partial, one wait, one promotion (scale c_hi_scale[row] * w2_scale[hb, k]); otherwise (rung 3's
+  pair) the hi wgmma, wait, promote, and the lo wgmma on the same W2 tile likewise;
 - epilogue: times the routing weight, bf16; a token with one local expert gets its output row
   written here, a token with several has its rows parked in bf16 at their row ids for rung 3's
   finalize launch (its `bf16_partial_rows` layout), exactly as rung 3's GEMM2 does.
