@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from test_rung3 import DEVICE, _check_output  # noqa: E402  (same bounds as rung 3)
+from test_rung3 import DEVICE, _check_output, _quant_c  # noqa: E402  (same bounds as rung 3)
 
 from fibmoe import dataset, inputs, variants
 from fibmoe.geometry import SMALL
@@ -24,7 +24,6 @@ from fibmoe.geometry import SMALL
 pytestmark = pytest.mark.slow  # Triton's CPU interpreter
 
 BLOCK = 128
-FP8_MAX = 448.0
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +50,6 @@ def _workspace(large_t, inp, **workspace_args):
     return large_t.Workspace(inp[2].device, T, E, NL, H, N1 // 2, 90, tiles=tiles, **workspace_args)
 
 
-def _quant(c):
-    """[M, 128] fp32 -> fp8 values and per-row scales, as `_shared/quant.quant_block` (torch's RNE cast)."""
-    amax = c.abs().amax(dim=1)
-    scale = amax / FP8_MAX
-    q = (c / torch.where(amax > 0, scale, torch.ones_like(scale))[:, None]).clamp(-FP8_MAX, FP8_MAX)
-    return q.to(torch.float8_e4m3fn), scale
-
-
 def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, cq, cs, H, inter, MP, shared_lo=False):
     """What the Gluon GEMM1 writes, from its launch arguments: per tile t of expert tile_expert[t],
     G1 = sum over K blocks of (A_perm @ W1[e]^T) * sa_perm * w1_scale, SwiGLU, the hi/lo pair of each
@@ -75,17 +66,11 @@ def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, cq, 
         partial = torch.einsum("mkc,nkc->mkn", a, w)  # [rows, K blocks, 2I], one product per K block
         g1 = (partial * sa_desc.base[:, rows].t()[:, :, None] * sw.t()[None]).sum(dim=1)
         c = torch.nn.functional.silu(g1[:, inter:]) * g1[:, :inter]
-        for jb in range(inter // BLOCK):
-            hi, s_hi = _quant(c[:, jb * BLOCK : (jb + 1) * BLOCK])
-            resid = c[:, jb * BLOCK : (jb + 1) * BLOCK] - hi.float() * s_hi[:, None]
-            if shared_lo:
-                s_lo = s_hi
-                lo = (resid / torch.where(s_hi > 0, s_hi, 1.0)[:, None]).clamp(-FP8_MAX, FP8_MAX)
-                lo = lo.to(torch.float8_e4m3fn)
-            else:
-                lo, s_lo = _quant(resid)
-            cq.view(torch.uint8)[rows, jb * 2 * BLOCK : (jb + 1) * 2 * BLOCK] = torch.cat([hi, lo], 1).view(torch.uint8)
-            cs[2 * jb, rows], cs[2 * jb + 1, rows] = s_hi, s_lo
+        (hi, s_hi), (lo, s_lo) = _quant_c(c, 2, shared_lo)  # rung 3's test's quantization of C
+        nj = inter // BLOCK
+        pair = torch.stack([hi.view(BLOCK, nj, BLOCK), lo.view(BLOCK, nj, BLOCK)], dim=2)  # per block: hi, lo
+        cq.view(torch.uint8)[rows] = pair.reshape(BLOCK, 2 * inter).to(torch.float8_e4m3fn).view(torch.uint8)
+        cs[:, rows] = torch.stack([s_hi, s_lo], dim=2).reshape(BLOCK, 2 * nj).t()
 
 
 def grouped_gemm2_model(c_desc, w_desc, cs_desc, w2s, tile_expert, n_tiles, rid_perm, ids, w, out, obuf, H, inter, NL,
