@@ -98,6 +98,17 @@ if HAVE_GLUON:
         gl.store(obuf_ptr + rid.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local > 1))[:, None])
 
     @gluon.jit
+    def _promote_c(c_hi, c_lo, w_smem, spare, acc, s_hi, s_lo, sw, SHARED_LO: gl.constexpr):
+        """acc + C's I block (its hi and lo terms) @ one 128-row W2 tile^T, scaled: with SHARED_LO both
+        terms in one wgmma group and one promotion (s_lo is s_hi), else one promotion per term."""
+        if SHARED_LO:
+            acc, spare = _promote_block(c_hi, w_smem, spare, acc, s_hi * sw, c_lo)
+        else:
+            acc, spare = _promote_block(c_hi, w_smem, spare, acc, s_hi * sw)
+            acc, spare = _promote_block(c_lo, w_smem, spare, acc, s_lo * sw)
+        return acc, spare
+
+    @gluon.jit
     def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
                   w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO: gl.constexpr,
                   WG: gl.constexpr):  # fmt: skip
@@ -128,21 +139,15 @@ if HAVE_GLUON:
                 c_lo = c_bufs.index(4 * s + 2 * WG + 1)
                 w_smem = w_bufs.index(s)
                 sw = gl.load(sw_ptr + kb)
-                w0 = w_smem.slice(0, BJ)
-                if SHARED_LO:  # hi and lo in one partial, one promotion
-                    acc0, spare = _promote_block(c_hi, w0, spare, acc0, s_hi * sw, c_lo)
-                    if TWO:
-                        sw1 = gl.load(sw_ptr + NKB + kb)
-                        acc1, spare = _promote_block(c_hi, w_smem.slice(BJ, BJ), spare, acc1, s_hi * sw1, c_lo)
+                if SHARED_LO:  # the lo term's scale is the hi term's (not loaded)
+                    s_lo = s_hi
                 else:
                     s_lo = cs_rows.index(4 * s + 2 * WG + 1).load(ACC_ROWS)
-                    acc0, spare = _promote_block(c_hi, w0, spare, acc0, s_hi * sw)
-                    acc0, spare = _promote_block(c_lo, w0, spare, acc0, s_lo * sw)
-                    if TWO:
-                        sw1 = gl.load(sw_ptr + NKB + kb)
-                        w1 = w_smem.slice(BJ, BJ)
-                        acc1, spare = _promote_block(c_hi, w1, spare, acc1, s_hi * sw1)
-                        acc1, spare = _promote_block(c_lo, w1, spare, acc1, s_lo * sw1)
+                acc0, spare = _promote_c(c_hi, c_lo, w_smem.slice(0, BJ), spare, acc0, s_hi, s_lo, sw, SHARED_LO)
+                if TWO:
+                    sw1 = gl.load(sw_ptr + NKB + kb)
+                    acc1, spare = _promote_c(c_hi, c_lo, w_smem.slice(BJ, BJ), spare, acc1, s_hi, s_lo, sw1,
+                                             SHARED_LO)  # fmt: skip
                 mbarrier.arrive(empty.index(s), count=1)
                 it += 1
             p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=ACC_ROWS)
