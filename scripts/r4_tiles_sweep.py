@@ -126,26 +126,6 @@ def host_path_us(call, n: int = 50) -> float:
     return sorted(times)[n // 2]
 
 
-class LargeTry:
-    """A call through the Gluon large-T workspace with rung 3's tile table entry changed (`--large-try`:
-    its fields, and the large-T workspace's GLUON_FIELDS)."""
-
-    def __init__(self, large_t, tile_table, cap, fields):
-        self.large_t, self.tile_table, self.cap, self.fields = large_t, tile_table, cap, dict(fields)
-        self.workspaces = {}
-
-    def __call__(self, *args):
-        T, E = args[0].shape
-        NL, N1, H = args[4].shape
-        if T not in self.workspaces:
-            fields = dict(self.fields)
-            gluon = {k: fields.pop(k) for k in GLUON_FIELDS if k in fields}  # the Gluon GEMMs'
-            tiles = dataclasses.replace(self.tile_table.tiles_for(T, self.cap), **fields)
-            self.workspaces[T] = self.large_t.Workspace(args[2].device, T, E, NL, H, N1 // 2, self.cap, tiles=tiles,
-                                                        **gluon)  # fmt: skip
-        return self.workspaces[T].run(*args)
-
-
 def stage_times(call) -> dict[str, float]:
     """GPU time of each kernel of one call (us, by kernel name, in launch order; the median of 5 calls),
     from torch.profiler's CUDA activity: where a call's time goes, stage by stage."""
@@ -185,7 +165,6 @@ def main() -> int:
     cap = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
     tries = [("table", {})] + [parse_try(s, tiles_mod.Tiles) for s in args.tries]
     tile_table = sys.modules[mod.__package__ + ".tile_table"]
-    large_t = sys.modules[mod.__package__ + ".large_t"]
     large_tries = [parse_try(s, tile_table.Tiles, GLUON_FIELDS) for s in args.large_tries]
     if args.trace:
         tries += [(name + "+trace", {**fields, "trace": True}) for name, fields in tries]
@@ -200,9 +179,13 @@ def main() -> int:
         for name, fields in LARGE_T_PATHS + large_tries if large else tries:
             row = dict(T=T, uuid=w.workload.uuid, name=name, fields=fields)
             try:
-                if large:
-                    is_path = (name, fields) in LARGE_T_PATHS
-                    runner = mod.Runner(**fields) if is_path else LargeTry(large_t, tile_table, cap, fields)
+                if (name, fields) in LARGE_T_PATHS:
+                    runner = mod.Runner(**fields)
+                elif large:  # rung 3's tile fields into the large-T workspace's tiles, the rest its own arguments
+                    ws_args = {k: v for k, v in fields.items() if k in GLUON_FIELDS}
+                    tiles = dataclasses.replace(tile_table.tiles_for(T, cap),
+                                                **{k: v for k, v in fields.items() if k not in GLUON_FIELDS})
+                    runner = mod.Runner(large_t_args=dict(ws_args, tiles=tiles))  # fmt: skip
                 else:
                     runner = mod.Runner(dataclasses.replace(base, **fields))
                 out = torch.full_like(ref32, float("nan"), dtype=torch.bfloat16)

@@ -181,3 +181,32 @@ def test_a_call_through_the_permuted_gemms_passes_rung3s_bounds(small, style, T,
         assert ws.run(*inp, out) is out
         _check_output(out, inp, parked_bf16=True, shared_lo=shared_lo)
         assert ws.stream is None  # stand-ins have no C launcher: every call takes the dispatcher path
+
+
+def test_the_runner_builds_its_large_t_workspaces_with_the_arguments_given(small, monkeypatch):
+    """`Runner(large_t_args=...)` (experiments: scripts/r4_tiles_sweep.py's --large-try, the GPU test's
+    cases) hands its arguments to every large-T workspace it builds, once per workload; without them the
+    workspace gets its defaults. Above the fused T, where the Gluon path runs (faked here: the CPU has
+    no Hopper), with a stand-in workspace that records how it was built."""
+    ds, large_t = small
+    main = sys.modules[large_t.__package__ + ".main"]
+    built = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs)
+
+        def run(self, *args):
+            return args[-1]
+
+    monkeypatch.setattr(main, "gluon_supported", lambda device: True)
+    monkeypatch.setattr(main.large_t, "Workspace", Recorder)
+    inp = _inputs(ds, 40, 31)
+    T = main.MAX_FUSED_T + 1  # the routing logits' row count is all the runner reads before the workspace
+    inp[0] = torch.zeros(T, inp[0].shape[1])
+    out = torch.empty(T, inp[2].shape[1], dtype=torch.bfloat16)
+    for args, want in ((None, {}), (dict(shared_lo_scale=False, gemm2_columns=128),) * 2):
+        built.clear()
+        runner = main.Runner(large_t_args=args)
+        assert runner(*inp, out) is out and runner(*inp, out) is out
+        assert built == [want]

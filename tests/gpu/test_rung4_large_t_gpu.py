@@ -30,22 +30,6 @@ def _empty(inp):
     return torch.full(inp[2].shape, float("nan"), dtype=torch.bfloat16, device="cuda")
 
 
-class WorkspaceRunner:
-    """Calls through one large-T workspace built with `workspace_args` (what `Runner` builds, with the
-    workspace's own arguments changed)."""
-
-    def __init__(self, large_t, workspace_args):
-        self.large_t, self.workspace_args, self.workspaces = large_t, workspace_args, {}
-
-    def __call__(self, *args):
-        T, E = args[0].shape
-        NL, N1, H = args[4].shape
-        if T not in self.workspaces:
-            self.workspaces[T] = self.large_t.Workspace(args[2].device, T, E, NL, H, N1 // 2, 90,
-                                                        **self.workspace_args)  # fmt: skip
-        return self.workspaces[T].run(*args)
-
-
 # the solution's path at both sizes; rung 3's hi/lo pair (the lo term in its own scale) at one
 CASES = [(11948, {}), (14107, {}), (11948, dict(shared_lo_scale=False))]
 
@@ -56,7 +40,7 @@ def test_gluon_layer_matches_the_reference_and_rung3s_c(r4, seq_len, workspace_a
     w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == seq_len)
     torch.manual_seed(seq_len)
     inp = inputs.generate(ds, w, "cuda", "contest")
-    run = WorkspaceRunner(large_t, workspace_args) if workspace_args else mod.Runner(large_t_gluon=True)
+    run = mod.Runner(large_t_gluon=True, large_t_args=workspace_args)
     a = run(*inp, _empty(inp))
     (gluon_ws,) = [ws for ws in run.workspaces.values() if isinstance(ws, large_t.Workspace)]
     assert gluon_ws.stream is not None, "the first call did not prepare the C launchers"

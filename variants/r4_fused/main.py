@@ -26,11 +26,13 @@ class Runner:
     """A callable with `run`'s signature over its own cache of workspaces: `Runner()` is the solution;
     `Runner(tiles)` forces one tile shape for every T (for experiments; see scripts/r4_tiles_sweep.py);
     `Runner(large_t_gluon=False)` keeps rung 3's kernels above the fused T even where the Gluon large-T
-    path runs (sm_90), for comparisons."""
+    path runs (sm_90), for comparisons; `Runner(large_t_args={...})` builds its large-T workspaces with
+    those arguments of `large_t.Workspace` (tiles, gemm2_columns, ...: experiments)."""
 
-    def __init__(self, tiles=None, large_t_gluon=True):
+    def __init__(self, tiles=None, large_t_gluon=True, large_t_args=None):
         self.tiles = tiles
         self.large_t_gluon = large_t_gluon
+        self.large_t_args = large_t_args or {}
         self.workspaces: dict = {}
         self.last = None  # the workspace of the last call, once its fast path is ready
 
@@ -86,7 +88,8 @@ class Runner:
                 key = ("large", hidden_states.device, T, E, NL, H, N1 // 2)
                 if key not in self.workspaces:
                     self.workspaces[key] = large_t.Workspace(
-                        hidden_states.device, T, E, NL, H, N1 // 2, capability(hidden_states.device)
+                        hidden_states.device, T, E, NL, H, N1 // 2, capability(hidden_states.device),
+                        **self.large_t_args,
                     )
                 large_t_call = self.workspaces[key].run
             return large_t_call(
