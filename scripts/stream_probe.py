@@ -1,0 +1,148 @@
+"""How fast can one persistent plain-Triton loop stream FP8 weight tiles at tiny T? (GPU; issue 7)
+
+Rung 4's fused kernel streams W1 at ~23 GB/s per SM at T = 1 and W2 at ~16, where the chip's 4.2 TB/s
+needs ~32 (NOTES.md, v21-v27). This probe isolates GEMM1's inner loop: a persistent grid whose items are
+(128 weight rows, a run of KC 128-wide K blocks); each step loads a [128, 128] fp8 weight tile and a
+[128, BM] activation tile, runs the swapped dot and applies the two block scales, as
+`_shared/gemm1_tile.w1_tile` does. Shapes differ only in how the weight tile is loaded (pointers: cp.async
+from every thread; `tma`: a host tensor descriptor, one bulk copy) and in stages, warps, scales and KC,
+so the per-SM rate each reaches says what the fused kernel's loop could reach.
+
+    python scripts/stream_probe.py [--rows 12288] [--try NAME:tma=1,stages=4,warps=4,scales=1,kc=8,ctas=1 ...]
+
+Timed as the harness times a call (triton's do_bench: cold L2, the mean), one table row per shape;
+each shape's result is checked against a torch fp32 product first (a wrong loop is not timed).
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+H = 7168  # the contest's hidden size: the K of GEMM1
+BK = 128
+BN = 128
+
+
+@triton.jit
+def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM: tl.constexpr, KC: tl.constexpr,
+                  TMA: tl.constexpr, SCALES: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
+    """Item i: rows (i % NRB) * 128 .. +128 of W, K blocks (i // NRB) * KC .. +KC: out[i] = the scaled
+    sum over those K blocks of W_tile @ A_tile^T ([128, BM], fp32)."""
+    NKB: tl.constexpr = 7168 // 128
+    NRB = R // 128
+    rn = tl.arange(0, 128)
+    kk = tl.arange(0, 128)
+    tok = tl.arange(0, BM)
+    item = tl.program_id(0)
+    while item < n_items:
+        rb = item % NRB
+        kb0 = (item // NRB) * KC
+        acc = tl.zeros((128, BM), tl.float32)
+        for ki in tl.range(0, KC, num_stages=STAGES):
+            kb = kb0 + ki
+            if TMA:
+                w = w_desc.load([rb * 128, kb * 128])
+            else:
+                w = tl.load(w_ptr + (rb * 128 + rn).to(tl.int64)[:, None] * 7168 + kb * 128 + kk[None, :])
+            a = tl.load(a_ptr + tok[None, :] * 7168 + kb * 128 + kk[:, None])  # [BK, BM]
+            if SCALES:
+                s = tl.load(ws_ptr + rb * NKB + kb) * tl.load(as_ptr + kb * BM + tok)
+                acc += tl.dot(w, a) * s[None, :]
+            else:
+                acc += tl.dot(w, a)
+        tl.store(out_ptr + item.to(tl.int64) * (128 * BM) + rn[:, None] * BM + tok[None, :], acc)
+        item += tl.num_programs(0)
+
+
+def reference(w, ws, a, as_, n_items, kc, scales):
+    """out[i] in fp32 from torch, item by item as the kernel numbers them."""
+    nrb = w.shape[0] // 128
+    wf, af = w.float(), a.float()
+    out = torch.empty(n_items, 128, a.shape[0], device=w.device)
+    for i in range(n_items):
+        rb, kb0 = i % nrb, (i // nrb) * kc
+        acc = torch.zeros(128, a.shape[0], device=w.device)
+        for kb in range(kb0, kb0 + kc):
+            part = wf[rb * 128 : (rb + 1) * 128, kb * 128 : (kb + 1) * 128] @ af[:, kb * 128 : (kb + 1) * 128].T
+            acc += part * (ws[rb, kb] * as_[kb])[None, :] if scales else part
+        out[i] = acc
+    return out
+
+
+def parse_shape(spec: str) -> tuple[str, dict]:
+    """NAME:key=value,... over {tma, stages, warps, scales, kc, ctas} (ints)."""
+    name, _, fields = spec.partition(":")
+    shape = {"tma": 0, "stages": 4, "warps": 4, "scales": 1, "kc": 8, "ctas": 0}  # ctas per SM at most; 0: all fit
+    for item in filter(None, fields.split(",")):
+        k, _, v = item.partition("=")
+        if k not in shape:
+            raise SystemExit(f"--try {spec}: {k} is not one of {', '.join(shape)}")
+        shape[k] = int(v)
+    return name, shape
+
+
+def make_inputs(rows: int, bm: int, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    w = (torch.randn(rows, H, generator=g) * 0.5).to(torch.float8_e4m3fn).to(device)
+    a = (torch.randn(bm, H, generator=g)).to(torch.float8_e4m3fn).to(device)
+    ws = (torch.rand(rows // 128, H // 128, generator=g) + 0.5).to(device)
+    as_ = (torch.rand(H // 128, bm, generator=g) + 0.5).to(device)
+    return w, ws, a, as_
+
+
+def launch(shape: dict, w, ws, a, as_, out, grid: int):
+    """One call of the probe kernel for `shape` over every item (out: [n_items, 128, BM])."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    desc = TensorDescriptor.from_tensor(w, [BN, BK]) if shape["tma"] else w
+    return stream_kernel[(grid,)](
+        w, desc, ws, a, as_, out, out.shape[0], w.shape[0], BM=a.shape[0], KC=shape["kc"], TMA=bool(shape["tma"]),
+        SCALES=bool(shape["scales"]), STAGES=shape["stages"], num_warps=shape["warps"],
+    )  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=12288, help="weight rows (12288: 3 experts' W1, T = 1's 88 MB)")
+    ap.add_argument("--bm", type=int, default=16)
+    ap.add_argument("--try", dest="tries", action="append", default=[])
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    w, ws, a, as_ = make_inputs(args.rows, args.bm, dev)
+    rows = []
+    print(f"{'shape':14} {'us':>8} {'TB/s':>6} {'GB/s/SM':>8} {'grid':>5} {'regs':>4} {'smem':>7}  fields")
+    for name, shape in map(parse_shape, args.tries or ["ptr:"]):
+        n_items = (args.rows // 128) * (H // 128 // shape["kc"])
+        out = torch.full((n_items, 128, args.bm), float("nan"), device=dev)
+        ck = launch(shape, w, ws, a, as_, out, sms)
+        occ = max(1, min(65536 // (ck.n_regs * 32 * shape["warps"]), 232448 // (ck.metadata.shared + 1024)))
+        grid = min(n_items, sms * (min(occ, shape["ctas"]) if shape["ctas"] else occ))
+        launch(shape, w, ws, a, as_, out.fill_(float("nan")), grid)
+        want = reference(w, ws, a, as_, min(n_items, 4), shape["kc"], shape["scales"])
+        err = ((out[: len(want)] - want).norm() / want.norm()).item()
+        if not err < 1e-3 or out.isnan().any():
+            print(f"{name:14} ERROR: rel L2 {err:.3g} against torch (or NaN left); not timed")
+            rows.append({"name": name, "shape": shape, "error": err})
+            continue
+        call = lambda s=shape, o=out, g=grid: launch(s, w, ws, a, as_, o, g)  # noqa: E731
+        us = 1e3 * triton.testing.do_bench(call, warmup=10, rep=200)
+        tbs = w.numel() / us / 1e6
+        row = {"name": name, "shape": shape, "us": us, "tb_s": tbs, "gb_s_per_sm": tbs * 1e3 / sms, "grid": grid,
+               "regs": ck.n_regs, "smem": ck.metadata.shared}  # fmt: skip
+        rows.append(row)
+        print(f"{name:14} {us:8.1f} {tbs:6.2f} {row['gb_s_per_sm']:8.1f} {grid:5} {ck.n_regs:4} "
+              f"{ck.metadata.shared:7}  {shape}")  # fmt: skip
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "stream_probe.json").write_text(json.dumps(rows, indent=1))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""scripts/stream_probe.py's kernel in Triton's CPU interpreter (the probe itself times it on a GPU):
+every load form (pointers, a TMA tensor descriptor) computes every item of the scaled swapped GEMM it
+stands for, so a rate the probe reports is the rate of a loop that does the fused kernel's work."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stream_probe.py"
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("stream_probe", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["p:tma=0,kc=8", "t:tma=1,kc=28", "t0:tma=1,scales=0,kc=8", "p0:scales=0,kc=56"])
+def test_every_item_matches_torch(probe, spec):
+    _, shape = probe.parse_shape(spec)
+    w, ws, a, as_ = probe.make_inputs(256, 16, torch.device("cpu"))
+    n_items = 2 * (56 // shape["kc"])
+    out = torch.full((n_items, 128, 16), float("nan"))  # an item never written stays NaN
+    probe.launch(shape, w, ws, a, as_, out, grid=3)  # 3 programs: each loops over several items
+    want = probe.reference(w, ws, a, as_, n_items, shape["kc"], shape["scales"])
+    assert not out.isnan().any()
+    assert ((out - want).norm() / want.norm()).item() < 1e-6
+
+
+def test_a_bad_field_is_one_clear_error(probe):
+    with pytest.raises(SystemExit, match="nope is not one of"):
+        probe.parse_shape("x:nope=1")
