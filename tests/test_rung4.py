@@ -13,6 +13,7 @@ out leaves every counter at zero for the next call. The concurrent hand-off itse
 
 import dataclasses
 import sys
+import types
 
 import pytest
 import torch
@@ -220,3 +221,44 @@ def test_tile_table_and_geometry_checks(built):
                              dataclasses.replace(tiles_mod.tiles_for(4), h_block=256))  # fmt: skip
     with pytest.raises(ValueError, match="unsupported geometry"):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168 + 64, 2048)
+
+
+class _FakeJit:
+    """A jit function's launch surface for `Kernel.slow`: records the grid of every launch."""
+
+    __name__ = "fake_kernel"
+    arg_names = ["x", "C"]
+
+    def __init__(self, shared):
+        self.grids, self.shared = [], shared
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.grids.append(grid)
+            return types.SimpleNamespace(
+                packed_metadata=None, n_regs=128, function=None, _init_handles=lambda: None,
+                metadata=types.SimpleNamespace(num_warps=4, shared=self.shared), run=types.SimpleNamespace(),
+            )  # fmt: skip
+
+        return launch
+
+
+@pytest.mark.parametrize("shared_kb, grids", [(90, [3, 6]), (150, [3])])
+def test_the_first_call_runs_on_the_grid_of_every_later_call(built, monkeypatch, shared_kb, grids):
+    """A persistent kernel's grid is sized from the compiled kernel (registers, shared memory) after its
+    first launch; a result may depend on the grid (stream-K: a share per program), so when the sizing
+    changes it the first call is launched again on the new grid, and only then (v28: at 2 CTAs per SM the
+    first call's bits differed from the second's)."""
+    _, mod, _, _ = built
+    launch = sys.modules[mod.__package__ + ".launch"]
+    monkeypatch.setattr(launch, "INTERPRET", False)
+    monkeypatch.setattr(launch, "RAW_LAUNCH", True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda d: types.SimpleNamespace(shared_memory_per_multiprocessor=233472))  # fmt: skip
+    fn = _FakeJit(shared_kb * 1024)  # 128 registers x 4 warps: 4 CTAs per SM by registers; shared memory: 2 or 1
+    kernel = launch.Kernel(fn, (1000,), {"C": 1}, persistent_sms=3, num_warps=4)
+    kernel.slow(0)
+    assert [g[0] for g in fn.grids] == grids and kernel.grid[0] == grids[-1] and kernel.fast_ready
+    kernel.slow(0)  # a later call through the dispatcher: one launch, on that grid
+    assert [g[0] for g in fn.grids] == grids + grids[-1:]
