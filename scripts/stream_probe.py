@@ -31,54 +31,76 @@ BN = 128
 
 @triton.jit
 def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM: tl.constexpr, KC: tl.constexpr,
-                  TMA: tl.constexpr, SCALES: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
-    """Item i: rows (i % NRB) * 128 .. +128 of W, K blocks (i // NRB) * KC .. +KC: out[i] = the scaled
-    sum over those K blocks of W_tile @ A_tile^T ([128, BM], fp32)."""
+                  TMA: tl.constexpr, SCALES: tl.constexpr, STAGES: tl.constexpr, K_FIRST: tl.constexpr,
+                  CONTIG: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
+    """Item i: weight tile rows rb * 128 .. +128, K blocks kc * KC .. +KC, with rb = i % NRB and
+    kc = i // NRB (K_FIRST: kc = i % NKC, rb = i // NKC, so programs running together read neighbouring
+    K blocks of the same rows): out[i] = the scaled sum over those K blocks of W_tile @ A_tile^T
+    ([128, BM], fp32). CONTIG: tile (rb, kb) is instead the 16 KB at (rb * 56 + kb) * 16384 (every tile
+    one contiguous run: how DRAM locality alone moves the rate). DOT = 0: row sums of the tile instead
+    of the dot (no tensor core)."""
     NKB: tl.constexpr = 7168 // 128
+    NKC: tl.constexpr = NKB // KC
     NRB = R // 128
     rn = tl.arange(0, 128)
     kk = tl.arange(0, 128)
     tok = tl.arange(0, BM)
     item = tl.program_id(0)
     while item < n_items:
-        rb = item % NRB
-        kb0 = (item // NRB) * KC
+        if K_FIRST:
+            rb = item // NKC
+            kb0 = (item % NKC) * KC
+        else:
+            rb = item % NRB
+            kb0 = (item // NRB) * KC
         acc = tl.zeros((128, BM), tl.float32)
         for ki in tl.range(0, KC, num_stages=STAGES):
             kb = kb0 + ki
             if TMA:
-                w = w_desc.load([rb * 128, kb * 128])
+                if CONTIG:
+                    w = w_desc.load([(rb * NKB + kb) * 128, 0])
+                else:
+                    w = w_desc.load([rb * 128, kb * 128])
+            elif CONTIG:
+                w = tl.load(w_ptr + (rb * NKB + kb).to(tl.int64) * 16384 + rn[:, None] * 128 + kk[None, :])
             else:
                 w = tl.load(w_ptr + (rb * 128 + rn).to(tl.int64)[:, None] * 7168 + kb * 128 + kk[None, :])
             a = tl.load(a_ptr + tok[None, :] * 7168 + kb * 128 + kk[:, None])  # [BK, BM]
+            if DOT:
+                part = tl.dot(w, a)
+            else:  # the tile's row sums in every column: the same bytes, no tensor core
+                part = tl.broadcast_to(tl.sum(w.to(tl.float32), axis=1)[:, None], (128, BM))
             if SCALES:
                 s = tl.load(ws_ptr + rb * NKB + kb) * tl.load(as_ptr + kb * BM + tok)
-                acc += tl.dot(w, a) * s[None, :]
+                acc += part * s[None, :]
             else:
-                acc += tl.dot(w, a)
+                acc += part
         tl.store(out_ptr + item.to(tl.int64) * (128 * BM) + rn[:, None] * BM + tok[None, :], acc)
         item += tl.num_programs(0)
 
 
-def reference(w, ws, a, as_, n_items, kc, scales):
+def reference(w, ws, a, as_, n_items, shape):
     """out[i] in fp32 from torch, item by item as the kernel numbers them."""
-    nrb = w.shape[0] // 128
+    nrb, nkb, kc = w.shape[0] // 128, H // 128, shape["kc"]
     wf, af = w.float(), a.float()
+    tiles = wf.view(nrb, nkb, 128, 128) if shape["contig"] else wf.view(nrb, 128, nkb, 128).transpose(1, 2)
     out = torch.empty(n_items, 128, a.shape[0], device=w.device)
     for i in range(n_items):
-        rb, kb0 = i % nrb, (i // nrb) * kc
+        rb, kb0 = (i // (nkb // kc), (i % (nkb // kc)) * kc) if shape["k_first"] else (i % nrb, (i // nrb) * kc)
         acc = torch.zeros(128, a.shape[0], device=w.device)
         for kb in range(kb0, kb0 + kc):
-            part = wf[rb * 128 : (rb + 1) * 128, kb * 128 : (kb + 1) * 128] @ af[:, kb * 128 : (kb + 1) * 128].T
-            acc += part * (ws[rb, kb] * as_[kb])[None, :] if scales else part
+            wt = tiles[rb, kb]
+            part = wt @ af[:, kb * 128 : (kb + 1) * 128].T if shape["dot"] else wt.sum(1, keepdim=True).expand(-1, 16)
+            acc += part * (ws[rb, kb] * as_[kb])[None, :] if shape["scales"] else part
         out[i] = acc
     return out
 
 
 def parse_shape(spec: str) -> tuple[str, dict]:
-    """NAME:key=value,... over {tma, stages, warps, scales, kc, ctas} (ints)."""
+    """NAME:key=value,... over the keys below (ints)."""
     name, _, fields = spec.partition(":")
-    shape = {"tma": 0, "stages": 4, "warps": 4, "scales": 1, "kc": 8, "ctas": 0}  # ctas per SM at most; 0: all fit
+    # ctas: per SM at most (0: all that fit); k_first, contig, dot: stream_kernel's K_FIRST, CONTIG, DOT
+    shape = {"tma": 0, "stages": 4, "warps": 4, "scales": 1, "kc": 8, "ctas": 0, "k_first": 0, "contig": 0, "dot": 1}
     for item in filter(None, fields.split(",")):
         k, _, v = item.partition("=")
         if k not in shape:
@@ -100,10 +122,11 @@ def launch(shape: dict, w, ws, a, as_, out, grid: int):
     """One call of the probe kernel for `shape` over every item (out: [n_items, 128, BM])."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    desc = TensorDescriptor.from_tensor(w, [BN, BK]) if shape["tma"] else w
+    desc = TensorDescriptor.from_tensor(w.view(-1, 128) if shape["contig"] else w, [BN, BK]) if shape["tma"] else w
     return stream_kernel[(grid,)](
         w, desc, ws, a, as_, out, out.shape[0], w.shape[0], BM=a.shape[0], KC=shape["kc"], TMA=bool(shape["tma"]),
-        SCALES=bool(shape["scales"]), STAGES=shape["stages"], num_warps=shape["warps"],
+        SCALES=bool(shape["scales"]), STAGES=shape["stages"], K_FIRST=bool(shape["k_first"]),
+        CONTIG=bool(shape["contig"]), DOT=bool(shape["dot"]), num_warps=shape["warps"],
     )  # fmt: skip
 
 
@@ -125,7 +148,7 @@ def main() -> int:
         occ = max(1, min(65536 // (ck.n_regs * 32 * shape["warps"]), 232448 // (ck.metadata.shared + 1024)))
         grid = min(n_items, sms * (min(occ, shape["ctas"]) if shape["ctas"] else occ))
         launch(shape, w, ws, a, as_, out.fill_(float("nan")), grid)
-        want = reference(w, ws, a, as_, min(n_items, 4), shape["kc"], shape["scales"])
+        want = reference(w, ws, a, as_, min(n_items, 4), shape)
         err = ((out[: len(want)] - want).norm() / want.norm()).item()
         if not err < 1e-3 or out.isnan().any():
             print(f"{name:14} ERROR: rel L2 {err:.3g} against torch (or NaN left); not timed")

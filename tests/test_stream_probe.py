@@ -20,14 +20,18 @@ def probe():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["p:tma=0,kc=8", "t:tma=1,kc=28", "t0:tma=1,scales=0,kc=8", "p0:scales=0,kc=56"])
+@pytest.mark.parametrize(
+    "spec",
+    ["p:tma=0,kc=8", "t:tma=1,kc=28", "t0:tma=1,scales=0,kc=8", "p0:scales=0,kc=56", "pk:k_first=1,kc=8",
+     "pc:contig=1,k_first=1,kc=4", "tc:tma=1,contig=1,kc=8", "ps:dot=0,kc=8", "ts:tma=1,dot=0,contig=1,kc=28"],
+)  # fmt: skip
 def test_every_item_matches_torch(probe, spec):
     _, shape = probe.parse_shape(spec)
     w, ws, a, as_ = probe.make_inputs(256, 16, torch.device("cpu"))
     n_items = 2 * (56 // shape["kc"])
     out = torch.full((n_items, 128, 16), float("nan"))  # an item never written stays NaN
     probe.launch(shape, w, ws, a, as_, out, grid=3)  # 3 programs: each loops over several items
-    want = probe.reference(w, ws, a, as_, n_items, shape["kc"], shape["scales"])
+    want = probe.reference(w, ws, a, as_, n_items, shape)
     assert not out.isnan().any()
     assert ((out - want).norm() / want.norm()).item() < 1e-6
 
