@@ -10,8 +10,11 @@ so the per-SM rate each reaches says what the fused kernel's loop could reach.
 
     python scripts/stream_probe.py [--rows 12288] [--try NAME:tma=1,stages=4,warps=4,scales=1,kc=8,ctas=1 ...]
 
-Timed as the harness times a call (triton's do_bench: cold L2, the mean), one table row per shape;
-each shape's result is checked against a torch fp32 product first (a wrong loop is not timed).
+Timed as the harness times a call (flashinfer-bench's do_bench: the L2 flushed by writing zeros to a
+256 MB buffer, sync, event, call, event; the mean), and again with the L2 flushed by reading that buffer
+instead: the official flush leaves the L2 full of dirty lines, whose write-back shares the DRAM with the
+kernel's reads. One table row per shape; each shape's result is checked against a torch fp32 product
+first (a wrong loop is not timed).
 """
 
 import argparse
@@ -32,13 +35,13 @@ BN = 128
 @triton.jit
 def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM: tl.constexpr, KC: tl.constexpr,
                   TMA: tl.constexpr, SCALES: tl.constexpr, STAGES: tl.constexpr, K_FIRST: tl.constexpr,
-                  CONTIG: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
+                  CONTIG: tl.constexpr, DOT: tl.constexpr, EVICT: tl.constexpr):  # fmt: skip
     """Item i: weight tile rows rb * 128 .. +128, K blocks kc * KC .. +KC, with rb = i % NRB and
     kc = i // NRB (K_FIRST: kc = i % NKC, rb = i // NKC, so programs running together read neighbouring
     K blocks of the same rows): out[i] = the scaled sum over those K blocks of W_tile @ A_tile^T
     ([128, BM], fp32). CONTIG: tile (rb, kb) is instead the 16 KB at (rb * 56 + kb) * 16384 (every tile
     one contiguous run: how DRAM locality alone moves the rate). DOT = 0: row sums of the tile instead
-    of the dot (no tensor core)."""
+    of the dot (no tensor core). EVICT: the weight loads' L2 eviction policy ("" or "evict_first")."""
     NKB: tl.constexpr = 7168 // 128
     NKC: tl.constexpr = NKB // KC
     NRB = R // 128
@@ -62,9 +65,11 @@ def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM:
                 else:
                     w = w_desc.load([rb * 128, kb * 128])
             elif CONTIG:
-                w = tl.load(w_ptr + (rb * NKB + kb).to(tl.int64) * 16384 + rn[:, None] * 128 + kk[None, :])
+                w = tl.load(w_ptr + (rb * NKB + kb).to(tl.int64) * 16384 + rn[:, None] * 128 + kk[None, :],
+                            eviction_policy=EVICT)  # fmt: skip
             else:
-                w = tl.load(w_ptr + (rb * 128 + rn).to(tl.int64)[:, None] * 7168 + kb * 128 + kk[None, :])
+                w = tl.load(w_ptr + (rb * 128 + rn).to(tl.int64)[:, None] * 7168 + kb * 128 + kk[None, :],
+                            eviction_policy=EVICT)  # fmt: skip
             a = tl.load(a_ptr + tok[None, :] * 7168 + kb * 128 + kk[:, None])  # [BK, BM]
             if DOT:
                 part = tl.dot(w, a)
@@ -100,13 +105,38 @@ def parse_shape(spec: str) -> tuple[str, dict]:
     """NAME:key=value,... over the keys below (ints)."""
     name, _, fields = spec.partition(":")
     # ctas: per SM at most (0: all that fit); k_first, contig, dot: stream_kernel's K_FIRST, CONTIG, DOT
-    shape = {"tma": 0, "stages": 4, "warps": 4, "scales": 1, "kc": 8, "ctas": 0, "k_first": 0, "contig": 0, "dot": 1}
+    # evict: 1 loads the weights with L2 policy evict_first (pointer loads only)
+    shape = {"tma": 0, "stages": 4, "warps": 4, "scales": 1, "kc": 8, "ctas": 0, "k_first": 0, "contig": 0, "dot": 1,
+             "evict": 0}  # fmt: skip
     for item in filter(None, fields.split(",")):
         k, _, v = item.partition("=")
         if k not in shape:
             raise SystemExit(f"--try {spec}: {k} is not one of {', '.join(shape)}")
         shape[k] = int(v)
     return name, shape
+
+
+def time_call(call, flush: str, reps: int = 100) -> float:
+    """Mean us of `call`, flushing the L2 before each one by writing (the official harness's own
+    do_bench) or by reading a 256 MB buffer."""
+    if flush == "write":
+        from flashinfer_bench.bench.timing import do_bench
+
+        return 1e3 * do_bench(call, warmup=10, rep=reps)
+    cache = torch.empty(64 << 20, dtype=torch.int32, device="cuda")
+    sink = torch.empty((), dtype=torch.int64, device="cuda")
+    spans = []
+    for i in range(10 + reps):
+        torch.sum(cache, out=sink)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 10:
+            spans.append(1e3 * start.elapsed_time(end))
+    return sum(spans) / len(spans)
 
 
 def make_inputs(rows: int, bm: int, device):
@@ -126,7 +156,8 @@ def launch(shape: dict, w, ws, a, as_, out, grid: int):
     return stream_kernel[(grid,)](
         w, desc, ws, a, as_, out, out.shape[0], w.shape[0], BM=a.shape[0], KC=shape["kc"], TMA=bool(shape["tma"]),
         SCALES=bool(shape["scales"]), STAGES=shape["stages"], K_FIRST=bool(shape["k_first"]),
-        CONTIG=bool(shape["contig"]), DOT=bool(shape["dot"]), num_warps=shape["warps"],
+        CONTIG=bool(shape["contig"]), DOT=bool(shape["dot"]), EVICT="evict_first" if shape["evict"] else "",
+        num_warps=shape["warps"],
     )  # fmt: skip
 
 
@@ -140,7 +171,8 @@ def main() -> int:
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     w, ws, a, as_ = make_inputs(args.rows, args.bm, dev)
     rows = []
-    print(f"{'shape':14} {'us':>8} {'TB/s':>6} {'GB/s/SM':>8} {'grid':>5} {'regs':>4} {'smem':>7}  fields")
+    print(f"{'shape':14} {'us':>8} {'TB/s':>6} {'GB/s/SM':>8} {'us rdfl':>8} {'TB/s':>6} {'grid':>5} {'regs':>4} "
+          f"{'smem':>7}  fields")  # fmt: skip
     for name, shape in map(parse_shape, args.tries or ["ptr:"]):
         n_items = (args.rows // 128) * (H // 128 // shape["kc"])
         out = torch.full((n_items, 128, args.bm), float("nan"), device=dev)
@@ -155,13 +187,14 @@ def main() -> int:
             rows.append({"name": name, "shape": shape, "error": err})
             continue
         call = lambda s=shape, o=out, g=grid: launch(s, w, ws, a, as_, o, g)  # noqa: E731
-        us = 1e3 * triton.testing.do_bench(call, warmup=10, rep=200)
-        tbs = w.numel() / us / 1e6
-        row = {"name": name, "shape": shape, "us": us, "tb_s": tbs, "gb_s_per_sm": tbs * 1e3 / sms, "grid": grid,
-               "regs": ck.n_regs, "smem": ck.metadata.shared}  # fmt: skip
+        us, us_read = time_call(call, "write"), time_call(call, "read")
+        tbs, tbs_read = w.numel() / us / 1e6, w.numel() / us_read / 1e6
+        row = {"name": name, "shape": shape, "us": us, "tb_s": tbs, "gb_s_per_sm": tbs * 1e3 / sms,
+               "us_read_flush": us_read, "tb_s_read_flush": tbs_read, "grid": grid, "regs": ck.n_regs,
+               "smem": ck.metadata.shared}  # fmt: skip
         rows.append(row)
-        print(f"{name:14} {us:8.1f} {tbs:6.2f} {row['gb_s_per_sm']:8.1f} {grid:5} {ck.n_regs:4} "
-              f"{ck.metadata.shared:7}  {shape}")  # fmt: skip
+        print(f"{name:14} {us:8.1f} {tbs:6.2f} {row['gb_s_per_sm']:8.1f} {us_read:8.1f} {tbs_read:6.2f} {grid:5} "
+              f"{ck.n_regs:4} {ck.metadata.shared:7}  {shape}")  # fmt: skip
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "stream_probe.json").write_text(json.dumps(rows, indent=1))
     return 1 if any("error" in r for r in rows) else 0
