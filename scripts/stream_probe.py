@@ -10,10 +10,11 @@ so the per-SM rate each reaches says what the fused kernel's loop could reach.
 
     python scripts/stream_probe.py [--rows 12288] [--try NAME:tma=1,stages=4,warps=4,scales=1,kc=8,ctas=1 ...]
 
-Timed as the harness times a call (flashinfer-bench's do_bench: the L2 flushed by writing zeros to a
-256 MB buffer, sync, event, call, event; the mean), and again with the L2 flushed by reading that buffer
-instead: the official flush leaves the L2 full of dirty lines, whose write-back shares the DRAM with the
-kernel's reads. One table row per shape; each shape's result is checked against a torch fp32 product
+Timed with the L2 flushed as the harness flushes it (flashinfer-bench's do_bench writes zeros to a
+256 MB buffer), and again with the L2 flushed by reading that buffer instead: the official flush leaves
+the L2 full of dirty lines, whose write-back shares the DRAM with the kernel's reads. The mean of 100
+spans, each launch queued behind its flush (host time out of the span, unlike the harness). One table
+row per shape; each shape's result is checked against a torch fp32 product
 first (a wrong loop is not timed).
 """
 
@@ -117,25 +118,24 @@ def parse_shape(spec: str) -> tuple[str, dict]:
 
 
 def time_call(call, flush: str, reps: int = 100) -> float:
-    """Mean us of `call`, flushing the L2 before each one by writing (the official harness's own
-    do_bench) or by reading a 256 MB buffer."""
-    if flush == "write":
-        from flashinfer_bench.bench.timing import do_bench
-
-        return 1e3 * do_bench(call, warmup=10, rep=reps)
+    """Mean us of the kernel `call` launches, the L2 flushed before each one by writing (as the harness's
+    do_bench does: zeros to 256 MB) or by reading a 256 MB buffer. Unlike the harness, no sync between
+    the flush and the call: the launch is queued behind the flush, so host time stays out of the span."""
     cache = torch.empty(64 << 20, dtype=torch.int32, device="cuda")
-    spans = []
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(10 + reps):
-        cache.sum()  # reads the buffer: the L2 left holding clean lines
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        torch.cuda.synchronize()
+        if flush == "write":
+            cache.zero_()
+        else:
+            cache.sum()  # reads the buffer: the L2 left holding clean lines
         if i >= 10:
-            spans.append(1e3 * start.elapsed_time(end))
-    return sum(spans) / len(spans)
+            starts[i - 10].record()
+        call()
+        if i >= 10:
+            ends[i - 10].record()
+    torch.cuda.synchronize()
+    return 1e3 * sum(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)) / reps
 
 
 def make_inputs(rows: int, bm: int, device):
