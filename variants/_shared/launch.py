@@ -96,6 +96,14 @@ def gdc_launch_dependents(PDL: tl.constexpr):
 
 
 @triton.jit
+def prefetch_l2_bulk(ptrs, nbytes):
+    """Ask the L2 to fetch `nbytes` (a multiple of 16) from each 16-byte aligned address in `ptrs`: one bulk
+    request per element (sm_90+: the copy engine streams it, no thread waits or holds a register)."""
+    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // $0", "=r,l,r", [ptrs, nbytes],
+                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+
+
+@triton.jit
 def prefetch_l2(ptrs):
     """Ask the L2 to fetch the 128-byte lines at `ptrs` (no register result, no wait)."""
     tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)

@@ -17,7 +17,7 @@ grid:
    each column block's shares are summed in share order by the last to arrive.
 4. GEMM2: (M tile, group of H blocks): O = C @ W2[e]^T times the routing weight, the (H block, K block)
    steps in one pipelined loop. The item waits until `tile_done[tile]` says all of its tile's C is
-   written (optionally, `Tiles.prefetch_w2`, it first asks the L2 for its first weight block). A token
+   written (optionally, `Tiles.prefetch_w2`, it first asks the L2 for its whole weight block). A token
    with one local expert gets its bf16 row here; a token with several parks one fp32 row per (token,
    slot). Then `hb_done[hb] += 1` for each of its H blocks.
 5. finalize (H block, token block): waits until every tile's GEMM2 item of that H block is done, then
@@ -40,7 +40,7 @@ import triton.language as tl
 
 from .exact import INTERPRET, round_to_bf16
 from .gemm1_tile import item_tile_major, park_partials, w1_tile
-from .launch import Kernel, next_pow2, prefetch_l2, sm_count
+from .launch import Kernel, next_pow2, prefetch_l2_bulk, sm_count
 from .quant import swiglu_quant_store
 from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
 from .rows import expert_rows, hit_tiles, local_ids, max_tiles, tile_rows
@@ -252,9 +252,10 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     multi = rmask & (nloc > 1)
     tok64 = tok.to(tl.int64)
     rid64 = rid.to(tl.int64)
-    if PF:  # the weight blocks do not depend on GEMM1: have the L2 fetch the first one while we wait
-        lines = tl.arange(0, I // 128) * 128
-        prefetch_l2(w_base + (hb0 * BH + hn)[:, None] * I + lines[None, :])
+    if PF:  # the weights do not depend on GEMM1: the L2 fetches the item's whole block (HBG * BH rows of I
+        # bytes, one bulk request per row) while we wait, and faster than the loop's own loads stream it
+        rows = hb0 * BH + tl.arange(0, HBG * BH)
+        prefetch_l2_bulk(w_base + rows.to(tl.int64) * I, tl.full((HBG * BH,), I, tl.int32))
     _wait_at_least(tile_done_ptr + tile, NJ)  # all of this tile's C (and its scales) is written
     _trace(rec_ptr, 2, _now(TRACE), TRACE)
     ws_base = w2s_ptr + e * ((H // 128) * NKB)  # [H / 128, NKB] scales of expert e

@@ -15,7 +15,7 @@ class Tiles:
     tokens_per_route_item: int  # otherwise: tokens routed per routing work item
     sorted_rows: bool  # a sort phase lists each expert's rows (else each program derives them from the ids)
     swapped: bool  # weights on the MMA's M side, tokens on its N side (M tiles smaller than 64 rows)
-    prefetch_w2: bool  # a GEMM2 item asks the L2 for its weight block before it waits for GEMM1
+    prefetch_w2: bool  # a GEMM2 item asks the L2 for its whole weight block (bulk) before it waits for GEMM1
     num_warps: int
     num_stages: int
     tokens_per_finalize_block: int
