@@ -102,9 +102,10 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (16, dict(h_blocks_per_item=1, tokens_per_finalize_block=2)),  # GEMM2 steps paired across H blocks
         (3, dict(route_in_every_program=True, stream_k=True)),  # stream-K shares, tiny T
         (40, dict(stream_k=True, sorted_rows=True)),  # stream-K over sorted rows, many tiles
+        (16, dict(h_blocks_per_item=2, gemm2_step_pairs=False, num_stages=3)),  # GEMM2 one step a stage
     ],
     ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
-         "stream-k-sorted"],  # fmt: skip
+         "stream-k-sorted", "gemm2-single-steps"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built

@@ -226,7 +226,7 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
                 HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
-                PF: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
+                PF: tl.constexpr, G2PAIR: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
     """O for (M tile, HBG consecutive H blocks), times the routing weight; items g numbered tile by tile
     from tile `tile0`. One flattened loop over (H block, K block) keeps the weights streaming from one H
     block into the next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul
@@ -274,16 +274,23 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     # hide the scale loads' latency; it measured no faster than one step, the real cost was `.cg`, v4)
     last = HBG * NKB - 1
     c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, 0, NKB, BH, NT)
-    c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT)
-    for it in range(0, (HBG * NKB) // 2):
-        c0, l0, v0 = c0n, l0n, v0n
-        c1, l1, v1 = c1n, l1n, v1n
-        c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT)
-        c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(2 * it + 3, last), NKB, BH, NT)
-        acc = _gemm2_step(acc, 2 * it, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single, multi,
-                          out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
-        acc = _gemm2_step(acc, 2 * it + 1, c1, l1, v1, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single, multi,
-                          out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
+    if G2PAIR:
+        c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT)
+        for it in range(0, (HBG * NKB) // 2):
+            c0, l0, v0 = c0n, l0n, v0n
+            c1, l1, v1 = c1n, l1n, v1n
+            c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT)
+            c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(2 * it + 3, last), NKB, BH, NT)
+            acc = _gemm2_step(acc, 2 * it, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
+                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
+            acc = _gemm2_step(acc, 2 * it + 1, c1, l1, v1, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
+                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
+    else:  # one step an iteration: each pipeline stage holds one weight tile, half the shared memory
+        for step in range(0, HBG * NKB):
+            c0, l0, v0 = c0n, l0n, v0n
+            c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(step + 1, last), NKB, BH, NT)
+            acc = _gemm2_step(acc, step, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
+                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     tl.debug_barrier()  # every thread's rows are stored before the H blocks are counted done
     hbs = hb0 + tl.arange(0, HBG)
     tl.atomic_add(hb_done_ptr + hbs, tl.full((HBG,), 1, tl.int32), sem="release")
@@ -331,7 +338,8 @@ def moe_kernel(
     SPLIT_K: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
-    BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
+    G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
 ):  # fmt: skip
     """The whole layer (module docstring): routing, sort, GEMM1, GEMM2 and finalize work items."""
@@ -419,11 +427,12 @@ def moe_kernel(
         elif g < n1 + n2_big:
             _gemm2_item(g - n1, 0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
                         obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
-                        HBG, INLINE, SWAP, EXACT, PF, rec, TRACE)  # fmt: skip
+                        HBG, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
             _gemm2_item(g - n1 - n2_big, n_tiles - n_small, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, rec, TRACE)  # fmt: skip
+                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, rec,
+                        TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
                            TOPK, BH, BT_FIN, NTB_FIN, EXACT, rec, TRACE)  # fmt: skip
@@ -507,7 +516,8 @@ class Workspace:
             BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k,
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
-            NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2, BT_FIN=t.tokens_per_finalize_block,
+            NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
+            G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip
