@@ -99,7 +99,7 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (40, dict(route_in_every_program=False, tokens_per_route_item=16)),  # routing items, a ragged last one
         (16, dict(sorted_rows=True, swapped=False, rows_per_tile=64, num_warps=8, num_stages=3)),  # T > 128's shape
         (16, dict(sorted_rows=True, swapped=True, split_k=2, tokens_per_finalize_block=4)),  # sort, split-K
-        (16, dict(h_blocks_per_item=1, tokens_per_finalize_block=2)),  # GEMM2 steps paired across H blocks
+        (16, dict(h_blocks_per_item=1, gemm2_step_pairs=True, tokens_per_finalize_block=2)),  # pairs across H blocks
         (3, dict(route_in_every_program=True, stream_k=True)),  # stream-K shares, tiny T
         (40, dict(stream_k=True, sorted_rows=True)),  # stream-K over sorted rows, many tiles
         (16, dict(h_blocks_per_item=2, gemm2_step_pairs=False, num_stages=3)),  # GEMM2 one step a stage

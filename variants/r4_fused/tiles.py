@@ -21,7 +21,8 @@ class Tiles:
     tokens_per_finalize_block: int
     tail_waves: int = 0  # GEMM2's last items, about this many waves of programs' worth, one H block each
     stream_k: bool = False  # GEMM1 as one equal share of all K blocks per program (split_k unused)
-    gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one)
+    gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
+    # half the shared memory)
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
 
@@ -30,18 +31,22 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     PTX (the L2 prefetch) is used."""
     if T > MAX_FUSED_T:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
+    # up to T = 128: GEMM2 one step a pipeline stage and 3 stages, 104 KB of shared memory, so 2 CTAs share
+    # an SM (v31: -4..-8% at T = 1, 7, 32, 80 in 2 of 2 rounds, -1..-6% at 56, T = 15 unchanged)
+    one_step = dict(num_stages=3, gemm2_step_pairs=False)
     if T <= 4:  # stream-K: one equal share of GEMM1's K blocks per program (v9: 83 against 89 us at T = 1,
         # the mean of four rounds; split-K 2 before)
-        t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 4, 8, stream_k=True)
+        t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 3, 8, stream_k=True, **one_step)
     elif T <= 8:  # routing items, not every program routing all T (v22: T = 7 -5..-6%, 3 rounds of 3;
         # the GEMM phase started 9.5 us in when every program routed 7 tokens)
-        t = Tiles(16, 128, 1, 4, False, 1, False, True, False, 4, 4, 8)
+        t = Tiles(16, 128, 1, 4, False, 1, False, True, False, 4, 3, 8, **one_step)
     # above T = 8 GEMM2 items take 2-4 H blocks: the last two waves of them one H block each (a short tail)
     elif T <= 32:  # no split-K: 16-32 tiles of 16 items are 2-4 waves already (split-K 2: +4-7%, v7)
-        t = Tiles(16, 128, 2, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
+        t = Tiles(16, 128, 2, 1, False, 1, False, True, False, 4, 3, 32, tail_waves=2, **one_step)
     elif T <= 128:
-        t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
-    else:
+        t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 3, 32, tail_waves=2, **one_step)
+    else:  # 8 warps: one CTA an SM whatever the stages, so GEMM2 keeps two steps a stage (v31: one step
+        # a stage at 3 stages +6% at T = 901)
         t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
     if interpret:
         t = Tiles(**{**t.__dict__, "prefetch_w2": False})
