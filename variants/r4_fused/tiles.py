@@ -33,7 +33,7 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
     # up to T = 128: GEMM2 one step a pipeline stage and 3 stages, 104 KB of shared memory, so 2 CTAs share
     # an SM (v31: -4..-8% at T = 1, 7, 32, 80 in 2 of 2 rounds, -1..-6% at 56, T = 15 unchanged)
-    one_step = dict(num_stages=3, gemm2_step_pairs=False)
+    one_step = dict(gemm2_step_pairs=False)  # and 3 stages (the positional num_stages below)
     if T <= 4:  # stream-K: one equal share of GEMM1's K blocks per program (v9: 83 against 89 us at T = 1,
         # the mean of four rounds; split-K 2 before)
         t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 3, 8, stream_k=True, **one_step)
