@@ -170,13 +170,17 @@ def _gemm1_share(s, S, W, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, c
 
 
 @triton.jit
-def _gemm2_scales(s_ptrs, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.constexpr, NT: tl.constexpr):
+def _gemm2_scales(s_ptrs, rmask, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.constexpr, NT: tl.constexpr):
     """Scales of flattened GEMM2 step `step` (H block hb0 + step // NKB, K block step % NKB): the rows'
-    hi and lo scales ([BM]) and the weight block's scale."""
+    hi and lo scales ([BM]; 0 past the tile's rows) and the weight block's scale."""
     kb = step % NKB
     hb = hb0 + step // NKB
-    c = tl.load(s_ptrs + kb * NT)  # plain loads: the wait's acquire made C's scales visible; `.cg`
-    lo = tl.load(s_ptrs + kb * NT + 1)  # would make them strong loads, issued once per replica
+    # plain loads: the wait's acquire made C's scales visible (`.cg` would make them strong loads, issued
+    # once per replica, v4). Masked: a padding row's address is row 0's, which another tile may not have
+    # written yet; an early read can leave a stale line in the SM's L1 for the program that handles row 0
+    # (suspected in the one bad trial of the sweep at 548a11b: T = 53, rel L2 2.1e-2)
+    c = tl.load(s_ptrs + kb * NT, mask=rmask, other=0.0)
+    lo = tl.load(s_ptrs + kb * NT + 1, mask=rmask, other=0.0)
     v = tl.load(ws_base + ((hb * BH) // 128) * NKB + kb)
     return c, lo, v
 
@@ -273,14 +277,14 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     # two (H block, K block) steps per iteration, their scales loaded one iteration ahead (v3: meant to
     # hide the scale loads' latency; it measured no faster than one step, the real cost was `.cg`, v4)
     last = HBG * NKB - 1
-    c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, 0, NKB, BH, NT)
+    c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, 0, NKB, BH, NT)
     if G2PAIR:
-        c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT)
+        c1n, l1n, v1n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT)
         for it in range(0, (HBG * NKB) // 2):
             c0, l0, v0 = c0n, l0n, v0n
             c1, l1, v1 = c1n, l1n, v1n
-            c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT)
-            c1n, l1n, v1n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(2 * it + 3, last), NKB, BH, NT)
+            c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT)
+            c1n, l1n, v1n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(2 * it + 3, last), NKB, BH, NT)
             acc = _gemm2_step(acc, 2 * it, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
             acc = _gemm2_step(acc, 2 * it + 1, c1, l1, v1, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
@@ -288,7 +292,7 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     else:  # one step an iteration: each pipeline stage holds one weight tile, half the shared memory
         for step in range(0, HBG * NKB):
             c0, l0, v0 = c0n, l0n, v0n
-            c0n, l0n, v0n = _gemm2_scales(s_ptrs, ws_base, hb0, tl.minimum(step + 1, last), NKB, BH, NT)
+            c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(step + 1, last), NKB, BH, NT)
             acc = _gemm2_step(acc, step, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     tl.debug_barrier()  # every thread's rows are stored before the H blocks are counted done
