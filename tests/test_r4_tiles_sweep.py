@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "r4_tiles_sweep.py"
 
@@ -37,3 +38,34 @@ def test_a_right_output_passes(sweep):
 def test_a_wrong_output_is_named(sweep, rel_l2, nan, deterministic, words):
     problem = sweep.accuracy_problem(rel_l2, nan, deterministic)
     assert problem and words in problem, problem
+
+
+def _fresh(i):
+    """Call i's inputs (a marker the fake runner reads) and its fp32 reference."""
+    torch.manual_seed(i)
+    return [i], torch.randn(4, 8)
+
+
+@pytest.mark.parametrize("bad_call, words", [(None, None), (3, "call 3 of 5"), (1, "call 1 of 5")])
+def test_stress_names_the_first_bad_call(sweep, bad_call, words):
+    """`--stress N`: N calls on fresh inputs, each checked against its own reference; a rare bad call (a
+    race) is named, every other call passes."""
+    seen = []
+
+    def runner(i, out):
+        seen.append(i)
+        _, ref = _fresh(i)
+        out.copy_(ref if i + 1 != bad_call else ref * 1.05)  # 5% off: rel L2 5e-2, over the bound
+
+    problem = sweep.stress_problem(runner, _fresh, 5)
+    if bad_call is None:
+        assert problem is None and seen == [0, 1, 2, 3, 4]
+    else:
+        assert words in problem and "rel L2" in problem and seen == list(range(bad_call))
+
+
+def test_stress_finds_an_element_left_unwritten(sweep):
+    def runner(i, out):
+        out[:2].copy_(_fresh(i)[1][:2])  # rows 2.. never written: NaN from the poisoned output
+
+    assert "NaN" in sweep.stress_problem(runner, _fresh, 2)
