@@ -27,7 +27,9 @@ Why this cannot deadlock: an item only ever waits for items with lower numbers, 
 was claimed before it by a program that is running (it claimed it) and that finishes it without
 waiting on anything later. So any grid size is safe, even one larger than what is co-resident.
 Data another program wrote is read with plain loads after the wait's acquire: every such address is
-written once per call, and `.cg` would make Triton emit strong loads that are never merged (v4).
+written once per call, and `.cg` would make Triton emit strong loads that are never merged (v4). No
+program may read such an address before its wait (a tile's padding rows are masked, not pointed at row
+0): the early read of a program sharing the SM could leave a stale line in their L1 (v32).
 The last program to leave resets the counters, so the next call (or a CUDA graph replay) starts
 from zero; split-K tickets are reset by the program that consumes them.
 """
