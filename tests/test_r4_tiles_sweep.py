@@ -2,22 +2,14 @@
 wrong is reported and not timed, so no timing of a wrong kernel reads as a result (v27 timed one at
 rel L2 1.01 before this gate)."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "r4_tiles_sweep.py"
-
-
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("r4_tiles_sweep", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def sweep(load_script):
+    return load_script("r4_tiles_sweep")
 
 
 def test_a_right_output_passes(sweep):

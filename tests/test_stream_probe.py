@@ -2,21 +2,12 @@
 every load form (pointers, a TMA tensor descriptor) computes every item of the scaled swapped GEMM it
 stands for, so a rate the probe reports is the rate of a loop that does the fused kernel's work."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stream_probe.py"
-
-
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("stream_probe", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def probe(load_script):
+    return load_script("stream_probe")
 
 
 @pytest.mark.slow
