@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+
 @pytest.fixture(scope="module")
 def sweep(load_script):
     return load_script("r4_tiles_sweep")

@@ -5,6 +5,7 @@ stands for, so a rate the probe reports is the rate of a loop that does the fuse
 import pytest
 import torch
 
+
 @pytest.fixture(scope="module")
 def probe(load_script):
     return load_script("stream_probe")
