@@ -6,8 +6,9 @@ its bundled cuobjdump reads the cubin.
     python scripts/compile_check.py r3-triton-fp8 --cap 100 -t 1 -t 14107 -k gemm1
 
 One line per kernel: registers per thread, stack (bytes spilled to local memory), shared memory, warps,
-stages, and counts of telling SASS instructions: the MMA ones (QGMMA/HGMMA on sm_90, UTC*MMA on sm_100,
-HMMA/QMMA otherwise), local loads/stores (LDL/STL: spills), async copies and atomics.
+stages, `loop_spills` (LDL/STL inside the innermost loops that issue MMAs: spills paid every K step,
+`fibmoe.sass`), and counts of telling SASS instructions: the MMA ones (QGMMA/HGMMA on sm_90, UTC*MMA on
+sm_100, HMMA/QMMA otherwise), local loads/stores (LDL/STL: spills), async copies and atomics.
 
 The hook: a rung's entry module provides `compile_plan(T, cap, sms)`, returning the kernels a workspace
 of T tokens builds on a GPU of compute capability `cap` (x 10) with `sms` SMs, as a list of
@@ -36,6 +37,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from fibmoe import variants  # noqa: E402
 from fibmoe.errors import FibmoeError  # noqa: E402
+from fibmoe.sass import hot_loop_spills  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 CONTEST_T = (1, 7, 16, 56, 901, 14107)  # one workload per tile bucket of the contest's 19
@@ -111,6 +113,7 @@ def compile_one(name, fn, args, consts, opts, cap, workdir: Path):
         smem=kernel.metadata.shared,
         warps=kernel.metadata.num_warps,
         stages=options.get("num_stages", 3),
+        loop_spills=hot_loop_spills(sass),
         sass=ops,
     )
 
@@ -136,7 +139,7 @@ def main(argv=None) -> int:
                 r = compile_one(f"T{T}_{name}", fn, args, consts, opts, cap, workdir)
                 print(
                     f"sm_{cap} T={T:<6} {name:10s} regs={r['regs']} stack={r['stack']} smem={r['smem']} "
-                    f"warps={r['warps']} stages={r['stages']} {r['sass']}",
+                    f"warps={r['warps']} stages={r['stages']} loop_spills={r['loop_spills']} {r['sass']}",
                     flush=True,
                 )
     return 0

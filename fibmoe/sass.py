@@ -1,0 +1,36 @@
+"""Reading SASS listings (`cuobjdump --dump-sass`) for what costs no device time to know.
+
+`hot_loop_spills` counts the local-memory loads and stores (LDL/STL: spills) inside a kernel's innermost
+loops that issue tensor-core MMAs: a spill there runs every K step, one in the item loop around it runs
+once per item. A loop is a backward branch and the instructions from its target to it.
+"""
+
+import re
+
+MMA_OPS = ("QGMMA", "HGMMA", "UTCQMMA", "UTCHMMA", "UTCMMA", "HMMA", "QMMA", "IMMA")  # sm_90, sm_100, older
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s*([^;]*);")
+_BRANCH = re.compile(r"\bBRA\b[^;]*?\b0x([0-9a-f]+)")
+_SPILL = re.compile(r"\b(LDL|STL)\b")
+
+
+def instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, instruction text) of every instruction in the listing, in order."""
+    return [(int(m.group(1), 16), m.group(2).strip()) for m in _INSTR.finditer(sass)]
+
+
+def mma_loops(sass: str) -> list[tuple[int, int]]:
+    """(first, last address) of each innermost loop that issues an MMA: no other such loop inside it."""
+    ins = instructions(sass)
+    loops = set()
+    for addr, text in ins:
+        b = _BRANCH.search(text)
+        if b and int(b.group(1), 16) < addr:
+            loops.add((int(b.group(1), 16), addr))
+    hot = [(s, e) for s, e in loops if any(s <= a <= e and any(op in t for op in MMA_OPS) for a, t in ins)]
+    return sorted((s, e) for s, e in hot if not any((s2, e2) != (s, e) and s <= s2 and e2 <= e for s2, e2 in hot))
+
+
+def hot_loop_spills(sass: str) -> int:
+    """LDL/STL instructions inside the innermost MMA loops (`mma_loops`)."""
+    loops = mma_loops(sass)
+    return sum(1 for a, t in instructions(sass) if _SPILL.search(t) and any(s <= a <= e for s, e in loops))
