@@ -1,11 +1,17 @@
-"""Reading SASS listings (`cuobjdump --dump-sass`) for what costs no device time to know.
+"""Reading compiled kernels (cubins, SASS listings) for what costs no device time to know: shared by
+scripts/compile_check.py and scripts/gemm_compile_report.py.
 
-`hot_loop_spills` counts the local-memory loads and stores (LDL/STL: spills) inside a kernel's innermost
-loops that issue tensor-core MMAs: a spill there runs every K step, one in the item loop around it runs
-once per item. A loop is a backward branch and the instructions from its target to it.
+`cubin_report` runs Triton's bundled cuobjdump on a cubin: registers, stack (bytes spilled to local
+memory) and the SASS listing. `count_ops` counts telling instructions in it. `hot_loop_spills` counts
+the local-memory loads and stores (LDL/STL: spills) inside a kernel's innermost loops that issue
+tensor-core MMAs: a spill there runs every K step, one in the item loop around it once per item. A loop
+is a backward branch and the instructions from its target to it.
 """
 
 import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 MMA_OPS = ("QGMMA", "HGMMA", "UTCQMMA", "UTCHMMA", "UTCMMA", "HMMA", "QMMA", "IMMA")  # sm_90, sm_100, older
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s*([^;]*);")
@@ -34,3 +40,28 @@ def hot_loop_spills(sass: str) -> int:
     """LDL/STL instructions inside the innermost MMA loops (`mma_loops`)."""
     loops = mma_loops(sass)
     return sum(1 for a, t in instructions(sass) if _SPILL.search(t) and any(s <= a <= e for s, e in loops))
+
+
+def cuobjdump_bin() -> Path:
+    """Triton's bundled cuobjdump (no CUDA toolkit needed)."""
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def cubin_report(cubin: bytes) -> dict:
+    """{regs, stack, sass} of a cubin: registers per thread, stack bytes (None if cuobjdump does not say)
+    and the SASS listing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        run = lambda flag: subprocess.run([cuobjdump_bin(), flag, path], capture_output=True, text=True).stdout  # noqa: E731
+        usage, listing = run("--dump-resource-usage"), run("--dump-sass")
+    regs = re.search(r"REG:(\d+)", usage)
+    stack = re.search(r"STACK:(\d+)", usage)
+    return dict(regs=int(regs.group(1)) if regs else None, stack=int(stack.group(1)) if stack else None, sass=listing)
+
+
+def count_ops(sass: str, ops) -> dict[str, int]:
+    """How often each opcode prefix of `ops` starts a word in the listing (those that occur)."""
+    return {op: n for op in ops if (n := len(re.findall(r"\b" + re.escape(op), sass)))}

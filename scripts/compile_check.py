@@ -20,8 +20,6 @@ constexprs by name, the options as given to the launch (num_warps, num_stages, .
 import argparse
 import importlib
 import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,9 +35,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from fibmoe import variants  # noqa: E402
 from fibmoe.errors import FibmoeError  # noqa: E402
-from fibmoe.sass import hot_loop_spills  # noqa: E402
+from fibmoe.sass import count_ops, cubin_report, hot_loop_spills  # noqa: E402
 
-BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 CONTEST_T = (1, 7, 16, 56, 901, 14107)  # one workload per tile bucket of the contest's 19
 SMS = {90: 132, 100: 148}  # H100/H200, B200
 TYPES = {
@@ -91,7 +88,7 @@ def signature(fn, args, consts):
     return sig, attrs
 
 
-def compile_one(name, fn, args, consts, opts, cap, workdir: Path):
+def compile_one(fn, args, consts, opts, cap):
     sig, attrs = signature(fn, args, consts)
     options = {k: v for k, v in opts.items() if k in ("num_warps", "num_stages", "maxnreg")}
     source = ASTSource
@@ -100,21 +97,15 @@ def compile_one(name, fn, args, consts, opts, cap, workdir: Path):
     kernel = triton.compile(
         source(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", cap, 32), options=options
     )
-    cubin = workdir / f"{name}_sm{cap}.cubin"
-    cubin.write_bytes(kernel.asm["cubin"])
-    usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
-    sass = subprocess.run([BIN / "cuobjdump", "--dump-sass", cubin], capture_output=True, text=True).stdout
-    regs = re.search(r"REG:(\d+)", usage)
-    stack = re.search(r"STACK:(\d+)", usage)
-    ops = {op: n for op in SASS_OPS if (n := len(re.findall(r"\b" + re.escape(op), sass)))}
+    rep = cubin_report(kernel.asm["cubin"])
     return dict(
-        regs=int(regs.group(1)) if regs else None,
-        stack=int(stack.group(1)) if stack else None,
+        regs=rep["regs"],
+        stack=rep["stack"],
         smem=kernel.metadata.shared,
         warps=kernel.metadata.num_warps,
         stages=options.get("num_stages", 3),
-        loop_spills=hot_loop_spills(sass),
-        sass=ops,
+        loop_spills=hot_loop_spills(rep["sass"]),
+        sass=count_ops(rep["sass"], SASS_OPS),
     )
 
 
@@ -130,13 +121,12 @@ def main(argv=None) -> int:
     except FibmoeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="compile_check_cubin_"))
     for cap in a.cap or (90, 100):
         for T in a.seq_len or CONTEST_T:
             for name, fn, args, consts, opts in module.compile_plan(T, cap, SMS.get(cap, 132)):
                 if a.kernel and name not in a.kernel:
                     continue
-                r = compile_one(f"T{T}_{name}", fn, args, consts, opts, cap, workdir)
+                r = compile_one(fn, args, consts, opts, cap)
                 print(
                     f"sm_{cap} T={T:<6} {name:10s} regs={r['regs']} stack={r['stack']} smem={r['smem']} "
                     f"warps={r['warps']} stages={r['stages']} loop_spills={r['loop_spills']} {r['sass']}",

@@ -30,6 +30,9 @@ from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fibmoe.sass import count_ops, cubin_report, hot_loop_spills  # noqa: E402
+
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 OPS = ("QGMMA", "HGMMA", "UTCQMMA", "UTCHMMA", "WARPGROUP.ARRIVE", "WARPGROUP.DEPBAR", "UTMALDG", "UTMASTG",
        "SYNCS", "USETMAXREG", "BAR.SYNC", "FFMA", "FMUL", "LDL", "STL")  # fmt: skip
@@ -85,26 +88,20 @@ def ptxas_notes(compiled, cap):
 
 
 def sass_report(compiled, label, sass_dir=None, cap=90):
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True)
-        sass = subprocess.run([BIN / "cuobjdump", "--dump-sass", cubin], capture_output=True, text=True).stdout
+    rep = cubin_report(compiled.asm["cubin"])
     if sass_dir:
         Path(sass_dir).mkdir(parents=True, exist_ok=True)
-        (Path(sass_dir) / f"{label}.sass").write_text(sass)
-    regs = re.search(r"REG:(\d+)", usage.stdout)
-    stack = re.search(r"STACK:(\d+)", usage.stdout)
-    ops = {op: len(re.findall(r"\b" + re.escape(op), sass)) for op in OPS}
+        (Path(sass_dir) / f"{label}.sass").write_text(rep["sass"])
     return dict(
         label=label,
-        regs=int(regs.group(1)) if regs else None,
-        stack=int(stack.group(1)) if stack else None,
+        regs=rep["regs"],
+        stack=rep["stack"],
         smem=compiled.metadata.shared,
         setmaxnreg=sorted(
             set(int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", compiled.asm["ptx"]))
         ),
-        ops={k: v for k, v in ops.items() if v},
+        ops=count_ops(rep["sass"], OPS),
+        loop_spills=hot_loop_spills(rep["sass"]),
         ptxas=ptxas_notes(compiled, cap),
     )
 
