@@ -103,9 +103,10 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (3, dict(route_in_every_program=True, stream_k=True)),  # stream-K shares, tiny T
         (40, dict(stream_k=True, sorted_rows=True)),  # stream-K over sorted rows, many tiles
         (16, dict(h_blocks_per_item=2, gemm2_step_pairs=False, num_stages=3)),  # GEMM2 one step a stage
+        (3, dict(stream_k=True, gemm2_step_pairs=False, num_stages=2, max_registers=168)),  # 3 CTAs an SM
     ],
     ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
-         "stream-k-sorted", "gemm2-single-steps"],  # fmt: skip
+         "stream-k-sorted", "gemm2-single-steps", "register-cap"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built
@@ -222,6 +223,9 @@ def test_tile_table_and_geometry_checks(built):
                              dataclasses.replace(tiles_mod.tiles_for(4), h_block=256))  # fmt: skip
     with pytest.raises(ValueError, match="unsupported geometry"):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168 + 64, 2048)
+    capped = dataclasses.replace(tiles_mod.tiles_for(4), max_registers=168)  # the launch option, only when set
+    assert persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048, capped).kernel.opts["maxnreg"] == 168
+    assert "maxnreg" not in persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048).kernel.opts
 
 
 class _FakeJit:

@@ -528,4 +528,5 @@ class Workspace:
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip
         self.kernel = Kernel(moe_kernel, (items,), consts, persistent_sms=sms,
-                             num_warps=t.num_warps, num_stages=t.num_stages)  # fmt: skip
+                             num_warps=t.num_warps, num_stages=t.num_stages,
+                             **({"maxnreg": t.max_registers} if t.max_registers else {}))  # fmt: skip

@@ -23,6 +23,7 @@ class Tiles:
     stream_k: bool = False  # GEMM1 as one equal share of all K blocks per program (split_k unused)
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
     # half the shared memory)
+    max_registers: int = 0  # registers per thread at most (the compiler spills above): more CTAs an SM; 0: its choice
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
 
