@@ -259,7 +259,7 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     tok64 = tok.to(tl.int64)
     rid64 = rid.to(tl.int64)
     if PF:  # the weights do not depend on GEMM1: the L2 fetches the item's whole block (HBG * BH rows of I
-        # bytes, one bulk request per row) while we wait, and faster than the loop's own loads stream it
+        # bytes, one bulk request per row) while we wait (v30: no gain at T = 1, slower above; off)
         rows = hb0 * BH + tl.arange(0, HBG * BH)
         prefetch_l2_bulk(w_base + rows.to(tl.int64) * I, tl.full((HBG * BH,), I, tl.int32))
     _wait_at_least(tile_done_ptr + tile, NJ)  # all of this tile's C (and its scales) is written
