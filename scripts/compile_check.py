@@ -8,7 +8,8 @@ its bundled cuobjdump reads the cubin.
 One line per kernel: registers per thread, stack (bytes spilled to local memory), shared memory, warps,
 stages, `loop_spills` (LDL/STL inside the innermost loops that issue MMAs: spills paid every K step,
 `fibmoe.sass`), and counts of telling SASS instructions: the MMA ones (QGMMA/HGMMA on sm_90, UTC*MMA on
-sm_100, HMMA/QMMA otherwise), local loads/stores (LDL/STL: spills), async copies and atomics.
+sm_100, HMMA/QMMA otherwise), local loads/stores (LDL/STL: spills), async copies, atomics and L1
+invalidations (CCTL.IVALL: what an acquire compiles to).
 
 The hook: a rung's entry module provides `compile_plan(T, cap, sms)`, returning the kernels a workspace
 of T tokens builds on a GPU of compute capability `cap` (x 10) with `sms` SMs, as a list of
@@ -49,7 +50,7 @@ TYPES = {
     torch.uint8: "u8",
 }
 SASS_OPS = ("QGMMA", "HGMMA", "UTCQMMA", "UTCHMMA", "UTCMMA", "HMMA", "QMMA", "IMMA", "LDL", "STL", "LDGSTS",
-            "UTMALDG", "ATOMG", "REDG", "RED.", "MUFU.EX2")  # fmt: skip
+            "UTMALDG", "ATOMG", "REDG", "RED.", "MUFU.EX2", "CCTL.IVALL")  # fmt: skip
 
 
 def load_entry_module(name: str):

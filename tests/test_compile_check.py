@@ -49,3 +49,16 @@ def test_rung4_large_t_gluon_gemms_compile_through_the_hook():
     assert [ln.split()[2] for ln in lines] == ["gemm1_gluon", "gemm2_gluon"], lines
     for line, qgmma in zip(lines, (16, 32), strict=True):  # GEMM2: 256 columns an item, two accumulators
         assert "stack=0" in line and f"'QGMMA': {qgmma}" in line and "'LDL'" not in line, line
+
+
+@pytest.mark.slow
+def test_rung4_waits_keep_their_acquire():
+    """Every wait of rung 4's fused kernel ends in an acquire, which the SASS shows as an L1 invalidation
+    (CCTL.IVALL) after a strong load: T = 56 has three wait sites (routing, a tile's C, an H block's
+    rows) and the exit ticket. Triton 3.6 folds an atomic add of 0 whose result is unused, acquire and
+    all: the kernel had one CCTL.IVALL (the exit ticket's) until v33."""
+    proc = _run("r4-fused-persistent", "--cap", "90", "-t", "56")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = proc.stdout.splitlines()
+    n = int(line.split("'CCTL.IVALL': ")[1].split("}")[0].split(",")[0])
+    assert n >= 4, line

@@ -65,7 +65,11 @@ def _wait_at_least(ptr, target):
     v = tl.load(ptr, volatile=True)
     while v < target:
         v = tl.load(ptr, volatile=True)
-    tl.atomic_add(ptr, 0, sem="acquire")
+    # the acquire, its result used: Triton 3.6 drops an add of 0 whose result is unused, and its acquire
+    # with it (until v33 no wait had a fence in the SASS); used, it is an acquire load (LDG.STRONG.GPU,
+    # then CCTL.IVALL: this SM's L1 invalidated). It never loops: the counter only grows
+    while tl.atomic_add(ptr, 0, sem="acquire") < target:
+        pass
     tl.debug_barrier()
 
 
