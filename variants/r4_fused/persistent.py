@@ -280,11 +280,11 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
         amask = rmask[:, None]
         acc = tl.zeros((BM, BH), tl.float32)
     s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
-    # two (H block, K block) steps per iteration, their scales loaded one iteration ahead (v3: meant to
-    # hide the scale loads' latency; it measured no faster than one step, the real cost was `.cg`, v4)
     last = HBG * NKB - 1
     c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, 0, NKB, BH, NT)
-    if G2PAIR:
+    if G2PAIR:  # two (H block, K block) steps per iteration, their scales loaded one iteration ahead (v3:
+        # meant to hide the scale loads' latency; it measured no faster than one step, the real cost was
+        # `.cg`, v4)
         c1n, l1n, v1n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT)
         for it in range(0, (HBG * NKB) // 2):
             c0, l0, v0 = c0n, l0n, v0n

@@ -34,7 +34,7 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
     # One CTA an SM. Up to T = 128, GEMM2 one step a stage at 3 stages (gemm2_step_pairs=False: 104 KB of
     # shared memory, 2 CTAs an SM) measured -4..-8% at T = 1, 7, 32, 80 (v31), but its sweep had one bad
-    # trial (v32: T = 53, rel L2 2.1e-2); off until a GPU stress test passes with v32's fix
+    # trial (v32: T = 53, rel L2 2.1e-2); off until a GPU stress test passes with v32's and v33's fixes
     if T <= 4:  # stream-K: one equal share of GEMM1's K blocks per program (v9: 83 against 89 us at T = 1,
         # the mean of four rounds; split-K 2 before)
         t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 4, 8, stream_k=True)
