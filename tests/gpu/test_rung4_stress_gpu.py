@@ -1,9 +1,10 @@
 """Rung 4's fused kernel, call after call on fresh inputs (the GPU only: a race needs concurrent
 programs). v32: one `check` trial in 57 was wrong with two CTAs an SM (T = 53, rel L2 2.1e-2), likely GEMM2
 reading row 0's C scales for padding rows before row 0's tile was written, with no wait invalidating the
-L1 afterwards (v33: Triton had folded the waits' acquire). Here the table's shape and the
-two-CTA shape (`gemm2_step_pairs=False, num_stages=3`) each take 20 calls at mid-T workloads, every one
-checked against its own fp32 reference (scripts/r4_tiles_sweep.py's `stress_problem`)."""
+L1 afterwards (v33: Triton had folded the waits' acquire). Here the table's shape (two CTAs an SM up to
+T = 128 since v34) and the one-CTA shape (`gemm2_step_pairs=True, num_stages=4`, still the table's at
+T <= 4) each take 20 calls at mid-T workloads, every one checked against its own fp32 reference
+(scripts/r4_tiles_sweep.py's `stress_problem`)."""
 
 import dataclasses
 import sys
@@ -15,7 +16,7 @@ from fibmoe import dataset, inputs, reference, variants
 from fibmoe.geometry import CONTEST
 
 CALLS = 20
-SHAPES = {"table": {}, "two-ctas": dict(gemm2_step_pairs=False, num_stages=3)}
+SHAPES = {"table": {}, "one-cta": dict(gemm2_step_pairs=True, num_stages=4)}
 
 
 @pytest.fixture(scope="module")

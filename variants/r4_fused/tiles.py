@@ -32,20 +32,25 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     PTX (the L2 prefetch) is used."""
     if T > MAX_FUSED_T:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
-    # One CTA an SM. Up to T = 128, GEMM2 one step a stage at 3 stages (gemm2_step_pairs=False: 104 KB of
-    # shared memory, 2 CTAs an SM) measured -4..-8% at T = 1, 7, 32, 80 (v31), but its sweep had one bad
-    # trial (v32: T = 53, rel L2 2.1e-2); off until a GPU stress test passes with v32's and v33's fixes
+    # 4 < T <= 128: GEMM2 one step a stage at 3 stages (gemm2_step_pairs=False: 104 KB of shared memory,
+    # 2 CTAs an SM): -3..-8% at T = 7..80 (v31, v34); its one bad trial (v32) was the race v32/v33 fixed,
+    # and 30 checked calls a T on fresh inputs passed (v34). T <= 4 keeps one CTA: 100 against 80-86 us (v34)
+    two_ctas = dict(gemm2_step_pairs=False, num_stages=3)
     if T <= 4:  # stream-K: one equal share of GEMM1's K blocks per program (v9: 83 against 89 us at T = 1,
         # the mean of four rounds; split-K 2 before)
         t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 4, 8, stream_k=True)
     elif T <= 8:  # routing items, not every program routing all T (v22: T = 7 -5..-6%, 3 rounds of 3;
         # the GEMM phase started 9.5 us in when every program routed 7 tokens)
-        t = Tiles(16, 128, 1, 4, False, 1, False, True, False, 4, 4, 8)
+        t = Tiles(16, 128, 1, 4, False, 1, False, True, False, 4, tokens_per_finalize_block=8, **two_ctas)
     # above T = 8 GEMM2 items take 2-4 H blocks: the last two waves of them one H block each (a short tail)
     elif T <= 32:  # no split-K: 16-32 tiles of 16 items are 2-4 waves already (split-K 2: +4-7%, v7)
-        t = Tiles(16, 128, 2, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
+        t = Tiles(
+            16, 128, 2, 1, False, 1, False, True, False, 4, tokens_per_finalize_block=32, tail_waves=2, **two_ctas
+        )
     elif T <= 128:
-        t = Tiles(16, 128, 4, 1, False, 1, False, True, False, 4, 4, 32, tail_waves=2)
+        t = Tiles(
+            16, 128, 4, 1, False, 1, False, True, False, 4, tokens_per_finalize_block=32, tail_waves=2, **two_ctas
+        )
     else:  # 8 warps: one CTA an SM whatever the stages (one GEMM2 step a stage at 3 stages: +6% at T = 901, v31)
         t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
     if interpret:
