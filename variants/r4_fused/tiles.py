@@ -34,7 +34,8 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
     # 4 < T <= 128: GEMM2 one step a stage at 3 stages (gemm2_step_pairs=False: 104 KB of shared memory,
     # 2 CTAs an SM): -3..-8% at T = 7..80 (v31, v34); its one bad trial (v32) was the race v32/v33 fixed,
-    # and 30 checked calls a T on fresh inputs passed (v34). T <= 4 keeps one CTA: 100 against 80-86 us (v34)
+    # and 30 checked calls a T on fresh inputs passed (v34). T <= 4 keeps one CTA: two measured the same
+    # there (78.7 against 79.2 us, v34's trace round)
     two_ctas = dict(gemm2_step_pairs=False, num_stages=3)
     if T <= 4:  # stream-K: one equal share of GEMM1's K blocks per program (v9: 83 against 89 us at T = 1,
         # the mean of four rounds; split-K 2 before)
