@@ -10,7 +10,8 @@ reference, a repeated call; with `--stress N`, N more calls on fresh inputs, eac
 (`accuracy_problem`) is an ERROR row, not timed, and the sweep exits 1. The others are timed as the
 harness times a call (flashinfer-bench's `do_bench`: cold L2, 10 warm-up and 50 timed spans, the mean;
 the median beside it); the host path of a call is timed on its own (`host us`: the median time from the
-Python call to its return, the kernel queued). A table on stdout, JSON under $OUT.
+Python call to its return, the kernel queued), and before each T the span of an empty Triton launch in
+the same process (`launch`: a process's slow state shows there, v35). A table on stdout, JSON under $OUT.
 """
 
 import argparse
@@ -146,6 +147,16 @@ def host_path_us(call, n: int = 50) -> float:
     return sorted(times)[n // 2]
 
 
+def empty_launch_us() -> float:
+    """The mean span of an empty Triton launch in this process, timed as a call is (fibmoe.probes): a
+    process can draw a slow state that moves every small-T call in it alike (v35), so each T's rows
+    carry the launch span measured just before them."""
+    from fibmoe.probes import launch_spans
+
+    spans = launch_spans("cuda", argparse.Namespace(warmup=10, iterations=50))["empty_triton_kernel"]
+    return 1e3 * sum(spans) / len(spans)
+
+
 def stage_times(call) -> dict[str, float]:
     """GPU time of each kernel of one call (us, by kernel name, in launch order; the median of 5 calls),
     from torch.profiler's CUDA activity: where a call's time goes, stage by stage."""
@@ -198,8 +209,9 @@ def main() -> int:
         ref32 = reference.forward(*inp)
         large = T > tiles_mod.MAX_FUSED_T
         base = None if large else tiles_mod.tiles_for(T, cap)
+        launch_us = empty_launch_us()
         for name, fields in LARGE_T_PATHS + large_tries if large else tries:
-            row = dict(T=T, uuid=w.workload.uuid, name=name, fields=fields)
+            row = dict(T=T, uuid=w.workload.uuid, name=name, fields=fields, empty_launch_us=launch_us)
             try:
                 if (name, fields) in LARGE_T_PATHS:
                     runner = mod.Runner(**fields)
@@ -252,7 +264,8 @@ def main() -> int:
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
-    head = f"{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'host us':>7} {'rel L2':>9} grid regs spill smem"
+    head = f"{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'host us':>7} {'launch':>6} {'rel L2':>9}"
+    head += " grid regs spill smem"
     print(f"\n{head}  fields")
     for r in rows:
         if "error" in r:
@@ -260,6 +273,7 @@ def main() -> int:
             continue
         print(
             f"{r['T']:>5} {r['name']:14} {r['mean_us']:9.1f} {r['median_us']:9.1f} {r['host_us']:7.1f} "
+            f"{r['empty_launch_us']:6.1f} "
             f"{r['rel_l2']:9.2e} {r['grid']:4d} "
             f"{r['regs']} {r['spills']} {r['smem']}  {r['fields']}"
         )
