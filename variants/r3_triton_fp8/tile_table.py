@@ -86,10 +86,10 @@ def tiles_for(T: int, cap: int) -> Tiles:
     return Tiles(
         inline_rows=small,
         fused_routing=T <= 8,
-        # large T (rung 4 v12-v13, H200 kernel times): 4 tokens on 2 warps route in 36-43 us where 16 on
-        # 8 warps took 79-94 (T = 11948, 14107)
-        routing_block_t=1 if small else 4 if large else 16,
-        routing_warps=1 if small else 2 if large else 8,
+        # large T (H200 kernel times): 16 tokens on 8 warps 79-94 us, 4 on 2 warps 36-43 (rung 4 v12-v13;
+        # 54-65 in v36's runs), 1 on 1 warp 36-39 in the same runs (rung 4 v36, T = 11948 and 14107)
+        routing_block_t=1 if small or large else 16,
+        routing_warps=1 if small or large else 8,
         sort_block_t=min(1024, max(16, next_pow2(T))),
         gemm1_block_m=bm1,
         gemm1_split_k=split_k,
