@@ -62,3 +62,17 @@ def test_rung4_waits_keep_their_acquire():
     (line,) = proc.stdout.splitlines()
     n = int(line.split("'CCTL.IVALL': ")[1].split("}")[0].split(",")[0])
     assert n >= 4, line
+
+
+@pytest.mark.slow
+def test_rung4_fused_kernel_on_sm100_spills_nothing_up_to_t128():
+    """The B200 rows of rung 4's table (8 warps up to T = 128) exist because the 4-warp shapes spill inside
+    the K loops on sm_100 (tcgen05 reads each partial back to scale it): the table's kernel has tcgen05
+    FP8 MMAs and no stack at all there."""
+    proc = _run("r4-fused-persistent", "--cap", "100", "-t", "7", "-t", "56")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert [ln.split()[1] for ln in lines] == ["T=7", "T=56"], lines
+    for line in lines:
+        assert "warps=8" in line and "stack=0" in line and "loop_spills=0" in line, line
+        assert "'UTCQMMA'" in line and "'LDL'" not in line, line
