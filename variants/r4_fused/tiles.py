@@ -1,6 +1,6 @@
 """Rung 4's tile table: one fixed shape per bucket of T (no autotuning inside the contest's 300 s)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MAX_FUSED_T = 1024  # up to this T one persistent launch does the whole layer; above, rung 3's path
 
@@ -58,7 +58,7 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
         # 4-warp shapes spill inside the K loops there (loop_spills 3 / 1 / 20 / 21 at T = 1 / 7 / 16 / 56:
         # tcgen05 reads each K block's partial back into registers to scale it); 8 warps spill nowhere
         # (stack 0). 5 stages of one step keep H200's two-CTA shape's steps in flight an SM (174 KB)
-        t = Tiles(**{**t.__dict__, "num_warps": 8, **({} if T <= 4 else {"num_stages": 5})})
+        t = replace(t, num_warps=8, num_stages=t.num_stages if T <= 4 else 5)
     if interpret:
-        t = Tiles(**{**t.__dict__, "prefetch_w2": False})
+        t = replace(t, prefetch_w2=False)
     return t
