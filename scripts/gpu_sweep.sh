@@ -3,7 +3,8 @@
 # with OFFICIAL=V also `bench --official V`, then the GPU-only tests. Each step has a time limit (seconds:
 # CHECK_S, BENCH_S, OFFICIAL_S, TESTS_S) so that the call fits the session's device time, in the order
 # of what matters most if it runs short. STEPS picks the steps (default "check bench official tests"):
-# the four take ~500 s for rungs 3 and 4 on the H200, near a call's 600 s limit, so a sweep is two calls:
+# for rungs 3 and 4 on the H200 check takes 120-135 s, bench 135-160, official 150-250 (one run: 247) and
+# tests 90-105: over a call's 600 s limit together, so a sweep is two calls:
 #   STEPS="check bench" bash scripts/gpu_sweep.sh r3-triton-fp8 r4-fused-persistent
 #   STEPS="official tests" OFFICIAL=r4-fused-persistent bash scripts/gpu_sweep.sh
 # Usage (device tool, carry .whl): [OFFICIAL=r4-fused-persistent] bash scripts/gpu_sweep.sh VARIANT...
