@@ -42,11 +42,11 @@ def hot_loop_spills(sass: str) -> int:
     return sum(1 for a, t in instructions(sass) if _SPILL.search(t) and any(s <= a <= e for s, e in loops))
 
 
-def cuobjdump_bin() -> Path:
-    """Triton's bundled cuobjdump (no CUDA toolkit needed)."""
+def nvidia_bin() -> Path:
+    """The folder of Triton's bundled NVIDIA tools (ptxas, cuobjdump: no CUDA toolkit needed)."""
     import triton
 
-    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
 def cubin_report(cubin: bytes) -> dict:
@@ -55,8 +55,11 @@ def cubin_report(cubin: bytes) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
         path.write_bytes(cubin)
-        run = lambda flag: subprocess.run([cuobjdump_bin(), flag, path], capture_output=True, text=True).stdout  # noqa: E731
-        usage, listing = run("--dump-resource-usage"), run("--dump-sass")
+        cuobjdump = nvidia_bin() / "cuobjdump"
+        usage, listing = (
+            subprocess.run([cuobjdump, flag, path], capture_output=True, text=True).stdout
+            for flag in ("--dump-resource-usage", "--dump-sass")
+        )
     regs = re.search(r"REG:(\d+)", usage)
     stack = re.search(r"STACK:(\d+)", usage)
     return dict(regs=int(regs.group(1)) if regs else None, stack=int(stack.group(1)) if stack else None, sass=listing)

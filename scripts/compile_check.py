@@ -36,7 +36,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from fibmoe import variants  # noqa: E402
 from fibmoe.errors import FibmoeError  # noqa: E402
-from fibmoe.sass import count_ops, cubin_report, hot_loop_spills  # noqa: E402
+from fibmoe.sass import MMA_OPS, count_ops, cubin_report, hot_loop_spills  # noqa: E402
 
 CONTEST_T = (1, 7, 16, 56, 901, 14107)  # one workload per tile bucket of the contest's 19
 SMS = {90: 132, 100: 148}  # H100/H200, B200
@@ -49,8 +49,7 @@ TYPES = {
     torch.int64: "i64",
     torch.uint8: "u8",
 }
-SASS_OPS = ("QGMMA", "HGMMA", "UTCQMMA", "UTCHMMA", "UTCMMA", "HMMA", "QMMA", "IMMA", "LDL", "STL", "LDGSTS",
-            "UTMALDG", "ATOMG", "REDG", "RED.", "MUFU.EX2", "CCTL.IVALL")  # fmt: skip
+SASS_OPS = MMA_OPS + ("LDL", "STL", "LDGSTS", "UTMALDG", "ATOMG", "REDG", "RED.", "MUFU.EX2", "CCTL.IVALL")
 
 
 def load_entry_module(name: str):

@@ -31,9 +31,9 @@ from triton.compiler import ASTSource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fibmoe.sass import count_ops, cubin_report, hot_loop_spills  # noqa: E402
+from fibmoe.sass import count_ops, cubin_report, hot_loop_spills, nvidia_bin  # noqa: E402
 
-BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+BIN = nvidia_bin()
 OPS = ("QGMMA", "HGMMA", "UTCQMMA", "UTCHMMA", "WARPGROUP.ARRIVE", "WARPGROUP.DEPBAR", "UTMALDG", "UTMASTG",
        "SYNCS", "USETMAXREG", "BAR.SYNC", "FFMA", "FMUL", "LDL", "STL")  # fmt: skip
 

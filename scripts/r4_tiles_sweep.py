@@ -195,7 +195,7 @@ def main() -> int:
     fn = variants.build(variants.pack(variants.resolve([args.variant])[0], DEFINITION), ds.definition)
     mod = variants.module_of(fn)
     tiles_mod = sys.modules[mod.__package__ + ".tiles"]
-    cap = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
+    cap = mod.capability(torch.device("cuda"))  # the solution's own reading (x 10: 90 on an H200)
     tries = [("table", {})] + [parse_try(s, tiles_mod.Tiles) for s in args.tries]
     tile_table = sys.modules[mod.__package__ + ".tile_table"]
     large_tries = [parse_try(s, tile_table.Tiles, GLUON_FIELDS) for s in args.large_tries]

@@ -33,8 +33,8 @@ def test_every_call_on_fresh_inputs_is_right(r4, load_script, seq_len, shape):
     ds, mod, tiles_mod = r4
     sweep = load_script("r4_tiles_sweep")
     w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == seq_len)
-    cap = 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
-    runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(seq_len, cap), **SHAPES[shape]))
+    runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(seq_len, mod.capability(torch.device("cuda"))),
+                                            **SHAPES[shape]))  # fmt: skip
 
     def fresh(i):
         torch.manual_seed(7000 + 100 * seq_len + i)
