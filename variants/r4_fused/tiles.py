@@ -32,33 +32,32 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     PTX (the L2 prefetch) is used."""
     if T > MAX_FUSED_T:
         raise ValueError(f"T={T} is above the fused path's {MAX_FUSED_T}")
-    # 4 < T <= 128: GEMM2 one step a stage at 3 stages (gemm2_step_pairs=False: 104 KB of shared memory,
-    # 2 CTAs an SM): -3..-8% at T = 7..80 (v31, v34); its one bad trial (v32) was the race v32/v33 fixed,
-    # and 30 checked calls a T on fresh inputs passed (v34). T <= 4 keeps one CTA: two measured the same
-    # there (78.7 against 79.2 us, v34's trace round)
+    # T <= 128: GEMM2 one step a stage at 3 stages (gemm2_step_pairs=False: 104 KB of shared memory, 2 CTAs
+    # an SM): -3..-8% at T = 7..80 (v31, v34), -3..-6% at T = 1 (v40, five processes); its one bad trial
+    # (v32) was the race v32/v33 fixed, and 30 checked calls a T on fresh inputs passed (v34)
     two_ctas = dict(gemm2_step_pairs=False, num_stages=3)
     if T <= 4:  # stream-K: one equal share of GEMM1's K blocks per program (v9: 83 against 89 us at T = 1,
-        # the mean of four rounds; split-K 2 before)
-        t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, 4, 8, stream_k=True)
+        # the mean of four rounds; split-K 2 before; split-K 4 or 8 on two CTAs: +4..+10%, v40)
+        t = Tiles(16, 128, 1, 2, True, 1, False, True, False, 4, tokens_per_finalize_block=8, stream_k=True,
+                  **two_ctas)  # fmt: skip
     elif T <= 8:  # routing items, not every program routing all T (v22: T = 7 -5..-6%, 3 rounds of 3;
-        # the GEMM phase started 9.5 us in when every program routed 7 tokens)
+        # the GEMM phase started 9.5 us in when every program routed 7 tokens); split-K 2 or 8: no gain (v40)
         t = Tiles(16, 128, 1, 4, False, 1, False, True, False, 4, tokens_per_finalize_block=8, **two_ctas)
-    # above T = 8 GEMM2 items take 2-4 H blocks: the last two waves of them one H block each (a short tail)
-    elif T <= 32:  # no split-K: 16-32 tiles of 16 items are 2-4 waves already (split-K 2: +4-7%, v7)
-        t = Tiles(
-            16, 128, 2, 1, False, 1, False, True, False, 4, tokens_per_finalize_block=32, tail_waves=2, **two_ctas
-        )
+    # above T = 8 GEMM2 items take 2 H blocks (4: +1..+4% at T = 52 and 80, the same at 53-62, v39), the
+    # last two waves of them one H block each (a short tail); T <= 16 split-K 2 (12-16 tiles of 16 GEMM1
+    # items are under a wave of 264 programs: -3..-4% at T = 14, -1..-2% at 16, v39), none above (T = 32:
+    # +2%, v40)
     elif T <= 128:
-        t = Tiles(
-            16, 128, 4, 1, False, 1, False, True, False, 4, tokens_per_finalize_block=32, tail_waves=2, **two_ctas
-        )
+        t = Tiles(16, 128, 2, 2 if T <= 16 else 1, False, 1, False, True, False, 4, tokens_per_finalize_block=32,
+                  tail_waves=2, **two_ctas)  # fmt: skip
     else:  # 8 warps: one CTA an SM whatever the stages (one GEMM2 step a stage at 3 stages: +6% at T = 901, v31)
         t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
     if cap // 10 == 10 and T <= 128:  # sm_100 (B200; offline compile report only, never measured): the
         # 4-warp shapes spill inside the K loops there (loop_spills 3 / 1 / 20 / 21 at T = 1 / 7 / 16 / 56:
         # tcgen05 reads each K block's partial back into registers to scale it); 8 warps spill nowhere
-        # (stack 0). 5 stages of one step keep H200's two-CTA shape's steps in flight an SM (174 KB)
-        t = replace(t, num_warps=8, num_stages=t.num_stages if T <= 4 else 5)
+        # (stack 0). 5 stages of one step keep H200's two-CTA shape's steps in flight an SM (174 KB); at
+        # T <= 4 two steps a stage at 4 stages (v37)
+        t = replace(t, num_warps=8, **(dict(gemm2_step_pairs=True, num_stages=4) if T <= 4 else dict(num_stages=5)))
     if interpret:
         t = replace(t, prefetch_w2=False)
     return t
