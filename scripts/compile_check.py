@@ -6,10 +6,11 @@ its bundled cuobjdump reads the cubin.
     python scripts/compile_check.py r3-triton-fp8 --cap 100 -t 1 -t 14107 -k gemm1
 
 One line per kernel: registers per thread, stack (bytes spilled to local memory), shared memory, warps,
-stages, `loop_spills` (LDL/STL inside the innermost loops that issue MMAs: spills paid every K step,
-`fibmoe.sass`), and counts of telling SASS instructions: the MMA ones (QGMMA/HGMMA on sm_90, UTC*MMA on
-sm_100, HMMA/QMMA otherwise), local loads/stores (LDL/STL: spills), async copies, atomics and L1
-invalidations (CCTL.IVALL: what an acquire compiles to).
+stages, `loop_spills` (LDL/STL inside the innermost loops that issue MMAs, on the path every iteration
+runs: spills paid every K step, `fibmoe.sass`), `branch_spills` (those the loop jumps over: an epilogue
+inside it, paid once per N steps), and counts of telling SASS instructions: the MMA ones (QGMMA/HGMMA
+on sm_90, UTC*MMA on sm_100, HMMA/QMMA otherwise), local loads/stores (LDL/STL: spills), async copies,
+atomics and L1 invalidations (CCTL.IVALL: what an acquire compiles to).
 
 The hook: a rung's entry module provides `compile_plan(T, cap, sms)`, returning the kernels a workspace
 of T tokens builds on a GPU of compute capability `cap` (x 10) with `sms` SMs, as a list of
@@ -105,6 +106,7 @@ def compile_one(fn, args, consts, opts, cap):
         warps=kernel.metadata.num_warps,
         stages=options.get("num_stages", 3),
         loop_spills=hot_loop_spills(rep["sass"]),
+        branch_spills=hot_loop_spills(rep["sass"], in_branches=True),
         sass=count_ops(rep["sass"], SASS_OPS),
     )
 
@@ -129,7 +131,8 @@ def main(argv=None) -> int:
                 r = compile_one(fn, args, consts, opts, cap)
                 print(
                     f"sm_{cap} T={T:<6} {name:10s} regs={r['regs']} stack={r['stack']} smem={r['smem']} "
-                    f"warps={r['warps']} stages={r['stages']} loop_spills={r['loop_spills']} {r['sass']}",
+                    f"warps={r['warps']} stages={r['stages']} loop_spills={r['loop_spills']} "
+                    f"branch_spills={r['branch_spills']} {r['sass']}",
                     flush=True,
                 )
     return 0

@@ -102,6 +102,7 @@ def sass_report(compiled, label, sass_dir=None, cap=90):
         ),
         ops=count_ops(rep["sass"], OPS),
         loop_spills=hot_loop_spills(rep["sass"]),
+        branch_spills=hot_loop_spills(rep["sass"], in_branches=True),
         ptxas=ptxas_notes(compiled, cap),
     )
 
