@@ -5,10 +5,12 @@ needs ~32 (NOTES.md, v21-v27). This probe isolates GEMM1's inner loop: a persist
 (128 weight rows, a run of KC 128-wide K blocks); each step loads a [128, 128] fp8 weight tile and a
 [128, BM] activation tile, runs the swapped dot and applies the two block scales, as
 `_shared/gemm1_tile.w1_tile` does. Shapes differ only in how the weight tile is loaded (pointers: cp.async
-from every thread; `tma`: a host tensor descriptor, one bulk copy) and in stages, warps, scales and KC,
-so the per-SM rate each reaches says what the fused kernel's loop could reach.
+from every thread; `tma`: host tensor descriptors for both operands, one bulk copy each), in Triton's
+warp specialization of the K loop (`ws`, with `tma`: a partition that only issues the loads) and in
+stages, warps, scales and KC, so the per-SM rate each reaches says what the fused kernel's loop could
+reach.
 
-    python scripts/stream_probe.py [--rows 12288] [--try NAME:tma=1,stages=4,warps=4,scales=1,kc=8,ctas=1 ...]
+    python scripts/stream_probe.py [--rows 12288] [--try NAME:tma=1,ws=1,stages=4,warps=4,scales=1,kc=8,ctas=1 ...]
 
 Timed with the L2 flushed as the harness flushes it (flashinfer-bench's do_bench writes zeros to a
 256 MB buffer), and again with the L2 flushed by reading that buffer instead: the official flush leaves
@@ -34,23 +36,27 @@ BN = 128
 
 
 @triton.jit
-def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM: tl.constexpr, KC: tl.constexpr,
+def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, a_desc, as_ptr, out_ptr, n_items, R, BM: tl.constexpr, KC: tl.constexpr,
                   TMA: tl.constexpr, SCALES: tl.constexpr, STAGES: tl.constexpr, K_FIRST: tl.constexpr,
-                  CONTIG: tl.constexpr, DOT: tl.constexpr, EVICT: tl.constexpr):  # fmt: skip
+                  CONTIG: tl.constexpr, DOT: tl.constexpr, EVICT: tl.constexpr, WS: tl.constexpr):  # fmt: skip
     """Item i: weight tile rows rb * 128 .. +128, K blocks kc * KC .. +KC, with rb = i % NRB and
     kc = i // NRB (K_FIRST: kc = i % NKC, rb = i // NKC, so programs running together read neighbouring
     K blocks of the same rows): out[i] = the scaled sum over those K blocks of W_tile @ A_tile^T
     ([128, BM], fp32). CONTIG: tile (rb, kb) is instead the 16 KB at (rb * 56 + kb) * 16384 (every tile
     one contiguous run: how DRAM locality alone moves the rate). DOT = 0: row sums of the tile instead
-    of the dot (no tensor core). EVICT: the weight loads' L2 eviction policy ("" or "evict_first")."""
+    of the dot (no tensor core). EVICT: the weight loads' L2 eviction policy ("" or "evict_first"). WS:
+    Triton's warp specialization of the K loop (a partition that only issues the loads; with TMA). It
+    compiles for sm_90 (12 warps, 168 registers, no spill) and computes the right items in the CPU
+    interpreter, but on the H200 (v42) the probe timed out at its first such shape in both runs (110 s,
+    where the kernel compiles offline in seconds): most likely a hang; not diagnosed."""
     NKB: tl.constexpr = 7168 // 128
     NKC: tl.constexpr = NKB // KC
     NRB = R // 128
     rn = tl.arange(0, 128)
     kk = tl.arange(0, 128)
     tok = tl.arange(0, BM)
-    item = tl.program_id(0)
-    while item < n_items:
+    for item in range(tl.program_id(0), n_items, tl.num_programs(0)):  # a for, not a while: Triton's warp
+        # specialization pass takes no loop nested in an scf.while
         if K_FIRST:
             rb = item // NKC
             kb0 = (item % NKC) * KC
@@ -58,7 +64,7 @@ def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM:
             rb = item % NRB
             kb0 = (item // NRB) * KC
         acc = tl.zeros((128, BM), tl.float32)
-        for ki in tl.range(0, KC, num_stages=STAGES):
+        for ki in tl.range(0, KC, num_stages=STAGES, warp_specialize=WS):
             kb = kb0 + ki
             if TMA:
                 if CONTIG:
@@ -71,7 +77,10 @@ def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM:
             else:
                 w = tl.load(w_ptr + (rb * 128 + rn).to(tl.int64)[:, None] * 7168 + kb * 128 + kk[None, :],
                             eviction_policy=EVICT)  # fmt: skip
-            a = tl.load(a_ptr + tok[None, :] * 7168 + kb * 128 + kk[:, None])  # [BK, BM]
+            if TMA:  # both operands by TMA (Triton's warp specialization on sm_90 takes TMA loads only)
+                a = a_desc.load([0, kb * 128]).T  # [BK, BM]
+            else:
+                a = tl.load(a_ptr + tok[None, :] * 7168 + kb * 128 + kk[:, None])  # [BK, BM]
             if DOT:
                 part = tl.dot(w, a)
             else:  # the tile's row sums in every column: the same bytes, no tensor core
@@ -81,8 +90,7 @@ def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM:
                 acc += part * s[None, :]
             else:
                 acc += part
-        tl.store(out_ptr + item.to(tl.int64) * (128 * BM) + rn[:, None] * BM + tok[None, :], acc)
-        item += tl.num_programs(0)
+        tl.store(out_ptr + item * (128 * BM) + rn[:, None] * BM + tok[None, :], acc)  # < 2**31 elements
 
 
 def reference(w, ws, a, as_, n_items, shape):
@@ -106,9 +114,10 @@ def parse_shape(spec: str) -> tuple[str, dict]:
     """NAME:key=value,... over the keys below (ints)."""
     name, _, fields = spec.partition(":")
     # ctas: per SM at most (0: all that fit); k_first, contig, dot: stream_kernel's K_FIRST, CONTIG, DOT
-    # evict: 1 loads the weights with L2 policy evict_first (pointer loads only)
+    # evict: 1 loads the weights with L2 policy evict_first (pointer loads only); ws: 1 warp-specializes
+    # the K loop (stream_kernel's WS)
     shape = {"tma": 0, "stages": 4, "warps": 4, "scales": 1, "kc": 8, "ctas": 0, "k_first": 0, "contig": 0, "dot": 1,
-             "evict": 0}  # fmt: skip
+             "evict": 0, "ws": 0}  # fmt: skip
     for item in filter(None, fields.split(",")):
         k, _, v = item.partition("=")
         if k not in shape:
@@ -152,11 +161,12 @@ def launch(shape: dict, w, ws, a, as_, out, grid: int):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     desc = TensorDescriptor.from_tensor(w.view(-1, 128) if shape["contig"] else w, [BN, BK]) if shape["tma"] else w
+    a_desc = TensorDescriptor.from_tensor(a, [a.shape[0], BK]) if shape["tma"] else a
     return stream_kernel[(grid,)](
-        w, desc, ws, a, as_, out, out.shape[0], w.shape[0], BM=a.shape[0], KC=shape["kc"], TMA=bool(shape["tma"]),
-        SCALES=bool(shape["scales"]), STAGES=shape["stages"], K_FIRST=bool(shape["k_first"]),
+        w, desc, ws, a, a_desc, as_, out, out.shape[0], w.shape[0], BM=a.shape[0], KC=shape["kc"],
+        TMA=bool(shape["tma"]), SCALES=bool(shape["scales"]), STAGES=shape["stages"], K_FIRST=bool(shape["k_first"]),
         CONTIG=bool(shape["contig"]), DOT=bool(shape["dot"]), EVICT="evict_first" if shape["evict"] else "",
-        num_warps=shape["warps"],
+        WS=bool(shape["ws"]), num_warps=shape["warps"],
     )  # fmt: skip
 
 
@@ -176,7 +186,8 @@ def main() -> int:
         n_items = (args.rows // 128) * (H // 128 // shape["kc"])
         out = torch.full((n_items, 128, args.bm), float("nan"), device=dev)
         ck = launch(shape, w, ws, a, as_, out, sms)
-        occ = max(1, min(65536 // (ck.n_regs * 32 * shape["warps"]), 232448 // (ck.metadata.shared + 1024)))
+        # CTAs an SM that fit; the kernel's own warp count (warp specialization adds warps)
+        occ = max(1, min(65536 // (ck.n_regs * 32 * ck.metadata.num_warps), 232448 // (ck.metadata.shared + 1024)))
         grid = min(n_items, sms * (min(occ, shape["ctas"]) if shape["ctas"] else occ))
         launch(shape, w, ws, a, as_, out.fill_(float("nan")), grid)
         want = reference(w, ws, a, as_, min(n_items, 4), shape)

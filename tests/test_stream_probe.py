@@ -15,7 +15,8 @@ def probe(load_script):
 @pytest.mark.parametrize(
     "spec",
     ["p:tma=0,kc=8", "t:tma=1,kc=28", "t0:tma=1,scales=0,kc=8", "p0:scales=0,kc=56", "pk:k_first=1,kc=8",
-     "pc:contig=1,k_first=1,kc=4", "tc:tma=1,contig=1,kc=8", "ps:dot=0,kc=8", "ts:tma=1,dot=0,contig=1,kc=28"],
+     "pc:contig=1,k_first=1,kc=4", "tc:tma=1,contig=1,kc=8", "ps:dot=0,kc=8", "ts:tma=1,dot=0,contig=1,kc=28",
+     "tw:tma=1,ws=1,kc=8"],
 )  # fmt: skip
 def test_every_item_matches_torch(probe, spec):
     _, shape = probe.parse_shape(spec)
