@@ -9,9 +9,11 @@ checked on fresh contest-style inputs (NaN-poisoned output, relative L2 error ag
 reference, a repeated call; with `--stress N`, N more calls on fresh inputs, each checked): a wrong one
 (`accuracy_problem`) is an ERROR row, not timed, and the sweep exits 1. The others are timed as the
 harness times a call (flashinfer-bench's `do_bench`: cold L2, 10 warm-up and 50 timed spans, the mean;
-the median beside it); the host path of a call is timed on its own (`host us`: the median time from the
-Python call to its return, the kernel queued), and before each T the span of an empty Triton launch in
-the same process (`launch`: a process's slow state shows there, v35). A table on stdout, JSON under $OUT.
+the median beside it; with `--rounds N` every shape of a T is timed N times, interleaved in rotated
+order in the same process, and the median round is the result, each round printed beside it); the host
+path of a call is timed on its own (`host us`: the median time from the Python call to its return, the
+kernel queued), and before each T the span of an empty Triton launch in the same process (`launch`: a
+process's slow state shows there, v35). A table on stdout, JSON under $OUT.
 """
 
 import argparse
@@ -177,6 +179,18 @@ def stage_times(call) -> dict[str, float]:
     return {k: sorted(r.get(k, 0.0) for r in runs)[2] for k in runs[0]}
 
 
+def round_order(n_shapes: int, rounds: int) -> list[int]:
+    """The order in which `rounds` rounds time n_shapes shapes in one process: round r starts at shape
+    r mod n_shapes and goes round, so that no shape always runs first (the first timing in a process
+    can be its slowest, v39) and each one's rounds are spread over the whole sweep of that T."""
+    return [(r + k) % n_shapes for r in range(rounds) for k in range(n_shapes)] if n_shapes else []
+
+
+def middle(xs: list[float]) -> float:
+    """The median of a list (the lower middle of an even one: a value that was measured)."""
+    return sorted(xs)[(len(xs) - 1) // 2]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", default="1,7,56,901")
@@ -186,9 +200,13 @@ def main() -> int:
     ap.add_argument("--variant", default="r4-fused-persistent")
     ap.add_argument("--trace", action="store_true", help="also run each shape with its work-item trace on")
     ap.add_argument("--stages", action="store_true", help="also time each kernel of one call (torch.profiler)")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="time every shape of a T N times, interleaved in rotated order; mean us: the median round")
     ap.add_argument("--stress", type=int, default=0, metavar="N",
                     help="before timing, N more calls on fresh inputs, each one checked")  # fmt: skip
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: at least 1")
     from flashinfer_bench.bench.timing import do_bench
 
     ds = dataset.load(DEFINITION)
@@ -210,8 +228,10 @@ def main() -> int:
         large = T > tiles_mod.MAX_FUSED_T
         base = None if large else tiles_mod.tiles_for(T, cap)
         launch_us = empty_launch_us()
+        ready = []  # (row, runner, setup) of every shape that computed the right layer
         for name, fields in LARGE_T_PATHS + large_tries if large else tries:
             row = dict(T=T, uuid=w.workload.uuid, name=name, fields=fields, empty_launch_us=launch_us)
+            rows.append(row)
             try:
                 if (name, fields) in LARGE_T_PATHS:
                     runner = mod.Runner(**fields)
@@ -251,18 +271,30 @@ def main() -> int:
                 def setup(inp=inp, dst=dst):
                     return [a.clone() if isinstance(a, torch.Tensor) else a for a in inp] + [dst]
 
-                times = do_bench(lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all")
-                row.update(mean_us=1e3 * sum(times) / len(times), median_us=1e3 * sorted(times)[len(times) // 2])
-                row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
-                if args.stages:
-                    try:
-                        row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a))
-                    except Exception as e:  # noqa: BLE001 - the profiler is optional, the timing above is not
-                        row["stages_us"] = {f"error {type(e).__name__}: {e}"[:200]: 0.0}
-                    print("  stages: " + ", ".join(f"{k} {v:.1f}" for k, v in row["stages_us"].items()), flush=True)
+                ready.append((row, runner, setup))
             except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-            rows.append(row)
+                print(json.dumps(row), flush=True)
+        for i in round_order(len(ready), args.rounds):  # each shape in every position once per len(ready) rounds
+            row, runner, setup = ready[i]
+            try:
+                times = do_bench(lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all")
+                row.setdefault("round_means_us", []).append(1e3 * sum(times) / len(times))
+                row.setdefault("round_medians_us", []).append(1e3 * sorted(times)[len(times) // 2])
+            except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
+                row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        for row, runner, setup in ready:
+            if "error" in row:
+                continue
+            row["mean_us"] = middle(row["round_means_us"])
+            row["median_us"] = middle(row["round_medians_us"])
+            row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
+            if args.stages:
+                try:
+                    row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a))
+                except Exception as e:  # noqa: BLE001 - the profiler is optional, the timing above is not
+                    row["stages_us"] = {f"error {type(e).__name__}: {e}"[:200]: 0.0}
+                print("  stages: " + ", ".join(f"{k} {v:.1f}" for k, v in row["stages_us"].items()), flush=True)
             print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
     head = f"{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'host us':>7} {'launch':>6} {'rel L2':>9}"
     head += " grid regs spill smem"
@@ -276,6 +308,7 @@ def main() -> int:
             f"{r['empty_launch_us']:6.1f} "
             f"{r['rel_l2']:9.2e} {r['grid']:4d} "
             f"{r['regs']} {r['spills']} {r['smem']}  {r['fields']}"
+            + (f"  rounds {' '.join(f'{m:.1f}' for m in r['round_means_us'])}" if args.rounds > 1 else "")
         )
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "r4_tiles_sweep.json").write_text(json.dumps(rows, indent=1))

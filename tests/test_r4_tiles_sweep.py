@@ -62,3 +62,25 @@ def test_stress_finds_an_element_left_unwritten(sweep):
         out[:2].copy_(_fresh(i)[1][:2])  # rows 2.. never written: NaN from the poisoned output
 
     assert "NaN" in sweep.stress_problem(runner, _fresh, 2)
+
+
+@pytest.mark.parametrize("n_shapes, rounds", [(1, 1), (3, 1), (3, 3), (3, 5), (4, 2)])
+def test_rounds_rotate_so_no_shape_always_runs_first(sweep, n_shapes, rounds):
+    """`--rounds N`: every shape timed N times in one process, each round starting one shape later, so that
+    over n_shapes rounds each shape runs in every position once (the first timing of a process can be
+    its slowest, v39)."""
+    order = sweep.round_order(n_shapes, rounds)
+    assert len(order) == n_shapes * rounds
+    for r in range(rounds):
+        one_round = order[r * n_shapes : (r + 1) * n_shapes]
+        assert sorted(one_round) == list(range(n_shapes))  # each shape once a round
+        assert one_round[0] == r % n_shapes  # round r starts at shape r
+    firsts = {order[r * n_shapes] for r in range(min(rounds, n_shapes))}
+    assert len(firsts) == min(rounds, n_shapes)
+    assert sweep.round_order(0, rounds) == []  # every shape of a T failed its check: nothing to time
+
+
+def test_the_result_of_several_rounds_is_a_measured_round(sweep):
+    assert sweep.middle([310.0, 300.0, 420.0]) == 310.0  # an outlier round does not move it
+    assert sweep.middle([300.0, 320.0]) == 300.0  # even: the lower middle, a value that was measured
+    assert sweep.middle([5.0]) == 5.0
