@@ -53,9 +53,9 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     else:  # 8 warps: one CTA an SM whatever the stages (one GEMM2 step a stage at 3 stages: +6% at T = 901, v31)
         t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
     if cap // 10 == 10 and T <= 128:  # sm_100 (B200; offline compile report only, never measured): the
-        # 4-warp shapes spill inside the K loops there (loop_spills 3 / 1 / 20 / 21 at T = 1 / 7 / 16 / 56:
-        # tcgen05 reads each K block's partial back into registers to scale it); 8 warps spill nowhere
-        # (stack 0). 5 stages of one step keep H200's two-CTA shape's steps in flight an SM (174 KB); at
+        # 4-warp shapes spill there (stack 32-280 B; 3 / 1 / 20 / 21 LDL/STL in the K loops' listing at
+        # T = 1 / 7 / 16 / 56: tcgen05 reads each K block's partial back into registers to scale it); 8 warps
+        # spill nowhere (stack 0). 5 stages of one step keep H200's two-CTA shape's steps in flight an SM (174 KB); at
         # T <= 4 two steps a stage at 4 stages (v37)
         t = replace(t, num_warps=8, **(dict(gemm2_step_pairs=True, num_stages=4) if T <= 4 else dict(num_stages=5)))
     if interpret:
