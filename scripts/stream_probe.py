@@ -11,6 +11,7 @@ stages, warps, scales and KC, so the per-SM rate each reaches says what the fuse
 reach.
 
     python scripts/stream_probe.py [--rows 12288] [--try NAME:tma=1,ws=1,stages=4,warps=4,scales=1,kc=8,ctas=1 ...]
+    python scripts/stream_probe.py --try gluon6:gluon=1,stages=6      # the hand-written load-only producer
 
 Timed with the L2 flushed as the harness flushes it (flashinfer-bench's do_bench writes zeros to a
 256 MB buffer), and again with the L2 flushed by reading that buffer instead: the official flush leaves
@@ -21,6 +22,7 @@ first (a wrong loop is not timed).
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -115,14 +117,17 @@ def parse_shape(spec: str) -> tuple[str, dict]:
     name, _, fields = spec.partition(":")
     # ctas: per SM at most (0: all that fit); k_first, contig, dot: stream_kernel's K_FIRST, CONTIG, DOT
     # evict: 1 loads the weights with L2 policy evict_first (pointer loads only); ws: 1 warp-specializes
-    # the K loop (stream_kernel's WS)
+    # the K loop (stream_kernel's WS); gluon: 1 runs the hand-written load-only producer instead
+    # (stream_probe_gluon.py: TMA, 4 + 4 + 1 warps; stages and kc apply, the other loop fields do not)
     shape = {"tma": 0, "stages": 4, "warps": 4, "scales": 1, "kc": 8, "ctas": 0, "k_first": 0, "contig": 0, "dot": 1,
-             "evict": 0, "ws": 0}  # fmt: skip
+             "evict": 0, "ws": 0, "gluon": 0}  # fmt: skip
     for item in filter(None, fields.split(",")):
         k, _, v = item.partition("=")
         if k not in shape:
             raise SystemExit(f"--try {spec}: {k} is not one of {', '.join(shape)}")
         shape[k] = int(v)
+    if shape["gluon"] and (shape["k_first"] or shape["contig"] or not shape["dot"] or not shape["scales"]):
+        raise SystemExit(f"--try {spec}: the Gluon loop has the plain item order, the dot and the scales only")
     return name, shape
 
 
@@ -156,8 +161,22 @@ def make_inputs(rows: int, bm: int, device):
     return w, ws, a, as_
 
 
+@functools.cache
+def gluon_loop():
+    """scripts/stream_probe_gluon.py (the Gluon loop), imported once, on first use (Gluon needs a GPU)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("stream_probe_gluon.py")
+    spec = importlib.util.spec_from_file_location("stream_probe_gluon", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def launch(shape: dict, w, ws, a, as_, out, grid: int):
     """One call of the probe kernel for `shape` over every item (out: [n_items, 128, BM])."""
+    if shape["gluon"]:
+        return gluon_loop().launch(w, ws, a, as_, out, grid, shape["kc"], shape["stages"])
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     desc = TensorDescriptor.from_tensor(w.view(-1, 128) if shape["contig"] else w, [BN, BK]) if shape["tma"] else w
