@@ -2,9 +2,9 @@
 programs). v32: one `check` trial in 57 was wrong with two CTAs an SM (T = 53, rel L2 2.1e-2), likely GEMM2
 reading row 0's C scales for padding rows before row 0's tile was written, with no wait invalidating the
 L1 afterwards (v33: Triton had folded the waits' acquire). Here the table's shape (two CTAs an SM up to
-T = 128 since v34) and the one-CTA shape (`gemm2_step_pairs=True, num_stages=4`, still the table's at
-T <= 4) each take 20 calls at mid-T workloads, every one checked against its own fp32 reference
-(scripts/r4_tiles_sweep.py's `stress_problem`)."""
+T = 128: since v34 above T = 4, since v40 at T <= 4 too, with stream-K) and the one-CTA shape
+(`gemm2_step_pairs=True, num_stages=4`) each take 20 calls at T = 1, 7 and mid-T workloads, every one
+checked against its own fp32 reference (scripts/r4_tiles_sweep.py's `stress_problem`)."""
 
 import dataclasses
 import sys
@@ -28,7 +28,7 @@ def r4():
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("seq_len", [15, 53, 56, 80])
+@pytest.mark.parametrize("seq_len", [1, 7, 15, 53, 56, 80])
 def test_every_call_on_fresh_inputs_is_right(r4, load_script, seq_len, shape):
     ds, mod, tiles_mod = r4
     sweep = load_script("r4_tiles_sweep")
