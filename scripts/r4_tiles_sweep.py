@@ -186,6 +186,27 @@ def round_order(n_shapes: int, rounds: int) -> list[int]:
     return [(r + k) % n_shapes for r in range(rounds) for k in range(n_shapes)] if n_shapes else []
 
 
+def time_rounds(ready: list, rounds: int, bench) -> None:
+    """Time each (row, runner, setup) of `ready` in `rounds` rounds (`round_order`): `bench(runner, setup)`
+    returns one timing's spans in ms. Each row gets its rounds' means and medians (us) and, as its
+    result, the median round's (`middle`); a shape whose timing raises gets an `error` and no result,
+    the others go on."""
+    for i in round_order(len(ready), rounds):
+        row, runner, setup = ready[i]
+        if "error" in row:
+            continue
+        try:
+            times = bench(runner, setup)
+            row.setdefault("round_means_us", []).append(1e3 * sum(times) / len(times))
+            row.setdefault("round_medians_us", []).append(1e3 * sorted(times)[len(times) // 2])
+        except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
+            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    for row, _, _ in ready:
+        if "error" not in row:
+            row["mean_us"] = middle(row["round_means_us"])
+            row["median_us"] = middle(row["round_medians_us"])
+
+
 def middle(xs: list[float]) -> float:
     """The median of a list (the lower middle of an even one: a value that was measured)."""
     return sorted(xs)[(len(xs) - 1) // 2]
@@ -275,26 +296,18 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
                 print(json.dumps(row), flush=True)
-        for i in round_order(len(ready), args.rounds):  # each shape in every position once per len(ready) rounds
-            row, runner, setup = ready[i]
-            try:
-                times = do_bench(lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all")
-                row.setdefault("round_means_us", []).append(1e3 * sum(times) / len(times))
-                row.setdefault("round_medians_us", []).append(1e3 * sorted(times)[len(times) // 2])
-            except Exception as e:  # noqa: BLE001 - one shape failing must not stop the sweep
-                row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        time_rounds(ready, args.rounds, lambda runner, setup: do_bench(
+            lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all"))  # fmt: skip
         for row, runner, setup in ready:
-            if "error" in row:
-                continue
-            row["mean_us"] = middle(row["round_means_us"])
-            row["median_us"] = middle(row["round_medians_us"])
-            row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
-            if args.stages:
-                try:
-                    row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a))
-                except Exception as e:  # noqa: BLE001 - the profiler is optional, the timing above is not
-                    row["stages_us"] = {f"error {type(e).__name__}: {e}"[:200]: 0.0}
-                print("  stages: " + ", ".join(f"{k} {v:.1f}" for k, v in row["stages_us"].items()), flush=True)
+            if "error" not in row:  # a shape whose timing raised keeps its error row
+                row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
+                if args.stages:
+                    try:
+                        row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a))
+                    except Exception as e:  # noqa: BLE001 - the profiler is optional, the timing above is not
+                        row["stages_us"] = {f"error {type(e).__name__}: {e}"[:200]: 0.0}
+                    stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_us"].items())
+                    print(f"  stages: {stages}", flush=True)
             print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
     head = f"{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'host us':>7} {'launch':>6} {'rel L2':>9}"
     head += " grid regs spill smem"

@@ -84,3 +84,25 @@ def test_the_result_of_several_rounds_is_a_measured_round(sweep):
     assert sweep.middle([310.0, 300.0, 420.0]) == 310.0  # an outlier round does not move it
     assert sweep.middle([300.0, 320.0]) == 300.0  # even: the lower middle, a value that was measured
     assert sweep.middle([5.0]) == 5.0
+
+
+def test_rounds_time_every_shape_interleaved_and_keep_the_median_round(sweep):
+    """`time_rounds`: with 3 shapes and 3 rounds each shape is timed first once; each row's result is its
+    median round (an outlier round, as a process's first timing can be, does not move it); a shape whose
+    timing raises is an error row and the others still get their rounds."""
+    calls = []
+    spans = {"a": [[0.30, 0.30], [0.31, 0.31], [0.90, 0.90]], "b": [[0.20, 0.20]] * 3}
+
+    def bench(runner, setup):
+        calls.append(runner)
+        if runner == "c":
+            raise RuntimeError("launch failed\nsecond line")
+        return spans[runner][sum(c == runner for c in calls) - 1]
+
+    ready = [({"name": n}, n, None) for n in "abc"]
+    sweep.time_rounds(ready, 3, bench)
+    assert calls[0] == "a" and calls[2] == "c" and calls[2:4] == ["c", "b"]  # round 2 starts at b: c already failed
+    a, b, c = (row for row, _, _ in ready)
+    assert a["round_means_us"] == pytest.approx([300.0, 310.0, 900.0]) and a["mean_us"] == pytest.approx(310.0)
+    assert b["mean_us"] == pytest.approx(200.0) and len(b["round_means_us"]) == 3
+    assert c["error"] == "RuntimeError: launch failed" and "mean_us" not in c
