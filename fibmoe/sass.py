@@ -52,18 +52,19 @@ def _skipped(ins, start: int, end: int) -> list[tuple[int, int]]:
     return out
 
 
-def hot_loop_spills(sass: str, in_branches: bool = False) -> int:
-    """LDL/STL instructions inside the innermost MMA loops (`mma_loops`) on the path every iteration runs:
-    paid every K step. With `in_branches`, those the loop jumps over instead (a forward branch inside it):
-    paid only when the branch is not taken (the tail of an H block, say), so they cost little."""
+def hot_loop_spills(sass: str) -> dict[str, int]:
+    """LDL/STL instructions inside the innermost MMA loops (`mma_loops`), in one pass over the listing:
+    `loop_spills`, those on the path every iteration runs (paid every K step), and `branch_spills`, those
+    in a stretch the loop jumps over with a forward branch (paid only when the branch is not taken: the
+    tail of an H block, say, so they cost little)."""
     ins = instructions(sass)
-    n = 0
+    out = dict(loop_spills=0, branch_spills=0)
     for s, e in mma_loops(sass):
         skipped = _skipped(ins, s, e)
         for a, t in ins:
-            if s <= a <= e and _SPILL.search(t) and any(f <= a <= g for f, g in skipped) == in_branches:
-                n += 1
-    return n
+            if s <= a <= e and _SPILL.search(t):
+                out["branch_spills" if any(f <= a <= g for f, g in skipped) else "loop_spills"] += 1
+    return out
 
 
 def nvidia_bin() -> Path:

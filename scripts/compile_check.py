@@ -105,8 +105,7 @@ def compile_one(fn, args, consts, opts, cap):
         smem=kernel.metadata.shared,
         warps=kernel.metadata.num_warps,
         stages=options.get("num_stages", 3),
-        loop_spills=hot_loop_spills(rep["sass"]),
-        branch_spills=hot_loop_spills(rep["sass"], in_branches=True),
+        **hot_loop_spills(rep["sass"]),  # loop_spills, branch_spills
         sass=count_ops(rep["sass"], SASS_OPS),
     )
 

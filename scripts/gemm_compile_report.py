@@ -101,8 +101,7 @@ def sass_report(compiled, label, sass_dir=None, cap=90):
             set(int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", compiled.asm["ptx"]))
         ),
         ops=count_ops(rep["sass"], OPS),
-        loop_spills=hot_loop_spills(rep["sass"]),
-        branch_spills=hot_loop_spills(rep["sass"], in_branches=True),
+        **hot_loop_spills(rep["sass"]),  # loop_spills, branch_spills
         ptxas=ptxas_notes(compiled, cap),
     )
 

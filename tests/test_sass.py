@@ -23,12 +23,12 @@ LISTING = """
 
 def test_only_the_innermost_mma_loop_counts():
     assert sass.mma_loops(LISTING) == [(0x20, 0x60)]  # 0x10..0x90 holds it; 0xa0..0xb0 has no MMA
-    assert sass.hot_loop_spills(LISTING) == 3  # LDL at 0x20 and 0x40, STL at 0x50
+    assert sass.hot_loop_spills(LISTING) == dict(loop_spills=3, branch_spills=0)  # LDL 0x20, 0x40, STL 0x50
 
 
 def test_no_loop_no_spill():
     straight = "/*0000*/ QGMMA.64x16x32 R0, gdesc[UR4], R0 ;\n/*0010*/ LDL R1, [R2] ;\n/*0020*/ EXIT ;"
-    assert sass.mma_loops(straight) == [] and sass.hot_loop_spills(straight) == 0
+    assert sass.mma_loops(straight) == [] and sass.hot_loop_spills(straight) == dict(loop_spills=0, branch_spills=0)
 
 
 EPILOGUE_IN_LOOP = """
@@ -51,6 +51,5 @@ EPILOGUE_IN_LOOP = """
 def test_spills_the_loop_jumps_over_are_counted_apart():
     # 0x40..0x60 is skipped by the branch at 0x30 (an epilogue); the branch at 0x80 skips nothing
     assert sass.mma_loops(EPILOGUE_IN_LOOP) == [(0x10, 0xA0)]
-    assert sass.hot_loop_spills(EPILOGUE_IN_LOOP) == 2  # LDL at 0x20 and 0x90
-    assert sass.hot_loop_spills(EPILOGUE_IN_LOOP, in_branches=True) == 2  # LDL at 0x40, STL at 0x50
-    assert sass.hot_loop_spills(LISTING, in_branches=True) == 0
+    # every iteration: LDL at 0x20 and 0x90; skipped by the branch at 0x30: LDL at 0x40, STL at 0x50
+    assert sass.hot_loop_spills(EPILOGUE_IN_LOOP) == dict(loop_spills=2, branch_spills=2)
