@@ -16,6 +16,8 @@ probe stands apart from the packed solutions, so the few lines of layout live he
 not run in the CPU interpreter: `python scripts/stream_probe_gluon.py [--stages 6]` compiles it for
 sm_90 offline and prints what the compiler made of it (a JSON line; `tests/test_stream_probe.py` runs it);
 only a GPU run checks its numbers (stream_probe.py checks every shape against torch before timing it).
+Measured on the H200 (v44): right, one CTA an SM (12 warps at 168 registers), 3.68-3.71 TB/s at 940 MB
+with 4-12 stages, as three CTAs of the pointer loop; 2.08-2.28 TB/s at 88 MB (the pointer loop: 2.47).
 """
 
 import argparse
