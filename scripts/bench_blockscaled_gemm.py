@@ -5,7 +5,7 @@
 
 Versions: cuBLAS `torch._scaled_mm` without block scales (the ceiling), (a) plain Triton without scales,
 (a) with the plain promotion, (a) with warp_specialize, (b) Gluon: serial promotion with 4 and 5 stages,
-two partials in flight. A version that fails to compile or run is reported and skipped. Writes
+two partials in flight, and without scales (its barriers and waits, no promotion). A version that fails to compile or run is reported and skipped. Writes
 $OUT/bench_blockscaled_gemm.json when OUT is set. About 1-2 minutes on an H200 (compiles included).
 """
 
@@ -45,6 +45,7 @@ def versions():
         ("b_gluon_serial_s4", lambda *t, out: gl(*t, out=out, in_flight=False, stages=4), True),
         ("b_gluon_serial_s5", lambda *t, out: gl(*t, out=out, in_flight=False, stages=5), True),
         ("b_gluon_inflight_s4", lambda *t, out: gl(*t, out=out, in_flight=True, stages=4), True),
+        ("b_gluon_noscales_s4", lambda *t, out: gl(*t, out=out, scaled=False, stages=4), False),
     ]
 
 

@@ -16,6 +16,8 @@ Two kernels, each beside its launcher:
   into its fp32 accumulator, the other's wgmma keeps the tensor core busy (`in_flight=False`, the
   default). `in_flight=True` also keeps a warpgroup's next wgmma in flight while it promotes (two
   partials); Triton 3.6 + ptxas serialize that variant's wgmmas (C7514), see GEMM_NOTES.md.
+  `scaled=False`: the same kernel, barriers and waits without the promotion (each K block's wgmma
+  accumulates straight into the accumulator): what this structure reaches without scales.
 
 `blockscaled_gemm` picks the Gluon kernel on sm_90 and the Triton one elsewhere.
 """
@@ -233,10 +235,12 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gl_consumer(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M,
-                     WG: gl.constexpr, IN_FLIGHT: gl.constexpr):  # fmt: skip
+                     WG: gl.constexpr, IN_FLIGHT: gl.constexpr, SCALED: gl.constexpr = True):  # fmt: skip
         """One warpgroup, rows [WG*64, WG*64+64) of every tile. Per K block the wgmma writes a fresh
         partial (use_acc=False), which is scaled by a_scale[row] * b_scale into the fp32 accumulator.
-        IN_FLIGHT: wgmma k+1 is issued before the partial of block k is waited for and promoted."""
+        IN_FLIGHT: wgmma k+1 is issued before the partial of block k is waited for and promoted.
+        SCALED=False: no promotion; each K block's wgmma accumulates into the accumulator, waited for and
+        its stage released as in the serial order (the same barriers)."""
         BH: gl.constexpr = c_desc.block_type.shape[0]
         BN: gl.constexpr = c_desc.block_type.shape[1]
         BK: gl.constexpr = a_bufs.shape[2]
@@ -295,6 +299,15 @@ if HAVE_GLUON:
                     spare1 = warpgroup_mma_wait(num_outstanding=0, deps=(Y,))
                     acc = acc + spare1 * (sa_y * sb_y)[:, None]
                     mbarrier.arrive(empty.index(s_y), count=1)
+            elif not SCALED:  # no promotion: the structure's own ceiling
+                for kb in range(num_kb):
+                    s = it % STAGES
+                    mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                    acc = warpgroup_mma(a_bufs.index(2 * s + WG), b_bufs.index(s).permute((1, 0)), acc,
+                                        is_async=True)  # fmt: skip
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    mbarrier.arrive(empty.index(s), count=1)
+                    it += 1
             else:  # the promotion between the MMAs (DeepGEMM's order per warpgroup), for comparison
                 for kb in range(num_kb):
                     part, sa, sb, s = _gl_issue(a_bufs, b_bufs, sa_rows, ready, it, spare0, sb_ptr, kb, WG, row_layout)
@@ -322,9 +335,15 @@ if HAVE_GLUON:
         _gl_consumer(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M, 1, False)
 
     @gluon.jit
+    def _gl_consumer_1_unscaled(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M):
+        _gl_consumer(a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M, 1, False,
+                     False)  # fmt: skip
+
+    @gluon.jit
     def blockscaled_gemm_gluon_kernel(a_desc, b_desc, sa_desc, c_desc, b_scale_ptr, M, N, K,
                                       GROUP_M: gl.constexpr, STAGES: gl.constexpr, IN_FLIGHT: gl.constexpr,
-                                      CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
+                                      SCALED: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                                      PRODUCER_REGS: gl.constexpr):  # fmt: skip
         BH: gl.constexpr = a_desc.block_type.shape[0]
         BK: gl.constexpr = a_desc.block_type.shape[1]
         BN: gl.constexpr = b_desc.block_type.shape[0]
@@ -339,8 +358,11 @@ if HAVE_GLUON:
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
         consumer_args = (a_bufs, b_bufs, sa_bufs, ready, empty, c_desc, c_bufs, b_scale_ptr, M, N, K, GROUP_M)
         producer_args = (a_desc, b_desc, sa_desc, a_bufs, b_bufs, sa_bufs, ready, empty, M, N, K, GROUP_M)
-        consumer_0_args = consumer_args + (0, IN_FLIGHT)
-        if IN_FLIGHT:
+        consumer_0_args = consumer_args + (0, IN_FLIGHT, SCALED)
+        if not SCALED:
+            gl.warp_specialize([(_gl_consumer, consumer_0_args), (_gl_consumer_1_unscaled, consumer_args),
+                                (_gl_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
+        elif IN_FLIGHT:
             gl.warp_specialize([(_gl_consumer, consumer_0_args), (_gl_consumer_1_in_flight, consumer_args),
                                 (_gl_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
         else:
@@ -348,11 +370,12 @@ if HAVE_GLUON:
                                 (_gl_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
 
-def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=False, group_m=8, consumer_regs=240,
-                 producer_regs=24, maxnreg=168):  # fmt: skip
-    """(kernel, grid, args, constexprs, options) of one launch of version (b). 4 + 4 + 1 warps run as
-    three warpgroups; maxnreg * 384 threads must fit the SM's 64K registers (168 * 384 = 64512), and
-    setmaxnreg then moves the producer's unused registers to the consumers."""
+def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=False, scaled=True, group_m=8,
+                 consumer_regs=240, producer_regs=24, maxnreg=168):  # fmt: skip
+    """(kernel, grid, args, constexprs, options) of one launch of version (b) (`scaled=False`: the
+    scales are ignored, C = A @ B^T). 4 + 4 + 1 warps run as three warpgroups; maxnreg * 384 threads
+    must fit the SM's 64K registers (168 * 384 = 64512), and setmaxnreg then moves the producer's
+    unused registers to the consumers."""
     M, N, K = _check_shapes(a, a_scale, b, b_scale)
     BN = BK = SCALE_BLOCK
     assert (M * 4) % 16 == 0, "TMA needs the A-scale rows 16-byte aligned: M a multiple of 4"
@@ -367,7 +390,8 @@ def gluon_launch(a, a_scale, b, b_scale, out, *, stages=4, in_flight=False, grou
     )  # fmt: skip
     tiles = triton.cdiv(M, N_CONSUMERS * HALF_M) * triton.cdiv(N, BN)
     grid = (min(_num_sms(a.device), tiles),)
-    consts = dict(GROUP_M=group_m, STAGES=stages, IN_FLIGHT=in_flight, CONSUMER_REGS=consumer_regs,
+    assert scaled or not in_flight, "the unscaled kernel has the serial order only"
+    consts = dict(GROUP_M=group_m, STAGES=stages, IN_FLIGHT=in_flight, SCALED=scaled, CONSUMER_REGS=consumer_regs,
                   PRODUCER_REGS=producer_regs)  # fmt: skip
     return blockscaled_gemm_gluon_kernel, grid, args, consts, dict(num_warps=4, maxnreg=maxnreg)
 
