@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "report.json"
-    only = "sm90_b_serial_s4,sm90_b_inflight_s4,sm100_a_scaled,sm90_a_scaled,moe"
+    only = "sm90_b_serial_s4,sm90_b_inflight_s4,sm90_b_noscales_s4,sm100_a_scaled,sm90_a_scaled,moe"
     res = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gemm_compile_report.py"), "--only", only, "--json", str(out)],
         capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -41,6 +41,17 @@ def test_gluon_serial_kernel_pipelines_its_wgmma_without_spills(report):
     assert row["ops"]["WARPGROUP.DEPBAR"] == 2  # one wait per K block, not one per QGMMA
     assert not _serialized(row)
     assert 240 in row["setmaxnreg"] and 24 in row["setmaxnreg"]
+
+
+@pytest.mark.slow
+def test_gluon_unscaled_kernel_is_the_serial_one_without_its_promotion(report):
+    """(b) with scaled=False, the bench's measure of what (b)'s barriers and waits allow (GEMM_NOTES.md):
+    the same 8 QGMMA and waits, and no FFMA (nothing promoted)."""
+    row = report["sm90_b_noscales_s4"]
+    assert "error" not in row, row
+    assert row["stack"] == 0 and row["ops"]["QGMMA"] == 8 and row["ops"]["WARPGROUP.DEPBAR"] == 2
+    assert "FFMA" not in row["ops"]
+    assert not _serialized(row)
 
 
 @pytest.mark.slow

@@ -107,12 +107,6 @@ if HAVE_GLUON:
         return acc, part
 
     @gluon.jit
-    def _nonzero(scale):
-        """A K block's scale as the unit of a rescaled accumulator: 1 where it is 0 (padding rows, whose A
-        rows are zeros, so their wgmma adds nothing whatever the unit)."""
-        return gl.where(scale == 0.0, 1.0, scale)
-
-    @gluon.jit
     def _quant(c):
         """fp8 values (as fp32, clamped) and scales (amax / 448; 0 for an all-zero row) per row of c."""
         amax = gl.max(gl.abs(c), axis=1)
@@ -123,12 +117,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr, RESCALE: gl.constexpr, WG: gl.constexpr):  # fmt: skip
-        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile. RESCALE: each accumulator is kept in
-        the unit of its latest K block's scale S_k = a_scale[row] * w1_scale (acc = sum_j P_j S_j / S_k), so
-        a K block's wgmma adds into it directly: rescaled by S_{k-1} / S_k first, and times S_k at the end.
-        No partial, no wait before a promotion: the up wgmma of block k runs while the gate accumulator is
-        rescaled, and the other way round. A zero S_k (padding rows: A and scale 0) counts as 1."""
+                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr, WG: gl.constexpr):  # fmt: skip
+        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile."""
         BK: gl.constexpr = 128
         NKB = H // BK
         NJ = I // BJ
@@ -144,59 +134,18 @@ if HAVE_GLUON:
             sg_ptr = su_ptr + NJ * NKB  # and its gate block
             acc_u = gl.zeros([HALF_M, BJ], gl.float32, ACC)
             acc_g = gl.zeros([HALF_M, BJ], gl.float32, ACC)
-            if RESCALE:
-                # two K blocks an iteration, drained at its end (an in-flight wgmma carried across the loop's
-                # back edge makes ptxas serialize every wgmma: C7514); within it one of the two wgmmas runs
-                # while the other accumulator is rescaled
-                unit_u = gl.full([HALF_M], 1.0, gl.float32, ACC_ROWS)
-                unit_g = unit_u
-                for kp in range(NKB // 2):
-                    s0 = it % STAGES
-                    mbarrier.wait(ready.index(s0), (it // STAGES) & 1)
-                    sa = sa_rows.index(2 * s0 + WG).load(ACC_ROWS)
-                    su0 = _nonzero(sa * gl.load(su_ptr + 2 * kp))
-                    sg0 = _nonzero(sa * gl.load(sg_ptr + 2 * kp))
-                    a0 = a_bufs.index(2 * s0 + WG)
-                    # both rescaled before either wgmma is issued: the registers come from the last
-                    # iteration's wgmmas, which ptxas cannot see retired across the back edge (under an
-                    # in-flight wgmma it would inject a wait: C7517)
-                    acc_u = acc_u * (unit_u / su0)[:, None]
-                    acc_g = acc_g * (unit_g / sg0)[:, None]
-                    acc_u = warpgroup_mma(a0, u_bufs.index(s0).permute((1, 0)), acc_u, is_async=True)
-                    acc_g = warpgroup_mma(a0, g_bufs.index(s0).permute((1, 0)), acc_g, is_async=True)
-                    s1 = (it + 1) % STAGES
-                    mbarrier.wait(ready.index(s1), ((it + 1) // STAGES) & 1)
-                    sa = sa_rows.index(2 * s1 + WG).load(ACC_ROWS)
-                    su1 = _nonzero(sa * gl.load(su_ptr + 2 * kp + 1))
-                    sg1 = _nonzero(sa * gl.load(sg_ptr + 2 * kp + 1))
-                    a1 = a_bufs.index(2 * s1 + WG)
-                    acc_u = warpgroup_mma_wait(num_outstanding=1, deps=(acc_u,))  # the first up wgmma done
-                    acc_u = acc_u * (su0 / su1)[:, None]
-                    acc_u = warpgroup_mma(a1, u_bufs.index(s1).permute((1, 0)), acc_u, is_async=True)
-                    acc_g = warpgroup_mma_wait(num_outstanding=1, deps=(acc_g,))  # the first gate wgmma done
-                    mbarrier.arrive(empty.index(s0), count=1)
-                    acc_g = acc_g * (sg0 / sg1)[:, None]
-                    acc_g = warpgroup_mma(a1, g_bufs.index(s1).permute((1, 0)), acc_g, is_async=True)
-                    acc_u, acc_g = warpgroup_mma_wait(num_outstanding=0, deps=(acc_u, acc_g))
-                    mbarrier.arrive(empty.index(s1), count=1)
-                    unit_u = su1
-                    unit_g = sg1
-                    it += 2
-                acc_u = acc_u * unit_u[:, None]
-                acc_g = acc_g * unit_g[:, None]
-            else:
-                spare = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # the partial's registers (values unused)
-                for kb in range(NKB):
-                    s = it % STAGES
-                    mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                    sa = sa_rows.index(2 * s + WG).load(ACC_ROWS)
-                    su = gl.load(su_ptr + kb)
-                    sg = gl.load(sg_ptr + kb)
-                    a_smem = a_bufs.index(2 * s + WG)
-                    acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
-                    acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
-                    mbarrier.arrive(empty.index(s), count=1)
-                    it += 1
+            spare = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # the partial's registers (values unused)
+            for kb in range(NKB):
+                s = it % STAGES
+                mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                sa = sa_rows.index(2 * s + WG).load(ACC_ROWS)
+                su = gl.load(su_ptr + kb)
+                sg = gl.load(sg_ptr + kb)
+                a_smem = a_bufs.index(2 * s + WG)
+                acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
+                acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
+                mbarrier.arrive(empty.index(s), count=1)
+                it += 1
             # epilogue: SwiGLU and the hi/lo pair, stored at the tile's rows (cq_perm, cs_perm)
             p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=ACC_ROWS)
             c = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
@@ -216,16 +165,15 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                    cs_ptr, GROUP_M, H, I, MP, SHARED_LO, RESCALE):  # fmt: skip
+                    cs_ptr, GROUP_M, H, I, MP, SHARED_LO):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
         _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO, RESCALE, 1)  # fmt: skip
+                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO, 1)  # fmt: skip
 
     @gluon.jit
     def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, H, I, MP,
                            GROUP_M: gl.constexpr, STAGES: gl.constexpr, SHARED_LO: gl.constexpr,
-                           RESCALE: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                           PRODUCER_REGS: gl.constexpr):  # fmt: skip
+                           CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
         sa_bufs = gl.allocate_shared_memory(sa_desc.dtype, [2 * STAGES, 1, HALF_M], sa_desc.layout)
         u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BJ, 128], w_desc.layout)
@@ -236,22 +184,21 @@ if HAVE_GLUON:
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
         consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                         cs_ptr, GROUP_M, H, I, MP, SHARED_LO, RESCALE)  # fmt: skip
+                         cs_ptr, GROUP_M, H, I, MP, SHARED_LO)  # fmt: skip
         producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
                          n_tiles_ptr, GROUP_M, H, I)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
                             (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
 
-def launch_for(ws, sms, *, stages=4, group_m=8, rescale=False, consumer_regs=240, producer_regs=24,
-               maxnreg=168) -> Kernel:
+def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
     """The GEMM1 launch of large-T workspace `ws` on `sms` SMs (C's lo term in hi's scale if
     `ws.shared_lo_scale`). 4 + 4 + 1 warps in three warpgroups: 168 registers x 384 threads fit 64K,
     and setmaxnreg moves the producer's spare ones to the consumers."""
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
     items = ws.perm_max_tiles * (ws.I // COLUMNS)
-    consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, RESCALE=rescale,
-                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
+    consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, CONSUMER_REGS=consumer_regs,
+                  PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 

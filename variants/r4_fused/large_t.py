@@ -31,7 +31,7 @@ class Workspace(Rung3Workspace):
     permuted activations, the permuted C and the permute and two Gluon GEMM launches."""
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8,
-                 shared_lo_scale=True, gemm1_rescale=False):  # fmt: skip
+                 shared_lo_scale=True):  # fmt: skip
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -55,8 +55,7 @@ class Workspace(Rung3Workspace):
         self.shared_lo_scale = shared_lo_scale
         self.k_permute = permute.launch_for(self)
         # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
-        # gemm1_rescale: GEMM1's accumulators kept in their latest K block's scale (no partial; gemm1_gluon.py)
-        self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m, rescale=gemm1_rescale)
+        self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
         self.k_gemm2_gluon = gemm2_gluon.launch_for(self, self.sms, group_m=group_m)
         self.gemm1_fixed = gemm1_gluon.fixed_arguments(self)  # descriptors of this workspace's own buffers
         self.gemm2_fixed = gemm2_gluon.fixed_arguments(self)
