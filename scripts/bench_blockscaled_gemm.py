@@ -5,8 +5,9 @@
 
 Versions: cuBLAS `torch._scaled_mm` without block scales (the ceiling), (a) plain Triton without scales,
 (a) with the plain promotion, (a) with warp_specialize, (b) Gluon: serial promotion with 4 and 5 stages,
-two partials in flight, and without scales (its barriers and waits, no promotion). A version that fails to compile or run is reported and skipped. Writes
-$OUT/bench_blockscaled_gemm.json when OUT is set. About 1-2 minutes on an H200 (compiles included).
+two partials in flight, and without scales (its barriers and waits, no promotion). A version that fails
+to compile or run is reported and skipped. Writes $OUT/bench_blockscaled_gemm.json when OUT is set.
+About 1-2 minutes on an H200 (compiles included).
 """
 
 import argparse

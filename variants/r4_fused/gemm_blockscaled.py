@@ -300,7 +300,7 @@ if HAVE_GLUON:
                     acc = acc + spare1 * (sa_y * sb_y)[:, None]
                     mbarrier.arrive(empty.index(s_y), count=1)
             elif not SCALED:  # no promotion: the structure's own ceiling
-                for kb in range(num_kb):
+                for _kb in range(num_kb):
                     s = it % STAGES
                     mbarrier.wait(ready.index(s), (it // STAGES) & 1)
                     acc = warpgroup_mma(a_bufs.index(2 * s + WG), b_bufs.index(s).permute((1, 0)), acc,
