@@ -451,16 +451,20 @@ def test_reductions_agree_and_are_deterministic(ds, built):
 def test_sort_path_matches_the_inline_path(ds, built):
     """Above T = 128 (contest workloads T = 901, 11948, 14107) a sort kernel builds the expert row lists
     that smaller T derives inside the GEMMs; both give the same bits. Forced here on a small workload,
-    with the large-T routing tile (16 tokens a program) and the atomic reduction as well."""
+    with the large-T routing tile (16 tokens a program) and the atomic reduction as well, and with the
+    sort reading 16 tokens a step (three steps: each expert's ranks carried from chunk to chunk)."""
     fn, mod = built
     (w,) = [w for w in ds.workloads if w.workload.axes["seq_len"] == 40]
     torch.manual_seed(4)
     inp = inputs.generate(ds, w, DEVICE, "contest")
     inline = _call(fn, inp)
     tiles = _tiles(mod, 40, inline_rows=False, routing_block_t=16, routing_warps=4, gemm1_block_m=32, gemm2_block_m=32)
+    assert tiles.sort_block_t >= 40  # one chunk: the chunked sort below is the other case
     sorted_ = _call_with(mod, tiles, inp)
+    chunked = _call_with(mod, dataclasses.replace(tiles, sort_block_t=16, sort_warps=8), inp)
     atomic = _call_with(mod, dataclasses.replace(tiles, atomic_reduction=True), inp)
     assert torch.equal(sorted_, inline)
+    assert torch.equal(chunked, inline)
     _check_output(sorted_, inp)
     assert not atomic.isnan().any()
     torch.testing.assert_close(atomic.float(), inline.float(), rtol=2**-7, atol=0)

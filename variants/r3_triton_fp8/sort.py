@@ -29,4 +29,5 @@ def sort_kernel(
 def launch_for(ws) -> Kernel:
     """The sort launch of workspace `ws`: one program per local expert."""
     bt = ws.tiles.sort_block_t
-    return Kernel(sort_kernel, (ws.NL,), dict(TOPK=ws.TOPK, BC=bt, NCHUNK=triton.cdiv(ws.T, bt)), num_warps=4)
+    return Kernel(sort_kernel, (ws.NL,), dict(TOPK=ws.TOPK, BC=bt, NCHUNK=triton.cdiv(ws.T, bt)),
+                  num_warps=ws.tiles.sort_warps)  # fmt: skip

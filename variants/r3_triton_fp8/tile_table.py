@@ -21,6 +21,7 @@ class Tiles:
     routing_block_t: int  # tokens per routing program
     routing_warps: int
     sort_block_t: int  # tokens the sort kernel reads per step
+    sort_warps: int
     # GEMM1: G1 = X[rows] @ W1[e]^T, SwiGLU and the FP8 re-quantization of C in its epilogue
     gemm1_block_m: int  # rows (tokens) per M tile; < 64: swapped operands (weights on the MMA's M side)
     gemm1_split_k: int  # K splits per tile (tiny T: few experts are active, their weights need more programs)
@@ -91,6 +92,7 @@ def tiles_for(T: int, cap: int) -> Tiles:
         routing_block_t=1 if small or large else 16,
         routing_warps=1 if small or large else 8,
         sort_block_t=min(1024, max(16, next_pow2(T))),
+        sort_warps=4,
         gemm1_block_m=bm1,
         gemm1_split_k=split_k,
         gemm1_warps=w1,
