@@ -21,7 +21,7 @@ class Tiles:
     routing_block_t: int  # tokens per routing program
     routing_warps: int
     sort_block_t: int  # tokens the sort kernel reads per step
-    sort_warps: int
+    sort_warps: int  # warps of the sort program (one per local expert)
     # GEMM1: G1 = X[rows] @ W1[e]^T, SwiGLU and the FP8 re-quantization of C in its epilogue
     gemm1_block_m: int  # rows (tokens) per M tile; < 64: swapped operands (weights on the MMA's M side)
     gemm1_split_k: int  # K splits per tile (tiny T: few experts are active, their weights need more programs)
