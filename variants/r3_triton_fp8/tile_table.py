@@ -91,8 +91,10 @@ def tiles_for(T: int, cap: int) -> Tiles:
         # 54-65 in v36's runs), 1 on 1 warp 36-39 in the same runs (rung 4 v36, T = 11948 and 14107)
         routing_block_t=1 if small or large else 16,
         routing_warps=1 if small or large else 8,
-        sort_block_t=min(1024, max(16, next_pow2(T))),
-        sort_warps=4,
+        # large T: 4096 tokens a step on 16 warps, 16.9 / 22.7 us at T = 11948 / 14107 where 1024 on 4
+        # took 25.7 / 32.3 (rung 4 v51: each chunk is latency-bound, fewer of them)
+        sort_block_t=4096 if large else min(1024, max(16, next_pow2(T))),
+        sort_warps=16 if large else 4,
         gemm1_block_m=bm1,
         gemm1_split_k=split_k,
         gemm1_warps=w1,
