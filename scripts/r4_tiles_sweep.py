@@ -13,11 +13,15 @@ the median beside it; with `--rounds N` every shape of a T is timed N times, int
 order in the same process, and the median round is the result, each round printed beside it); the host
 path of a call is timed on its own (`host us`: the median time from the Python call to its return, the
 kernel queued), and before each T the span of an empty Triton launch in the same process (`launch`: a
-process's slow state shows there, v35). A table on stdout, JSON under $OUT.
+process's slow state shows there, v35). With `--kernel-rounds N` (large T, the Gluon path) each
+kernel's span inside a call is timed too, N rounds interleaved across the shapes (`kernel_spans`): the
+per-kernel A/B that whole-call means cannot resolve on a machine whose large-T calls drift by 10% from
+round to round (v52). A table on stdout, JSON under $OUT.
 """
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -179,6 +183,45 @@ def stage_times(call) -> dict[str, float]:
     return {k: sorted(r.get(k, 0.0) for r in runs)[2] for k in runs[0]}
 
 
+def kernel_spans(ws, call_args, flush: torch.Tensor) -> dict[str, float]:
+    """Each launch's span (us, by kernel name) in one call of large-T workspace `ws` (its fast path
+    ready), from CUDA events recorded between the launches: the L2 flushed first as the harness flushes
+    it, so every kernel runs on the L2 the kernels before it left, as in a timed call."""
+    args = list(call_args)
+    args[8], args[9] = int(args[8]), float(args[9])
+    launches = ws.large_t_launches(*args)
+    stream = ws.stream[0](ws.stream[1])
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(len(launches) + 1)]
+    flush.zero_()
+    events[0].record()
+    for i, (kernel, kernel_args) in enumerate(launches):
+        kernel.fast(stream, *kernel_args)
+        events[i + 1].record()
+    torch.cuda.synchronize()
+    return {k.fn.__name__: 1e3 * events[i].elapsed_time(events[i + 1]) for i, (k, _) in enumerate(launches)}
+
+
+def kernel_rounds(ready: list, rounds: int, spans_of_call, calls_per_round: int = 10) -> None:
+    """Per-kernel spans of the large-T Gluon shapes of `ready` (`spans_of_call(ws, args)`: one call's
+    spans by kernel name, `kernel_spans`), in `rounds` interleaved rounds (`round_order`) of
+    `calls_per_round` calls each: every row gets `kernel_us` (kernel name -> the median over all its
+    calls) and `kernel_round_us` (the per-round medians)."""
+    shapes = []
+    for row, runner, setup in ready:
+        ws = next((w for w in runner.workspaces.values() if hasattr(w, "large_t_launches")), None)
+        if "error" not in row and ws is not None and ws.stream is not None:
+            shapes.append((row, ws, setup(), {}))
+    for i in round_order(len(shapes), rounds):
+        row, ws, args, spans = shapes[i]
+        calls = [spans_of_call(ws, args) for _ in range(calls_per_round)]
+        for name in calls[0]:
+            per_call = [c[name] for c in calls]
+            row.setdefault("kernel_round_us", {}).setdefault(name, []).append(middle(per_call))
+            spans.setdefault(name, []).extend(per_call)
+    for row, _, _, spans in shapes:
+        row["kernel_us"] = {name: middle(v) for name, v in spans.items()}
+
+
 def round_order(n_shapes: int, rounds: int) -> list[int]:
     """The order in which `rounds` rounds time n_shapes shapes in one process: round r starts at shape
     r mod n_shapes and goes round, so that no shape always runs first (the first timing in a process
@@ -223,6 +266,8 @@ def main() -> int:
     ap.add_argument("--stages", action="store_true", help="also time each kernel of one call (torch.profiler)")
     ap.add_argument("--rounds", type=int, default=1, metavar="N",
                     help="time every shape of a T N times, interleaved in rotated order; mean us: the median round")
+    ap.add_argument("--kernel-rounds", type=int, default=0, metavar="N",
+                    help="large T: also time each kernel's span in a call, N rounds interleaved across the shapes")
     ap.add_argument("--stress", type=int, default=0, metavar="N",
                     help="before timing, N more calls on fresh inputs, each one checked")  # fmt: skip
     args = ap.parse_args()
@@ -298,6 +343,9 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
         time_rounds(ready, args.rounds, lambda runner, setup: do_bench(
             lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all"))  # fmt: skip
+        if large and args.kernel_rounds:
+            flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # do_bench's: 256 MB of zeros
+            kernel_rounds(ready, args.kernel_rounds, functools.partial(kernel_spans, flush=flush))
         for row, runner, setup in ready:
             if "error" not in row:  # a shape whose timing raised keeps its error row
                 row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
@@ -325,6 +373,10 @@ def main() -> int:
         )
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "r4_tiles_sweep.json").write_text(json.dumps(rows, indent=1))
+    for r in rows:
+        for name, us in r.get("kernel_us", {}).items():
+            per_round = " ".join(f"{x:.1f}" for x in r["kernel_round_us"][name])
+            print(f"{r['T']:>5} {r['name']:14} {name:24} {us:8.1f} us  rounds {per_round}")
     failed = sum("error" in r for r in rows)
     if failed:
         print(f"{failed} of {len(rows)} shapes failed (ERROR rows above)")

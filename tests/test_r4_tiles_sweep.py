@@ -106,3 +106,33 @@ def test_rounds_time_every_shape_interleaved_and_keep_the_median_round(sweep):
     assert a["round_means_us"] == pytest.approx([300.0, 310.0, 900.0]) and a["mean_us"] == pytest.approx(310.0)
     assert b["mean_us"] == pytest.approx(200.0) and len(b["round_means_us"]) == 3
     assert c["error"] == "RuntimeError: launch failed" and "mean_us" not in c
+
+
+def test_kernel_rounds_interleave_the_gluon_shapes_and_keep_medians(sweep):
+    """`kernel_rounds`: only shapes with a ready large-T workspace (not an error row, not rung 3's path)
+    are timed, interleaved round by round; each kernel's result is the median of all its calls, and
+    each round's median is kept beside it."""
+    from types import SimpleNamespace
+
+    def runner(ready=True):
+        ws = SimpleNamespace(large_t_launches=None, stream=(None, 0) if ready else None)
+        return SimpleNamespace(workspaces={"key": ws})
+
+    order = []
+    gemm1 = {"a": iter([10.0, 11.0, 30.0, 12.0, 13.0, 14.0]), "b": iter([20.0] * 6)}
+
+    def spans_of_call(ws, args):
+        order.append(args[0])
+        return {"gemm1": next(gemm1[args[0]]), "gemm2": 5.0}
+
+    ready = [({"name": n}, runner(), lambda n=n: [n]) for n in "ab"]
+    ready += [({"name": "rung3"}, SimpleNamespace(workspaces={"k": object()}), lambda: ["r"])]
+    ready += [({"name": "err", "error": "x"}, runner(), lambda: ["e"])]
+    ready += [({"name": "cold"}, runner(ready=False), lambda: ["c"])]
+    sweep.kernel_rounds(ready, 3, spans_of_call, calls_per_round=2)
+    assert order == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    a, b = ready[0][0], ready[1][0]
+    assert a["kernel_round_us"]["gemm1"] == [10.0, 12.0, 13.0]  # per round: the lower middle of its 2 calls
+    assert a["kernel_us"] == {"gemm1": 12.0, "gemm2": 5.0}  # the 30 us outlier does not move it
+    assert b["kernel_us"]["gemm1"] == 20.0
+    assert all("kernel_us" not in row for row, _, _ in ready[2:])
