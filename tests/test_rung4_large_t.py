@@ -50,11 +50,13 @@ def _workspace(large_t, inp, **workspace_args):
     return large_t.Workspace(inp[2].device, T, E, NL, H, N1 // 2, 90, tiles=tiles, **workspace_args)
 
 
-def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, cq, cs, H, inter, MP, shared_lo=False):
+def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_perm, cq, cs, H, inter, MP,
+                        shared_lo=False):  # fmt: skip
     """What the Gluon GEMM1 writes, from its launch arguments: per tile t of expert tile_expert[t],
     G1 = sum over K blocks of (A_perm @ W1[e]^T) * sa_perm * w1_scale, SwiGLU, the hi/lo pair of each
     128-column block at the tile's own rows (cq [MP, 2I]: hi then lo per block; cs [2I/128, MP]; with
-    `shared_lo` the lo term in the hi term's scale)."""
+    `shared_lo` the lo term in the hi term's scale). Padding rows (rid_perm -1) hold zeros in A_perm, so
+    their C is zero as the kernel writes it, whether or not it runs their MMAs."""
     nkb = H // BLOCK
     w1 = w_desc.base.view(-1, 2 * inter, H)
     for t in range(int(n_tiles[0])):

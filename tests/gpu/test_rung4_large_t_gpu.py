@@ -45,7 +45,8 @@ def test_gluon_layer_matches_the_reference_and_rung3s_c(r4, seq_len, workspace_a
     (gluon_ws,) = [ws for ws in run.workspaces.values() if isinstance(ws, large_t.Workspace)]
     assert gluon_ws.stream is not None, "the first call did not prepare the C launchers"
     b = run(*inp, _empty(inp))
-    # C poisoned (fp8 NaN, NaN scales): the next call must write all of it, padding rows included
+    # C poisoned (fp8 NaN, NaN scales): the next call must write all of it, the halves of all-padding
+    # rows that issue no MMA included
     gluon_ws.cq_perm.view(torch.uint8).fill_(0x7F)
     gluon_ws.cs_perm.fill_(float("nan"))
     b2 = run(*inp, _empty(inp))
@@ -66,6 +67,7 @@ def test_gluon_layer_matches_the_reference_and_rung3s_c(r4, seq_len, workspace_a
     rid = gluon_ws.rid_perm[:n_rows].long()
     valid = rid >= 0
     assert int(valid.sum()) == int(gluon_ws.counts.sum())
+    assert (rid.view(-1, 64) < 0).all(1).any(), "no all-padding half: the MMA-less path is not covered"
     cq_perm = gluon_ws.cq_perm.view(torch.uint8)[:n_rows]  # (fp8 tensors lack advanced indexing)
     c_gluon = _dequantized_c(cq_perm[valid], gluon_ws.cs_perm[:, :n_rows][:, valid].t(), N1 // 2)
     c_rung3 = _dequantized_c(rung3_ws.cq.view(torch.uint8)[rid[valid]], rung3_ws.cs[rid[valid]].flatten(1), N1 // 2)
@@ -83,6 +85,26 @@ def test_gluon_layer_matches_the_reference_and_rung3s_c(r4, seq_len, workspace_a
     ref32 = reference.forward(*inp2)
     err = ((c.float() - ref32).norm() / ref32.norm()).item()
     assert err < REL_L2, err
+
+
+def test_padding_halves_without_mma_give_the_same_bits(r4):
+    """The consumer warpgroups that skip the MMAs of all-padding halves (the default) against the same
+    kernels running every half: the output and C bit for bit."""
+    ds, mod, large_t = r4
+    w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == 14107)
+    torch.manual_seed(7)
+    inp = inputs.generate(ds, w, "cuda", "contest")
+    outs, cs = [], []
+    for skip in (True, False):
+        run = mod.Runner(large_t_gluon=True, large_t_args=dict(skip_padding_halves=skip))
+        outs.append(run(*inp, _empty(inp)))
+        (ws,) = [ws for ws in run.workspaces.values() if isinstance(ws, large_t.Workspace)]
+        assert ws.skip_padding_halves == skip
+        torch.cuda.synchronize()
+        n_rows = int(ws.n_tiles[0]) * 128
+        cs.append((ws.cq_perm.view(torch.uint8)[:n_rows].clone(), ws.cs_perm[:, :n_rows].clone()))
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(cs[0][0], cs[1][0]) and torch.equal(cs[0][1], cs[1][1])
 
 
 def _dequantized_c(cq, cs, inter):

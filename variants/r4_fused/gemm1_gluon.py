@@ -21,7 +21,8 @@ made grouped and given GEMM1's epilogue:
 - two consumer warpgroups (rows 0-63 and 64-127), each per K block: up wgmma into the spare partial,
   wait, promote into acc_u (scale a_scale[row] * w1_scale[up block]); gate likewise into acc_g. Three
   64 x 128 fp32 tiles per thread (192 registers of 240). One warpgroup's promotion runs under the
-  other's MMAs (the two are not synchronised);
+  other's MMAs (the two are not synchronised). A warpgroup whose 64 rows are all padding (the second
+  half of an expert's last tile, when that holds <= 64 rows) only passes the stages on: no MMA;
 - epilogue per warpgroup: SwiGLU, hi = fp8(C / s_hi), lo = fp8((C - hi s_hi) / s_lo) per row and 128
   columns (the math of `_shared/quant.quant_block`, written again here: Gluon cannot call Triton
   functions; SHARED_LO: s_lo = s_hi, GEMM_NOTES.md v19), stored at the tile's own rows (padding rows are
@@ -107,6 +108,27 @@ if HAVE_GLUON:
         return acc, part
 
     @gluon.jit
+    def half_is_padding(rid_ptr, item, n_tiles, NI, GROUP_M, WG: gl.constexpr):
+        """True when warpgroup WG's 64 rows of work item `item`'s tile (items numbered by
+        `_gl_grouped_tile`, NI column blocks a tile; past the last item: the last) are all padding: an
+        expert's rows fill its tiles from the first row on, so its last tile's second half is empty when
+        it holds 64 rows or fewer."""
+        tile, _ = _gl_grouped_tile(gl.minimum(item, n_tiles * NI - 1), n_tiles, NI, GROUP_M)
+        return gl.load(rid_ptr + tile * (2 * HALF_M) + WG * HALF_M) < 0
+
+    @gluon.jit
+    def pass_stages(ready, empty, it, NKB):
+        """A consumer's K loop without its MMAs (rows all padding: the accumulators stay zero): each
+        stage waited for and released, so the ring stays in step with the producer and the other
+        consumer. Returns the stage counter."""
+        STAGES: gl.constexpr = ready.shape[0]
+        for i in range(it, it + NKB):
+            s = i % STAGES
+            mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+            mbarrier.arrive(empty.index(s), count=1)
+        return it + NKB
+
+    @gluon.jit
     def _quant(c):
         """fp8 values (as fp32, clamped) and scales (amax / 448; 0 for an all-zero row) per row of c."""
         amax = gl.max(gl.abs(c), axis=1)
@@ -116,9 +138,11 @@ if HAVE_GLUON:
         return q, scale
 
     @gluon.jit
-    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr, WG: gl.constexpr):  # fmt: skip
-        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile."""
+    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
+                  cq_ptr, cs_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr,
+                  WG: gl.constexpr):  # fmt: skip
+        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile (SKIP_PADDING: no MMA where they are
+        all padding; the other warpgroup then has the tensor cores to itself)."""
         BK: gl.constexpr = 128
         NKB = H // BK
         NJ = I // BJ
@@ -127,6 +151,7 @@ if HAVE_GLUON:
         cols = gl.arange(0, BJ, layout=ACC_COLS)
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
+        idle_next = half_is_padding(rid_ptr, gl.program_id(0), n_tiles, NJ, GROUP_M, WG)  # unused without SKIP_PADDING
         for item in range(gl.program_id(0), n_tiles * NJ, gl.num_programs(0)):
             tile, jb = _gl_grouped_tile(item, n_tiles, NJ, GROUP_M)
             e = gl.load(tile_expert_ptr + tile)
@@ -135,17 +160,24 @@ if HAVE_GLUON:
             acc_u = gl.zeros([HALF_M, BJ], gl.float32, ACC)
             acc_g = gl.zeros([HALF_M, BJ], gl.float32, ACC)
             spare = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # the partial's registers (values unused)
-            for kb in range(NKB):
-                s = it % STAGES
-                mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                sa = sa_rows.index(2 * s + WG).load(ACC_ROWS)
-                su = gl.load(su_ptr + kb)
-                sg = gl.load(sg_ptr + kb)
-                a_smem = a_bufs.index(2 * s + WG)
-                acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
-                acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
-                mbarrier.arrive(empty.index(s), count=1)
-                it += 1
+            idle = False
+            if SKIP_PADDING:  # the flag loaded an item ahead: its latency stays off the item's start
+                idle = idle_next
+                idle_next = half_is_padding(rid_ptr, item + gl.num_programs(0), n_tiles, NJ, GROUP_M, WG)
+            if idle:
+                it = pass_stages(ready, empty, it, NKB)  # C = 0 below, as the MMAs of zero rows would give
+            else:
+                for kb in range(NKB):
+                    s = it % STAGES
+                    mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                    sa = sa_rows.index(2 * s + WG).load(ACC_ROWS)
+                    su = gl.load(su_ptr + kb)
+                    sg = gl.load(sg_ptr + kb)
+                    a_smem = a_bufs.index(2 * s + WG)
+                    acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
+                    acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
+                    mbarrier.arrive(empty.index(s), count=1)
+                    it += 1
             # epilogue: SwiGLU and the hi/lo pair, stored at the tile's rows (cq_perm, cs_perm)
             p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=ACC_ROWS)
             c = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
@@ -164,16 +196,18 @@ if HAVE_GLUON:
             gl.store(cs_ptr + (2 * jb + 1) * MP + p, s_lo)
 
     @gluon.jit
-    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                    cs_ptr, GROUP_M, H, I, MP, SHARED_LO):  # fmt: skip
+    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
+                    cq_ptr, cs_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
-        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                  cs_ptr, GROUP_M, H, I, MP, SHARED_LO, 1)  # fmt: skip
+        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
+                  cq_ptr, cs_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING, 1)  # fmt: skip
 
     @gluon.jit
-    def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, H, I, MP,
+    def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, cq_ptr, cs_ptr, H,
+                           I, MP,
                            GROUP_M: gl.constexpr, STAGES: gl.constexpr, SHARED_LO: gl.constexpr,
-                           CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
+                           SKIP_PADDING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           PRODUCER_REGS: gl.constexpr):  # fmt: skip
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
         sa_bufs = gl.allocate_shared_memory(sa_desc.dtype, [2 * STAGES, 1, HALF_M], sa_desc.layout)
         u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BJ, 128], w_desc.layout)
@@ -183,8 +217,8 @@ if HAVE_GLUON:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, cq_ptr,
-                         cs_ptr, GROUP_M, H, I, MP, SHARED_LO)  # fmt: skip
+        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
+                         cq_ptr, cs_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING)  # fmt: skip
         producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
                          n_tiles_ptr, GROUP_M, H, I)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
@@ -193,12 +227,13 @@ if HAVE_GLUON:
 
 def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
     """The GEMM1 launch of large-T workspace `ws` on `sms` SMs (C's lo term in hi's scale if
-    `ws.shared_lo_scale`). 4 + 4 + 1 warps in three warpgroups: 168 registers x 384 threads fit 64K,
-    and setmaxnreg moves the producer's spare ones to the consumers."""
+    `ws.shared_lo_scale`; no MMA on all-padding halves if `ws.skip_padding_halves`). 4 + 4 + 1 warps in
+    three warpgroups: 168 registers x 384 threads fit 64K, and setmaxnreg moves the producer's spare ones
+    to the consumers."""
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
     items = ws.perm_max_tiles * (ws.I // COLUMNS)
-    consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, CONSUMER_REGS=consumer_regs,
-                  PRODUCER_REGS=producer_regs)  # fmt: skip
+    consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, SKIP_PADDING=ws.skip_padding_halves,
+                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 
@@ -215,5 +250,5 @@ def arguments(ws, gemm1_weights, gemm1_weights_scale) -> tuple:
     NL, N1, H = gemm1_weights.shape
     f = ws.gemm1_fixed
     w_desc = GluonTensorDescriptor.from_tensor(gemm1_weights.view(NL * N1, H), [COLUMNS, 128], f["w_layout"])
-    return (f["a"], w_desc, f["sa"], gemm1_weights_scale, ws.tile_expert, ws.n_tiles, ws.cq_perm, ws.cs_perm, H,
-            N1 // 2, ws.sa_perm.shape[1])  # fmt: skip
+    return (f["a"], w_desc, f["sa"], gemm1_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.cq_perm,
+            ws.cs_perm, H, N1 // 2, ws.sa_perm.shape[1])  # fmt: skip

@@ -36,7 +36,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from .gemm1_gluon import ACC, ACC_COLS, ACC_ROWS, _promote_block, row_scale_vectors
+    from .gemm1_gluon import ACC, ACC_COLS, ACC_ROWS, _promote_block, half_is_padding, pass_stages, row_scale_vectors
     from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scaled_descriptors
 
 TOPK = tl.constexpr(TOP_K)
@@ -111,9 +111,10 @@ if HAVE_GLUON:
     @gluon.jit
     def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
                   w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO: gl.constexpr,
-                  WG: gl.constexpr):  # fmt: skip
+                  SKIP_PADDING: gl.constexpr, WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile; BN = 256 columns as two 128-column
-        accumulators on the two halves of the W2 tile (three fp32 tiles with the partial, as GEMM1)."""
+        accumulators on the two halves of the W2 tile (three fp32 tiles with the partial, as GEMM1). No
+        MMA where the rows are all padding if SKIP_PADDING (the epilogue then stores nothing), as in GEMM1."""
         BK: gl.constexpr = 128
         BN: gl.constexpr = w_bufs.shape[1]
         TWO: gl.constexpr = BN == 2 * BJ
@@ -124,6 +125,7 @@ if HAVE_GLUON:
         cols = gl.arange(0, BJ, layout=ACC_COLS)
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
+        idle_next = half_is_padding(rid_ptr, gl.program_id(0), n_tiles, NHB, GROUP_M, WG)  # unused without SKIP_PADDING
         for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
             tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
             e = gl.load(tile_expert_ptr + tile)
@@ -131,25 +133,32 @@ if HAVE_GLUON:
             acc0 = gl.zeros([HALF_M, BJ], gl.float32, ACC)
             acc1 = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # BN = 256: columns 128-255
             spare = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # the partial's registers (values unused)
-            for kb in range(NKB):
-                s = it % STAGES
-                mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                s_hi = cs_rows.index(4 * s + 2 * WG).load(ACC_ROWS)
-                c_hi = c_bufs.index(4 * s + 2 * WG)
-                c_lo = c_bufs.index(4 * s + 2 * WG + 1)
-                w_smem = w_bufs.index(s)
-                sw = gl.load(sw_ptr + kb)
-                if SHARED_LO:  # the lo term's scale is the hi term's (not loaded)
-                    s_lo = s_hi
-                else:
-                    s_lo = cs_rows.index(4 * s + 2 * WG + 1).load(ACC_ROWS)
-                acc0, spare = _promote_c(c_hi, c_lo, w_smem.slice(0, BJ), spare, acc0, s_hi, s_lo, sw, SHARED_LO)
-                if TWO:
-                    sw1 = gl.load(sw_ptr + NKB + kb)
-                    acc1, spare = _promote_c(c_hi, c_lo, w_smem.slice(BJ, BJ), spare, acc1, s_hi, s_lo, sw1,
-                                             SHARED_LO)  # fmt: skip
-                mbarrier.arrive(empty.index(s), count=1)
-                it += 1
+            idle = False
+            if SKIP_PADDING:  # loaded an item ahead, as in GEMM1
+                idle = idle_next
+                idle_next = half_is_padding(rid_ptr, item + gl.num_programs(0), n_tiles, NHB, GROUP_M, WG)
+            if idle:
+                it = pass_stages(ready, empty, it, NKB)
+            else:
+                for kb in range(NKB):
+                    s = it % STAGES
+                    mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                    s_hi = cs_rows.index(4 * s + 2 * WG).load(ACC_ROWS)
+                    c_hi = c_bufs.index(4 * s + 2 * WG)
+                    c_lo = c_bufs.index(4 * s + 2 * WG + 1)
+                    w_smem = w_bufs.index(s)
+                    sw = gl.load(sw_ptr + kb)
+                    if SHARED_LO:  # the lo term's scale is the hi term's (not loaded)
+                        s_lo = s_hi
+                    else:
+                        s_lo = cs_rows.index(4 * s + 2 * WG + 1).load(ACC_ROWS)
+                    acc0, spare = _promote_c(c_hi, c_lo, w_smem.slice(0, BJ), spare, acc0, s_hi, s_lo, sw, SHARED_LO)
+                    if TWO:
+                        sw1 = gl.load(sw_ptr + NKB + kb)
+                        acc1, spare = _promote_c(c_hi, c_lo, w_smem.slice(BJ, BJ), spare, acc1, s_hi, s_lo, sw1,
+                                                 SHARED_LO)  # fmt: skip
+                    mbarrier.arrive(empty.index(s), count=1)
+                    it += 1
             p = tile * (2 * HALF_M) + WG * HALF_M + gl.arange(0, HALF_M, layout=ACC_ROWS)
             h = hb * BN + cols
             _epilogue(acc0, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off)
@@ -158,15 +167,15 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                    w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO):  # fmt: skip
+                    w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, SKIP_PADDING):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
         _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, 1)  # fmt: skip
+                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, SKIP_PADDING, 1)  # fmt: skip
 
     @gluon.jit(do_not_specialize=["local_off"])  # `Kernel.fast` reuses the first compile for every offset
     def gemm2_gluon_kernel(c_desc, w_desc, cs_desc, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr, w_ptr,
                            out_ptr, obuf_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                           SHARED_LO: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            PRODUCER_REGS: gl.constexpr):  # fmt: skip
         c_bufs = gl.allocate_shared_memory(c_desc.dtype, [4 * STAGES, HALF_M, 128], c_desc.layout)
         cs_bufs = gl.allocate_shared_memory(cs_desc.dtype, [4 * STAGES, 1, HALF_M], cs_desc.layout)
@@ -177,7 +186,7 @@ if HAVE_GLUON:
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
         consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                         w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO)  # fmt: skip
+                         w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, SKIP_PADDING)  # fmt: skip
         producer_args = (c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
                          GROUP_M, H, I, SHARED_LO)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
@@ -193,7 +202,8 @@ def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_r
     assert n in (BJ, 2 * BJ) and ws.H % n == 0, n
     items = ws.perm_max_tiles * (ws.H // n)
     consts = dict(GROUP_M=group_m, STAGES=stages or (4 if n == BJ else 3), SHARED_LO=ws.shared_lo_scale,
-                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
+                  SKIP_PADDING=ws.skip_padding_halves, CONSUMER_REGS=consumer_regs,
+                  PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 

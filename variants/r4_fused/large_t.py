@@ -31,7 +31,7 @@ class Workspace(Rung3Workspace):
     permuted activations, the permuted C and the permute and two Gluon GEMM launches."""
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8,
-                 shared_lo_scale=True):  # fmt: skip
+                 shared_lo_scale=True, skip_padding_halves=True):  # fmt: skip
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -53,6 +53,9 @@ class Workspace(Rung3Workspace):
         # C's lo term stored in its hi term's scale: GEMM2 sums hi and lo in one wgmma group and promotes once
         # per I block (v18-v19: the layer -4..-7%); False: rung 3's pair, each term in its own scale
         self.shared_lo_scale = shared_lo_scale
+        # a GEMM consumer warpgroup whose 64 rows are all padding issues no MMA (v51); False: as before, for
+        # comparisons (the output is the same bits either way)
+        self.skip_padding_halves = skip_padding_halves
         self.k_permute = permute.launch_for(self)
         # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
         self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
