@@ -315,7 +315,7 @@ def test_compile_plan_lists_each_buckets_launches(built):
     for name, fn, args, consts, opts in mod.compile_plan(14107, 100, sms=148):
         assert len(args) + len(consts) == len(fn.arg_names), name
         assert all(a.device.type == "meta" for a in args if isinstance(a, torch.Tensor)), name
-        assert opts["num_warps"] in (1, 2, 4, 8), name  # routing at T > 2048: 2 warps (tile_table)
+        assert opts["num_warps"] in (1, 2, 4, 8, 16), name  # T > 2048: routing 1 warp, sort 16 (tile_table)
     (gemm1,) = [p for p in mod.compile_plan(14107, 100, sms=148) if p[0] == "gemm1"]
     assert gemm1[3]["BM"] == 64 and gemm1[3]["USE_LIBDEVICE"]  # compiled as for a GPU
 
