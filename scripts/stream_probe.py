@@ -95,6 +95,58 @@ def stream_kernel(w_ptr, w_desc, ws_ptr, a_ptr, a_desc, as_ptr, out_ptr, n_items
         tl.store(out_ptr + item * (128 * BM) + rn[:, None] * BM + tok[None, :], acc)  # < 2**31 elements
 
 
+@triton.jit
+def tile_at(j, KC: tl.constexpr, NRB, step):
+    """(row block, K block) of a program's j-th K block in register_stream_kernel (its items in
+    stream_kernel's plain order, KC blocks each)."""
+    item = tl.program_id(0) + (j // KC) * step
+    return item % NRB, (item // NRB) * KC + j % KC
+
+
+@triton.jit
+def register_stream_kernel(w_ptr, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM: tl.constexpr, KC: tl.constexpr,
+                           AHEAD: tl.constexpr, EVICT: tl.constexpr):  # fmt: skip
+    """stream_kernel's items and math (plain item order, pointers, the dot and both scales) with the
+    weight tiles loaded into registers AHEAD (1 or 2) K blocks before their dot, by hand, instead of
+    by the pipeliner's cp.async: a plain load keeps its L2 eviction hint (Triton 3.6 drops it on
+    cp.async, in Triton and in Gluon alike), so with EVICT = "evict_first" the weights should not push
+    the dirty lines the harness's flush leaves out of the L2 during the call. The prefetch crosses item
+    boundaries (the next item's first blocks load under this item's last dots)."""
+    NKB: tl.constexpr = 7168 // 128
+    NRB = R // 128
+    rn = tl.arange(0, 128)
+    kk = tl.arange(0, 128)
+    tok = tl.arange(0, BM)
+    step = tl.num_programs(0)
+    n_mine = tl.cdiv(n_items - tl.program_id(0), step) * KC  # this program's K blocks, all its items
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * 7168 + kk[None, :]
+
+    rb, kb = tile_at(0, KC, NRB, step)
+    w_next = tl.load(w_rows + (rb * 128).to(tl.int64) * 7168 + kb * 128, mask=n_mine > 0, eviction_policy=EVICT)
+    rb, kb = tile_at(1, KC, NRB, step)
+    w_next2 = tl.load(w_rows + (rb * 128).to(tl.int64) * 7168 + kb * 128, mask=(AHEAD == 2) & (n_mine > 1),
+                      eviction_policy=EVICT)  # fmt: skip
+    acc = tl.zeros((128, BM), tl.float32)
+    for j in tl.range(0, n_mine, num_stages=1):  # no pipeliner: the loads below are the prefetch
+        w = w_next
+        rb, kb = tile_at(j + AHEAD, KC, NRB, step)
+        ahead = tl.load(w_rows + (rb * 128).to(tl.int64) * 7168 + kb * 128, mask=j + AHEAD < n_mine,
+                        eviction_policy=EVICT)  # fmt: skip
+        if AHEAD == 2:
+            w_next = w_next2
+            w_next2 = ahead
+        else:
+            w_next = ahead
+        rb, kb = tile_at(j, KC, NRB, step)
+        a = tl.load(a_ptr + tok[None, :] * 7168 + kb * 128 + kk[:, None])  # [BK, BM]
+        s = tl.load(ws_ptr + rb * NKB + kb) * tl.load(as_ptr + kb * BM + tok)
+        acc += tl.dot(w, a) * s[None, :]
+        if j % KC == KC - 1:
+            item = tl.program_id(0) + (j // KC) * step
+            tl.store(out_ptr + item * (128 * BM) + rn[:, None] * BM + tok[None, :], acc)
+            acc = tl.zeros((128, BM), tl.float32)
+
+
 def reference(w, ws, a, as_, n_items, shape):
     """out[i] in fp32 from torch, item by item as the kernel numbers them."""
     nrb, nkb, kc = w.shape[0] // 128, H // 128, shape["kc"]
@@ -118,16 +170,22 @@ def parse_shape(spec: str) -> tuple[str, dict]:
     # ctas: per SM at most (0: all that fit); k_first, contig, dot: stream_kernel's K_FIRST, CONTIG, DOT
     # evict: 1 loads the weights with L2 policy evict_first (pointer loads only); ws: 1 warp-specializes
     # the K loop (stream_kernel's WS); gluon: 1 runs the hand-written load-only producer instead
-    # (stream_probe_gluon.py: TMA, 4 + 4 + 1 warps; stages and kc apply, the other loop fields do not)
+    # (stream_probe_gluon.py: TMA, 4 + 4 + 1 warps; stages and kc apply, the other loop fields do not);
+    # reg: 1 or 2 runs register_stream_kernel instead (weights by plain loads that many K blocks ahead:
+    # warps, kc, ctas and evict apply)
     shape = {"tma": 0, "stages": 4, "warps": 4, "scales": 1, "kc": 8, "ctas": 0, "k_first": 0, "contig": 0, "dot": 1,
-             "evict": 0, "ws": 0, "gluon": 0}  # fmt: skip
+             "evict": 0, "ws": 0, "gluon": 0, "reg": 0}  # fmt: skip
     for item in filter(None, fields.split(",")):
         k, _, v = item.partition("=")
         if k not in shape:
             raise SystemExit(f"--try {spec}: {k} is not one of {', '.join(shape)}")
         shape[k] = int(v)
-    if shape["gluon"] and (shape["k_first"] or shape["contig"] or not shape["dot"] or not shape["scales"]):
-        raise SystemExit(f"--try {spec}: the Gluon loop has the plain item order, the dot and the scales only")
+    other_loop = any(shape[k] for k in ("k_first", "contig", "tma", "ws")) or not (shape["dot"] and shape["scales"])
+    if (shape["gluon"] or shape["reg"]) and other_loop:
+        raise SystemExit(f"--try {spec}: the Gluon and register loops have the plain item order, pointers, the dot "
+                         "and the scales only")  # fmt: skip
+    if shape["reg"] not in (0, 1, 2) or (shape["reg"] and shape["gluon"]):
+        raise SystemExit(f"--try {spec}: reg is 0, 1 or 2, and not with gluon")
     return name, shape
 
 
@@ -177,6 +235,11 @@ def launch(shape: dict, w, ws, a, as_, out, grid: int):
     """One call of the probe kernel for `shape` over every item (out: [n_items, 128, BM])."""
     if shape["gluon"]:
         return gluon_loop().launch(w, ws, a, as_, out, grid, shape["kc"], shape["stages"])
+    if shape["reg"]:
+        return register_stream_kernel[(grid,)](
+            w, ws, a, as_, out, out.shape[0], w.shape[0], BM=a.shape[0], KC=shape["kc"], AHEAD=shape["reg"],
+            EVICT="evict_first" if shape["evict"] else "", num_warps=shape["warps"],
+        )  # fmt: skip
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     desc = TensorDescriptor.from_tensor(w.view(-1, 128) if shape["contig"] else w, [BN, BK]) if shape["tma"] else w

@@ -24,7 +24,7 @@ def probe(load_script):
     "spec",
     ["p:tma=0,kc=8", "t:tma=1,kc=28", "t0:tma=1,scales=0,kc=8", "p0:scales=0,kc=56", "pk:k_first=1,kc=8",
      "pc:contig=1,k_first=1,kc=4", "tc:tma=1,contig=1,kc=8", "ps:dot=0,kc=8", "ts:tma=1,dot=0,contig=1,kc=28",
-     "tw:tma=1,ws=1,kc=8"],
+     "tw:tma=1,ws=1,kc=8", "r1:reg=1,kc=8", "r2:reg=2,evict=1,kc=4", "r2w:reg=2,kc=56"],
 )  # fmt: skip
 def test_every_item_matches_torch(probe, spec):
     _, shape = probe.parse_shape(spec)
@@ -40,8 +40,12 @@ def test_every_item_matches_torch(probe, spec):
 def test_a_bad_field_is_one_clear_error(probe):
     with pytest.raises(SystemExit, match="nope is not one of"):
         probe.parse_shape("x:nope=1")
-    with pytest.raises(SystemExit, match="the Gluon loop has the plain item order"):
+    with pytest.raises(SystemExit, match="the Gluon and register loops have the plain item order"):
         probe.parse_shape("g:gluon=1,k_first=1")
+    with pytest.raises(SystemExit, match="the Gluon and register loops have the plain item order"):
+        probe.parse_shape("r:reg=1,tma=1")
+    with pytest.raises(SystemExit, match="reg is 0, 1 or 2"):
+        probe.parse_shape("r:reg=3")
 
 
 @pytest.mark.slow
