@@ -107,6 +107,28 @@ def test_padding_halves_without_mma_give_the_same_bits(r4):
     assert torch.equal(cs[0][0], cs[1][0]) and torch.equal(cs[0][1], cs[1][1])
 
 
+def test_no_local_expert_hit_gives_exact_zeros(r4):
+    """A large-T call in which no token picks a local expert (their routing bias pushed far down): no
+    permuted tile at all, so the Gluon GEMMs run no item; every output row is an exact zero, as the
+    reference's."""
+    ds, mod, large_t = r4
+    w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == 11948)
+    torch.manual_seed(3)
+    inp = inputs.generate(ds, w, "cuda", "contest")
+    off = int(inp[8])
+    bias = inp[1].clone()
+    bias[off:off + 32] = -1e4  # the 32 local experts never make a token's top 8
+    inp[1] = bias
+    run = mod.Runner(large_t_gluon=True)
+    for _ in range(2):  # the first call through the dispatcher, the next through the C launchers
+        out = run(*inp, _empty(inp))
+        torch.cuda.synchronize()
+        (ws,) = [ws for ws in run.workspaces.values() if isinstance(ws, large_t.Workspace)]
+        assert int(ws.n_tiles[0]) == 0
+        assert not out.isnan().any() and not out.any()
+    assert not reference.forward(*inp).any()
+
+
 def _dequantized_c(cq, cs, inter):
     """C in fp32 ([rows, I]) from the hi/lo pair (cq [rows, 2I] as the fp8 bytes: hi then lo per 128
     block) and its scales (cs [rows, 2I/128], hi then lo per block)."""

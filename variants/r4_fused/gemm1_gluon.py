@@ -112,8 +112,10 @@ if HAVE_GLUON:
         """True when warpgroup WG's 64 rows of work item `item`'s tile (items numbered by
         `_gl_grouped_tile`, NI column blocks a tile; past the last item: the last) are all padding: an
         expert's rows fill its tiles from the first row on, so its last tile's second half is empty when
-        it holds 64 rows or fewer."""
-        tile, _ = _gl_grouped_tile(gl.minimum(item, n_tiles * NI - 1), n_tiles, NI, GROUP_M)
+        it holds 64 rows or fewer. With no tiles at all it reads tile 0's row: a valid address, and no
+        item loop runs to use the answer."""
+        n = gl.maximum(n_tiles, 1)
+        tile, _ = _gl_grouped_tile(gl.minimum(item, n * NI - 1), n, NI, GROUP_M)
         return gl.load(rid_ptr + tile * (2 * HALF_M) + WG * HALF_M) < 0
 
     @gluon.jit
@@ -204,8 +206,7 @@ if HAVE_GLUON:
 
     @gluon.jit
     def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, cq_ptr, cs_ptr, H,
-                           I, MP,
-                           GROUP_M: gl.constexpr, STAGES: gl.constexpr, SHARED_LO: gl.constexpr,
+                           I, MP, GROUP_M: gl.constexpr, STAGES: gl.constexpr, SHARED_LO: gl.constexpr,
                            SKIP_PADDING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            PRODUCER_REGS: gl.constexpr):  # fmt: skip
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
