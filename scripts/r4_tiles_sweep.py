@@ -273,6 +273,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error(f"--rounds {args.rounds}: at least 1")
+    if args.kernel_rounds < 0:
+        ap.error(f"--kernel-rounds {args.kernel_rounds}: 0 (off) or more")
     from flashinfer_bench.bench.timing import do_bench
 
     ds = dataset.load(DEFINITION)
