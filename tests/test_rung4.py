@@ -208,6 +208,34 @@ def test_tied_routing_through_the_whole_call_at_the_last_rank(ds, built):
     assert torch.equal(experts.cpu(), reference.route(logits, bias, inp[9])[0])
 
 
+@pytest.mark.parametrize(
+    "T, changes",
+    [(3, {}), (7, {}), (16, dict(sorted_rows=True, swapped=True, split_k=2)), (40, dict(stream_k=True))],
+    ids=["stream-k-route-all", "routing-items", "sorted-split-k", "stream-k-many"],
+)
+def test_no_local_expert_hit_gives_exact_zeros(ds, built, monkeypatch, T, changes):
+    """No token picks a local expert (their routing bias pushed far down): no tile, no GEMM item, and
+    every output row an exact zero from one launch, the counters left at zero for the next call."""
+    _, mod, tiles_mod, persistent = built
+    torch.manual_seed(11)
+    inp = inputs.generate(ds, _workload(ds, T), DEVICE, "quantized")
+    off, nl = int(inp[8]), inp[4].shape[0]
+    inp[1] = inp[1].clone()
+    inp[1][off:off + nl] = -1e4
+    experts, _ = reference.route(inp[0], inp[1], inp[9])
+    assert not ((experts >= off) & (experts < off + nl)).any()
+    launches = []
+    real_slow = persistent.Kernel.slow
+    monkeypatch.setattr(persistent.Kernel, "slow", lambda self, *a: launches.append(1) or real_slow(self, *a))
+    runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(T), **changes))
+    out = torch.full((T, inp[2].shape[1]), float("nan"), dtype=torch.bfloat16, device=inp[2].device)
+    assert runner(*inp, out) is out
+    assert len(launches) == 1
+    assert not out.isnan().any() and not out.float().abs().sum().item()
+    (ws,) = runner.workspaces.values()
+    assert int(ws.sync.abs().sum()) == 0 and int(ws.ticket.abs().sum()) == 0
+
+
 def test_tile_table_and_geometry_checks(built):
     _, _, tiles_mod, persistent = built
     assert tiles_mod.tiles_for(1).route_in_every_program and not tiles_mod.tiles_for(7).route_in_every_program
