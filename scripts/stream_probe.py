@@ -104,6 +104,14 @@ def tile_at(j, KC: tl.constexpr, NRB, step):
 
 
 @triton.jit
+def weight_tile(w_rows, j, valid, KC: tl.constexpr, NRB, step, EVICT: tl.constexpr):
+    """The [128, 128] weight tile of a program's j-th K block (`tile_at`) by a plain load (none if not
+    `valid`), with the L2 eviction policy EVICT."""
+    rb, kb = tile_at(j, KC, NRB, step)
+    return tl.load(w_rows + (rb * 128).to(tl.int64) * 7168 + kb * 128, mask=valid, eviction_policy=EVICT)
+
+
+@triton.jit
 def register_stream_kernel(w_ptr, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM: tl.constexpr, KC: tl.constexpr,
                            AHEAD: tl.constexpr, EVICT: tl.constexpr):  # fmt: skip
     """stream_kernel's items and math (plain item order, pointers, the dot and both scales) with the
@@ -121,17 +129,12 @@ def register_stream_kernel(w_ptr, ws_ptr, a_ptr, as_ptr, out_ptr, n_items, R, BM
     n_mine = tl.cdiv(n_items - tl.program_id(0), step) * KC  # this program's K blocks, all its items
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * 7168 + kk[None, :]
 
-    rb, kb = tile_at(0, KC, NRB, step)
-    w_next = tl.load(w_rows + (rb * 128).to(tl.int64) * 7168 + kb * 128, mask=n_mine > 0, eviction_policy=EVICT)
-    rb, kb = tile_at(1, KC, NRB, step)
-    w_next2 = tl.load(w_rows + (rb * 128).to(tl.int64) * 7168 + kb * 128, mask=(AHEAD == 2) & (n_mine > 1),
-                      eviction_policy=EVICT)  # fmt: skip
+    w_next = weight_tile(w_rows, 0, n_mine > 0, KC, NRB, step, EVICT)
+    w_next2 = weight_tile(w_rows, 1, (AHEAD == 2) & (n_mine > 1), KC, NRB, step, EVICT)
     acc = tl.zeros((128, BM), tl.float32)
     for j in tl.range(0, n_mine, num_stages=1):  # no pipeliner: the loads below are the prefetch
         w = w_next
-        rb, kb = tile_at(j + AHEAD, KC, NRB, step)
-        ahead = tl.load(w_rows + (rb * 128).to(tl.int64) * 7168 + kb * 128, mask=j + AHEAD < n_mine,
-                        eviction_policy=EVICT)  # fmt: skip
+        ahead = weight_tile(w_rows, j + AHEAD, j + AHEAD < n_mine, KC, NRB, step, EVICT)
         if AHEAD == 2:
             w_next = w_next2
             w_next2 = ahead
