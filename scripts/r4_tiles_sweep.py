@@ -4,7 +4,8 @@
 
 Every shape starts from the tile table's entry for that T with the named fields replaced. Above the
 fused path's T (11948, 14107) there are no tiles to try: the two large-T paths are timed instead, rung
-3's kernels and `Runner(large_t_gluon=True)` (issue 8's grouped Gluon GEMMs, sm_90). Each one is
+3's kernels and `Runner(large_t_gluon=True)` (issue 8's grouped Gluon GEMMs, sm_90); `--large-path` times
+those two at the fused path's T as well, beside its tile shapes (`Runner(fused_max_t=0)`). Each one is
 checked on fresh contest-style inputs (NaN-poisoned output, relative L2 error against the fp32
 reference, a repeated call; with `--stress N`, N more calls on fresh inputs, each checked): a wrong one
 (`accuracy_problem`) is an ERROR row, not timed, and the sweep exits 1. The others are timed as the
@@ -259,6 +260,8 @@ def main() -> int:
     ap.add_argument("--try", dest="tries", action="append", default=[], help="NAME:field=value,...")
     large_help = "NAME:field=value,... above the fused T: rung 3 tiles, " + ", ".join(GLUON_FIELDS)
     ap.add_argument("--large-try", dest="large_tries", action="append", default=[], help=large_help)  # fmt: skip
+    ap.add_argument("--large-path", action="store_true",
+                    help="at the fused path's T, also time the two large-T paths (rung 3's kernels, the Gluon GEMMs)")
     ap.add_argument("--variant", default="r4-fused-persistent")
     ap.add_argument("--trace", action="store_true", help="also run each shape with its work-item trace on")
     ap.add_argument("--stages", action="store_true", help="also time each kernel of one call (torch.profiler)")
@@ -295,11 +298,12 @@ def main() -> int:
         base = None if large else tiles_mod.tiles_for(T, cap)
         launch_us = empty_launch_us()
         ready = []  # (row, runner, setup) of every shape that computed the right layer
-        for name, fields in LARGE_T_PATHS + large_tries if large else tries:
+        forced = [(name, {**fields, "fused_max_t": 0}) for name, fields in LARGE_T_PATHS] if args.large_path else []
+        for name, fields in LARGE_T_PATHS + large_tries if large else tries + forced:
             row = dict(T=T, uuid=w.workload.uuid, name=name, fields=fields, empty_launch_us=launch_us)
             rows.append(row)
             try:
-                if (name, fields) in LARGE_T_PATHS:
+                if (name, fields) in LARGE_T_PATHS + forced:
                     runner = mod.Runner(**fields)
                 elif large:  # rung 3's tile fields into the large-T workspace's tiles, the rest its own arguments
                     ws_args = {k: v for k, v in fields.items() if k in GLUON_FIELDS}
@@ -343,7 +347,7 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
         time_rounds(ready, args.rounds, lambda runner, setup: do_bench(
             lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all"))  # fmt: skip
-        if large and args.kernel_rounds:
+        if (large or forced) and args.kernel_rounds:
             flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # do_bench's: 256 MB of zeros
             kernel_rounds(ready, args.kernel_rounds, functools.partial(kernel_spans, flush=flush))
         for row, runner, setup in ready:

@@ -27,10 +27,12 @@ class Runner:
     `Runner(tiles)` forces one tile shape for every T (for experiments; see scripts/r4_tiles_sweep.py);
     `Runner(large_t_gluon=False)` keeps rung 3's kernels above the fused T even where the Gluon large-T
     path runs (sm_90), for comparisons; `Runner(large_t_args={...})` builds its large-T workspaces with
-    those arguments of `large_t.Workspace` (tiles, gemm2_columns, ...: experiments)."""
+    those arguments of `large_t.Workspace` (tiles, gemm2_columns, ...: experiments); `Runner(fused_max_t=n)`
+    takes the large-T path above n tokens instead of above MAX_FUSED_T (experiments)."""
 
-    def __init__(self, tiles=None, large_t_gluon=True, large_t_args=None):
+    def __init__(self, tiles=None, large_t_gluon=True, large_t_args=None, fused_max_t=MAX_FUSED_T):
         self.tiles = tiles
+        self.fused_max_t = fused_max_t
         self.large_t_gluon = large_t_gluon
         self.large_t_args = large_t_args or {}
         self.workspaces: dict = {}
@@ -81,7 +83,7 @@ class Runner:
         NL, N1, H = gemm1_weights.shape
         if T == 0:
             return output
-        if T > MAX_FUSED_T:
+        if T > self.fused_max_t:
             self.last = None
             large_t_call = run_rung3
             if self.large_t_gluon and gluon_supported(hidden_states.device):
