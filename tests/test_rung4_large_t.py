@@ -50,13 +50,14 @@ def _workspace(large_t, inp, **workspace_args):
     return large_t.Workspace(inp[2].device, T, E, NL, H, N1 // 2, 90, tiles=tiles, **workspace_args)
 
 
-def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_perm, cq, cs, H, inter, MP,
-                        shared_lo=False):  # fmt: skip
+def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_perm, cq, cs, tile_done, H, inter,
+                        MP, shared_lo=False):  # fmt: skip
     """What the Gluon GEMM1 writes, from its launch arguments: per tile t of expert tile_expert[t],
     G1 = sum over K blocks of (A_perm @ W1[e]^T) * sa_perm * w1_scale, SwiGLU, the hi/lo pair of each
     128-column block at the tile's own rows (cq [MP, 2I]: hi then lo per block; cs [2I/128, MP]; with
     `shared_lo` the lo term in the hi term's scale). Padding rows (rid_perm -1) hold zeros in A_perm, so
-    their C is zero as the kernel writes it, whether or not it runs their MMAs."""
+    their C is zero as the kernel writes it, whether or not it runs their MMAs. Each tile's C done, its
+    count in tile_done goes up by the kernel's signals: one per consumer warpgroup and column block."""
     nkb = H // BLOCK
     w1 = w_desc.base.view(-1, 2 * inter, H)
     for t in range(int(n_tiles[0])):
@@ -73,19 +74,23 @@ def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_
         pair = torch.stack([hi.view(BLOCK, nj, BLOCK), lo.view(BLOCK, nj, BLOCK)], dim=2)  # per block: hi, lo
         cq.view(torch.uint8)[rows] = pair.reshape(BLOCK, 2 * inter).to(torch.float8_e4m3fn).view(torch.uint8)
         cs[:, rows] = torch.stack([s_hi, s_lo], dim=2).reshape(BLOCK, 2 * nj).t()
+        tile_done[t] += 2 * nj
 
 
-def grouped_gemm2_model(c_desc, w_desc, cs_desc, w2s, tile_expert, n_tiles, rid_perm, ids, w, out, obuf, H, inter, NL,
-                        local_off):  # fmt: skip
+def grouped_gemm2_model(c_desc, w_desc, cs_desc, w2s, tile_expert, n_tiles, rid_perm, ids, w, out, obuf, tile_done,
+                        H, inter, NL, local_off):  # fmt: skip
     """What the Gluon GEMM2 writes, from its launch arguments: per tile, O = sum over C's K blocks (hi and
     lo of each I block) of (C @ W2[e]^T) * c_scale * w2_scale, times the routing weight; the bf16 row at
-    the token's output row (one local expert) or parked at its row id (several)."""
+    the token's output row (one local expert) or parked at its row id (several). A tile is read only when
+    tile_done holds all of GEMM1's signals for it, as the kernel waits for them (the count the permute
+    zeroed plus GEMM1's: a count left from an earlier call would let the kernel read C too early)."""
     nkb = inter // BLOCK
     w2 = w_desc.base.view(-1, H, inter)
     c_all, s_all = c_desc.base.float(), cs_desc.base
     n_local = ((ids - local_off >= 0) & (ids - local_off < NL)).sum(dim=1)
     for t in range(int(n_tiles[0])):
         rows = slice(t * BLOCK, (t + 1) * BLOCK)
+        assert int(tile_done[t]) == 2 * nkb, (t, int(tile_done[t]))
         e = int(tile_expert[t])
         c = c_all[rows].view(BLOCK, nkb, 2, BLOCK)  # [rows, I block, term, 128]
         sc = s_all[:, rows].t().reshape(BLOCK, nkb, 2)
@@ -120,6 +125,7 @@ def _poison(ws):
     ws.rid_perm.fill_(-7)
     ws.tile_expert.fill_(-7)
     ws.n_tiles.fill_(-7)
+    ws.tile_done.fill_(-7)
 
 
 def _routing_and_sort(ws, inp):
@@ -159,6 +165,7 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
             tile += 1
     assert int(ws.n_tiles[0]) == tile
     assert tile <= ws.perm_max_tiles
+    assert torch.equal(ws.tile_done.cpu(), torch.zeros(ws.perm_max_tiles, dtype=torch.int32))  # every slot
 
 
 @pytest.mark.parametrize("style,T,seed,shared_lo", [("contest", 40, 21, True), ("quantized", 64, 22, True),
@@ -212,3 +219,17 @@ def test_the_runner_builds_its_large_t_workspaces_with_the_arguments_given(small
         runner = main.Runner(large_t_args=args)
         assert runner(*inp, out) is out and runner(*inp, out) is out
         assert built == [want]
+
+
+def test_the_runner_takes_the_large_t_path_above_its_fused_max_t(small, monkeypatch):
+    """`Runner(fused_max_t=n)` (experiments: r4_tiles_sweep's --large-path) sends a call above n tokens to the
+    large-T path; the default sends only calls above MAX_FUSED_T there."""
+    ds, large_t = small
+    main = sys.modules[large_t.__package__ + ".main"]
+    large_calls = []
+    monkeypatch.setattr(main, "run_rung3", lambda *args: large_calls.append(args[0].shape[0]) or args[-1])
+    inp = _inputs(ds, 40, 32)
+    out = torch.full((40, inp[2].shape[1]), float("nan"), dtype=torch.bfloat16)
+    assert main.Runner(large_t_gluon=False, fused_max_t=39)(*inp, out) is out and large_calls == [40]
+    assert main.Runner(large_t_gluon=False, fused_max_t=40)(*inp, out) is out and large_calls == [40]
+    assert not out.isnan().any()  # the fused path wrote every element

@@ -26,7 +26,10 @@ made grouped and given GEMM1's epilogue:
 - epilogue per warpgroup: SwiGLU, hi = fp8(C / s_hi), lo = fp8((C - hi s_hi) / s_lo) per row and 128
   columns (the math of `_shared/quant.quant_block`, written again here: Gluon cannot call Triton
   functions; SHARED_LO: s_lo = s_hi, GEMM_NOTES.md v19), stored at the tile's own rows (padding rows are
-  zeros: C = 0, scales 0).
+  zeros: C = 0, scales 0);
+- with SIGNAL (`large_t.Workspace.gemm2_under_gemm1`): each warpgroup, its item's C stored, adds one to
+  tile_done[tile] (a barrier of its 128 threads, then a release atomic), and the kernel lets GEMM2 (launched
+  with PDL) start in the SMs its finished CTAs leave: GEMM2 reads a tile once its 2 x I/128 signals are in.
 
 Hopper (sm_90) only: wgmma (`gemm_blockscaled.gluon_supported`). Elsewhere (sm_100, the CPU
 interpreter) the large-T path is rung 3's.
@@ -131,6 +134,14 @@ if HAVE_GLUON:
         return it + NKB
 
     @gluon.jit
+    def launch_dependents():
+        """Programmatic dependent launch: the next kernel of the stream, launched with PDL, may start its
+        CTAs in the SMs this kernel's finished CTAs free (it must not read what this one writes without
+        its own synchronisation)."""
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.b32 $0, 0;", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)  # fmt: skip
+
+    @gluon.jit
     def _quant(c):
         """fp8 values (as fp32, clamped) and scales (amax / 448; 0 for an all-zero row) per row of c."""
         amax = gl.max(gl.abs(c), axis=1)
@@ -141,8 +152,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                  cq_ptr, cs_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr,
-                  WG: gl.constexpr):  # fmt: skip
+                  cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr,
+                  SKIP_PADDING: gl.constexpr, SIGNAL: gl.constexpr, WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile (SKIP_PADDING: no MMA where they are
         all padding; the other warpgroup then has the tensor cores to itself)."""
         BK: gl.constexpr = 128
@@ -196,19 +207,24 @@ if HAVE_GLUON:
                 ql, s_lo = _quant(resid)
             gl.store(cq_ptr + offs + BJ, ql.to(gl.float8e4nv))
             gl.store(cs_ptr + (2 * jb + 1) * MP + p, s_lo)
+            if SIGNAL:  # every thread's stores of this warpgroup before its one release
+                gl.thread_barrier()
+                gl.atomic_add(tile_done_ptr + tile, 1, sem="release", scope="gpu")
 
     @gluon.jit
     def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                    cq_ptr, cs_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING):  # fmt: skip
+                    cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING, SIGNAL):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
         _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                  cq_ptr, cs_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING, 1)  # fmt: skip
+                  cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING, SIGNAL, 1)  # fmt: skip
 
     @gluon.jit
-    def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, cq_ptr, cs_ptr, H,
-                           I, MP, GROUP_M: gl.constexpr, STAGES: gl.constexpr, SHARED_LO: gl.constexpr,
-                           SKIP_PADDING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                           PRODUCER_REGS: gl.constexpr):  # fmt: skip
+    def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, cq_ptr, cs_ptr,
+                           tile_done_ptr, H, I, MP, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                           SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr, SIGNAL: gl.constexpr,
+                           CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
+        if SIGNAL:  # GEMM2 may take the SMs of finished CTAs (it waits on tile_done, not on this kernel's end)
+            launch_dependents()
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
         sa_bufs = gl.allocate_shared_memory(sa_desc.dtype, [2 * STAGES, 1, HALF_M], sa_desc.layout)
         u_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BJ, 128], w_desc.layout)
@@ -219,7 +235,7 @@ if HAVE_GLUON:
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
         consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                         cq_ptr, cs_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING)  # fmt: skip
+                         cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING, SIGNAL)  # fmt: skip
         producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
                          n_tiles_ptr, GROUP_M, H, I)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
@@ -234,7 +250,7 @@ def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
     items = ws.perm_max_tiles * (ws.I // COLUMNS)
     consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, SKIP_PADDING=ws.skip_padding_halves,
-                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
+                  SIGNAL=ws.gemm2_under_gemm1, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 
@@ -252,4 +268,4 @@ def arguments(ws, gemm1_weights, gemm1_weights_scale) -> tuple:
     f = ws.gemm1_fixed
     w_desc = GluonTensorDescriptor.from_tensor(gemm1_weights.view(NL * N1, H), [COLUMNS, 128], f["w_layout"])
     return (f["a"], w_desc, f["sa"], gemm1_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.cq_perm,
-            ws.cs_perm, H, N1 // 2, ws.sa_perm.shape[1])  # fmt: skip
+            ws.cs_perm, ws.tile_done, H, N1 // 2, ws.sa_perm.shape[1])  # fmt: skip

@@ -17,7 +17,12 @@ pair of A blocks. The structure is GEMM1's (GEMM_NOTES.md, version (b)):
   pair) the hi wgmma, wait, promote, and the lo wgmma on the same W2 tile likewise;
 - epilogue: times the routing weight, bf16; a token with one local expert gets its output row
   written here, a token with several has its rows parked in bf16 at their row ids for rung 3's
-  finalize launch (its `bf16_partial_rows` layout), exactly as rung 3's GEMM2 does.
+  finalize launch (its `bf16_partial_rows` layout), exactly as rung 3's GEMM2 does;
+- with WAIT_TILES (`large_t.Workspace.gemm2_under_gemm1`) the kernel is launched with PDL while GEMM1
+  runs: its CTAs start in the SMs GEMM1's finished CTAs leave, and the producer loads a tile's C only once
+  tile_done[tile] holds GEMM1's 2 x I/128 signals (a volatile spin, an acquire fence, and a proxy fence:
+  C was stored by plain stores, TMA reads it through the async proxy). It lets the finalize start early
+  too (which waits for this kernel's end).
 
 Hopper (sm_90) only: wgmma (`gemm_blockscaled.gluon_supported`).
 """
@@ -36,7 +41,16 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from .gemm1_gluon import ACC, ACC_COLS, ACC_ROWS, _promote_block, half_is_padding, pass_stages, row_scale_vectors
+    from .gemm1_gluon import (
+        ACC,
+        ACC_COLS,
+        ACC_ROWS,
+        _promote_block,
+        half_is_padding,
+        launch_dependents,
+        pass_stages,
+        row_scale_vectors,
+    )
     from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scaled_descriptors
 
 TOPK = tl.constexpr(TOP_K)
@@ -44,8 +58,17 @@ TOPK = tl.constexpr(TOP_K)
 if HAVE_GLUON:
 
     @gluon.jit
+    def wait_for_count(ptr, target):
+        """Spin until *ptr >= target, then an acquire fence (the count's release stores are visible after it)
+        and a proxy fence (so that TMA loads, the async proxy, see them too)."""
+        while gl.load(ptr, volatile=True) < target:
+            pass
+        gl.inline_asm_elementwise("fence.acq_rel.gpu; fence.proxy.async.global; mov.b32 $0, 0;", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)  # fmt: skip
+
+    @gluon.jit
     def _producer(c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
-                  GROUP_M, H, I, SHARED_LO: gl.constexpr):  # fmt: skip
+                  tile_done_ptr, GROUP_M, H, I, SHARED_LO: gl.constexpr, WAIT_TILES: gl.constexpr):  # fmt: skip
         """One warp: TMA loads of every item's I blocks into the ring of stages, across item boundaries.
         Stage s holds C blocks at 4 s + 2 h + term (h: the consumer's half, term: hi 0, lo 1); with
         SHARED_LO only the hi term's scales (the lo term's are the same)."""
@@ -58,8 +81,13 @@ if HAVE_GLUON:
         nbytes_shared_lo: gl.constexpr = nbytes - 2 * cs_desc.block_type.nbytes  # the lo term's scales not loaded
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
+        ready_tile = -1  # the last tile whose C was waited for
         for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
             tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
+            if WAIT_TILES:
+                if tile != ready_tile:  # GEMM1's signals: one per warpgroup and 128 columns of I
+                    wait_for_count(tile_done_ptr + tile, 2 * NKB)
+                    ready_tile = tile
             e = gl.load(tile_expert_ptr + tile)
             w_row = e * H + hb * BN  # W2 viewed as [NL * H, I]
             for kb in range(NKB):
@@ -174,9 +202,12 @@ if HAVE_GLUON:
 
     @gluon.jit(do_not_specialize=["local_off"])  # `Kernel.fast` reuses the first compile for every offset
     def gemm2_gluon_kernel(c_desc, w_desc, cs_desc, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr, w_ptr,
-                           out_ptr, obuf_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                           SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           out_ptr, obuf_ptr, tile_done_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr,
+                           STAGES: gl.constexpr, SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr,
+                           WAIT_TILES: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            PRODUCER_REGS: gl.constexpr):  # fmt: skip
+        if WAIT_TILES:  # the finalize may take the SMs of finished CTAs (it waits for this kernel's end)
+            launch_dependents()
         c_bufs = gl.allocate_shared_memory(c_desc.dtype, [4 * STAGES, HALF_M, 128], c_desc.layout)
         cs_bufs = gl.allocate_shared_memory(cs_desc.dtype, [4 * STAGES, 1, HALF_M], cs_desc.layout)
         w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
@@ -188,7 +219,7 @@ if HAVE_GLUON:
         consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
                          w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, SKIP_PADDING)  # fmt: skip
         producer_args = (c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
-                         GROUP_M, H, I, SHARED_LO)  # fmt: skip
+                         tile_done_ptr, GROUP_M, H, I, SHARED_LO, WAIT_TILES)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
                             (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
@@ -202,9 +233,10 @@ def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_r
     assert n in (BJ, 2 * BJ) and ws.H % n == 0, n
     items = ws.perm_max_tiles * (ws.H // n)
     consts = dict(GROUP_M=group_m, STAGES=stages or (4 if n == BJ else 3), SHARED_LO=ws.shared_lo_scale,
-                  SKIP_PADDING=ws.skip_padding_halves, CONSUMER_REGS=consumer_regs,
+                  SKIP_PADDING=ws.skip_padding_halves, WAIT_TILES=ws.gemm2_under_gemm1, CONSUMER_REGS=consumer_regs,
                   PRODUCER_REGS=producer_regs)  # fmt: skip
-    return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
+    pdl = dict(launch_pdl=True) if ws.gemm2_under_gemm1 else {}
+    return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg, **pdl)
 
 
 def fixed_arguments(ws) -> dict:
@@ -221,4 +253,4 @@ def arguments(ws, gemm2_weights, gemm2_weights_scale, output, local_off) -> tupl
     f = ws.gemm2_fixed
     w_desc = GluonTensorDescriptor.from_tensor(gemm2_weights.view(NL * H, I), [ws.gemm2_columns, 128], f["w_layout"])
     return (f["c"], w_desc, f["cs"], gemm2_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.ids, ws.w, output,
-            ws.obuf_bf16, H, I, NL, local_off)  # fmt: skip
+            ws.obuf_bf16, ws.tile_done, H, I, NL, local_off)  # fmt: skip

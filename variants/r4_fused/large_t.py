@@ -31,7 +31,7 @@ class Workspace(Rung3Workspace):
     permuted activations, the permuted C and the permute and two Gluon GEMM launches."""
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8,
-                 shared_lo_scale=True, skip_padding_halves=True):  # fmt: skip
+                 shared_lo_scale=True, skip_padding_halves=True, gemm2_under_gemm1=True):  # fmt: skip
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -45,6 +45,7 @@ class Workspace(Rung3Workspace):
         self.rid_perm = torch.empty(mp, dtype=torch.int32, device=device)
         self.tile_expert = torch.empty(self.perm_max_tiles, dtype=torch.int32, device=device)
         self.n_tiles = torch.empty(1, dtype=torch.int32, device=device)
+        self.tile_done = torch.zeros(self.perm_max_tiles, dtype=torch.int32, device=device)  # GEMM1's signals
         self.cq_perm = torch.empty(mp, 2 * I, dtype=torch.float8_e4m3fn, device=device)
         self.cs_perm = torch.empty(2 * I // 128, mp, dtype=torch.float32, device=device)
         self.obuf_bf16 = self.obuf.view(torch.bfloat16)  # GEMM2's parked rows, as rung 3's finalize reads them
@@ -56,6 +57,10 @@ class Workspace(Rung3Workspace):
         # a GEMM consumer warpgroup whose 64 rows are all padding issues no MMA (v51); False: as before, for
         # comparisons (the output is the same bits either way)
         self.skip_padding_halves = skip_padding_halves
+        # GEMM2 launched with PDL while GEMM1 runs: its CTAs take the SMs of GEMM1's finished ones and start
+        # each tile once GEMM1's 2 x I/128 signals of that tile (one per warpgroup and column block) are in
+        # (v60); False: GEMM2 starts after GEMM1, for comparisons (the same bits either way)
+        self.gemm2_under_gemm1 = gemm2_under_gemm1
         self.k_permute = permute.launch_for(self)
         # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
         self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
@@ -67,7 +72,7 @@ class Workspace(Rung3Workspace):
     def permute_arguments(self, hidden_states, hidden_states_scale):
         """The permute launch's arguments (shared with scripts/gemm_compile_report.py)."""
         return (hidden_states, hidden_states_scale, self.counts, self.lists, self.a_perm, self.sa_perm, self.rid_perm,
-                self.tile_expert, self.n_tiles, self.T)  # fmt: skip
+                self.tile_expert, self.n_tiles, self.tile_done, self.T)  # fmt: skip
 
     def large_t_launches(self, *inputs_and_output):
         """(kernel, arguments) of each launch of a call (the contest's 11 arguments; local_off and the

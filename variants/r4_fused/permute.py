@@ -9,8 +9,9 @@ sort's lists): tile t's rows are rows t * BM .. t * BM + BM - 1 of
     sa_perm [H / 128, MP]  fp32, its block scales (the layout of hidden_states_scale; 0 past the count)
     rid_perm [MP]          int32, the row id token * TOPK + slot, -1 past the count
 
-with tile_expert[t] its local expert and n_tiles[0] the number of tiles. MP = max_tiles * BM: the
-worst case, fixed per T. One program per (tile, group of K blocks); programs past the real tiles exit.
+with tile_expert[t] its local expert and n_tiles[0] the number of tiles; tile_done[t] is zeroed for GEMM1's
+completion signals (GEMM2 starts on a tile when they are all in). MP = max_tiles * BM: the worst case,
+fixed per T. One program per (tile, group of K blocks); programs past the real tiles exit.
 A single streaming pass: each activation row is read once per expert that selected it, written once.
 """
 
@@ -25,7 +26,7 @@ BM = 128  # rows per M tile: the grouped GEMM1's tile (two consumer warpgroups o
 
 @triton.jit(do_not_specialize=["T"])
 def permute_kernel(
-    hs_ptr, hss_ptr, counts_ptr, lists_ptr, a_ptr, sa_ptr, rid_ptr, tile_expert_ptr, n_tiles_ptr, T,
+    hs_ptr, hss_ptr, counts_ptr, lists_ptr, a_ptr, sa_ptr, rid_ptr, tile_expert_ptr, n_tiles_ptr, tile_done_ptr, T,
     MP: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, TOPK: tl.constexpr,
     BM: tl.constexpr, KB_PER_PROGRAM: tl.constexpr,
 ):  # fmt: skip
@@ -34,8 +35,10 @@ def permute_kernel(
     kg = tl.program_id(1)
     c = expert_counts(None, counts_ptr, NL, NLP, 1, TOPK, False)
     n_tiles = tl.sum((c + BM - 1) // BM)
-    if tile == 0 and kg == 0:
-        tl.store(n_tiles_ptr, n_tiles)
+    if kg == 0:
+        tl.store(tile_done_ptr + tile, 0)  # every tile slot, real or not: no count left from the last call
+        if tile == 0:
+            tl.store(n_tiles_ptr, n_tiles)
     if tile < n_tiles:
         e, rmask, rid = tile_rows(tile, c, None, lists_ptr, T, BM, NLP, 1, TOPK, False)
         tok = rid // TOPK
