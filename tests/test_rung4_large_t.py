@@ -50,14 +50,16 @@ def _workspace(large_t, inp, **workspace_args):
     return large_t.Workspace(inp[2].device, T, E, NL, H, N1 // 2, 90, tiles=tiles, **workspace_args)
 
 
-def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_perm, cq, cs, tile_done, H, inter,
-                        MP, shared_lo=False):  # fmt: skip
+def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_perm, cq, cs, tile_done, claims, H,
+                        inter, MP, shared_lo=False):  # fmt: skip
     """What the Gluon GEMM1 writes, from its launch arguments: per tile t of expert tile_expert[t],
     G1 = sum over K blocks of (A_perm @ W1[e]^T) * sa_perm * w1_scale, SwiGLU, the hi/lo pair of each
     128-column block at the tile's own rows (cq [MP, 2I]: hi then lo per block; cs [2I/128, MP]; with
     `shared_lo` the lo term in the hi term's scale). Padding rows (rid_perm -1) hold zeros in A_perm, so
     their C is zero as the kernel writes it, whether or not it runs their MMAs. Each tile's C done, its
-    count in tile_done goes up by the kernel's signals: one per consumer warpgroup and column block."""
+    count in tile_done goes up by the kernel's signals: one per consumer warpgroup and column block. The
+    item counter the kernel claims from (`claims`, a view of the permute's) starts at 0."""
+    assert int(claims[0]) == 0
     nkb = H // BLOCK
     w1 = w_desc.base.view(-1, 2 * inter, H)
     for t in range(int(n_tiles[0])):
@@ -78,12 +80,14 @@ def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_
 
 
 def grouped_gemm2_model(c_desc, w_desc, cs_desc, w2s, tile_expert, n_tiles, rid_perm, ids, w, out, obuf, tile_done,
-                        H, inter, NL, local_off):  # fmt: skip
+                        claims, H, inter, NL, local_off):  # fmt: skip
     """What the Gluon GEMM2 writes, from its launch arguments: per tile, O = sum over C's K blocks (hi and
     lo of each I block) of (C @ W2[e]^T) * c_scale * w2_scale, times the routing weight; the bf16 row at
     the token's output row (one local expert) or parked at its row id (several). A tile is read only when
     tile_done holds all of GEMM1's signals for it, as the kernel waits for them (the count the permute
-    zeroed plus GEMM1's: a count left from an earlier call would let the kernel read C too early)."""
+    zeroed plus GEMM1's: a count left from an earlier call would let the kernel read C too early). Its item
+    counter starts at 0 too."""
+    assert int(claims[0]) == 0
     nkb = inter // BLOCK
     w2 = w_desc.base.view(-1, H, inter)
     c_all, s_all = c_desc.base.float(), cs_desc.base
@@ -126,6 +130,7 @@ def _poison(ws):
     ws.tile_expert.fill_(-7)
     ws.n_tiles.fill_(-7)
     ws.tile_done.fill_(-7)
+    ws.claims.fill_(-7)
 
 
 def _routing_and_sort(ws, inp):
@@ -166,6 +171,7 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
     assert int(ws.n_tiles[0]) == tile
     assert tile <= ws.perm_max_tiles
     assert torch.equal(ws.tile_done.cpu(), torch.zeros(ws.perm_max_tiles, dtype=torch.int32))  # every slot
+    assert not ws.claims.any()  # both GEMMs' item counters
 
 
 @pytest.mark.parametrize("style,T,seed,shared_lo", [("contest", 40, 21, True), ("quantized", 64, 22, True),

@@ -107,30 +107,40 @@ def test_padding_halves_without_mma_give_the_same_bits(r4):
     assert torch.equal(cs[0][0], cs[1][0]) and torch.equal(cs[0][1], cs[1][1])
 
 
+# the solution's item schedule (GEMM2 under GEMM1, items claimed from counters), then static strides, then
+# GEMM2 after GEMM1 as well
+SCHEDULES = [{}, dict(dynamic_items=False), dict(dynamic_items=False, gemm2_under_gemm1=False)]
+
+
 @pytest.mark.parametrize("seq_len", [11948, 14107])
-def test_gemm2_under_gemm1_gives_the_same_bits(r4, seq_len):
-    """GEMM2 launched while GEMM1 runs, starting each tile on GEMM1's signals (the default), against GEMM2
-    after GEMM1: the same bits on four calls with fresh inputs, C poisoned before each (a tile read before
-    GEMM1 wrote it shows as NaN or as other bits), and every real tile's count at its 2 x I/128 signals."""
+def test_item_schedules_give_the_same_bits(r4, seq_len):
+    """Each of SCHEDULES on four calls with fresh inputs, C poisoned before each (a tile read before GEMM1
+    wrote it shows as NaN or as other bits): the same bits as the first; every real tile's count at its
+    2 x I/128 signals, and each counter at its number of items."""
     ds, mod, large_t = r4
     w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == seq_len)
-    runs = {u: mod.Runner(large_t_gluon=True, large_t_args=dict(gemm2_under_gemm1=u)) for u in (True, False)}
+    runs = [mod.Runner(large_t_gluon=True, large_t_args=a) for a in SCHEDULES]
     for call in range(4):
         torch.manual_seed(100 * seq_len + call)
         inp = inputs.generate(ds, w, "cuda", "contest")
-        outs = {}
-        for under, run in runs.items():
+        outs = []
+        for run in runs:
             for ws in run.workspaces.values():
                 ws.cq_perm.view(torch.uint8).fill_(0x7F)
                 ws.cs_perm.fill_(float("nan"))
-            outs[under] = run(*inp, _empty(inp))
+            outs.append(run(*inp, _empty(inp)))
         torch.cuda.synchronize()
-        assert not outs[True].isnan().any()
-        assert torch.equal(outs[True], outs[False]), f"call {call}"
-    (ws,) = runs[True].workspaces.values()
-    assert ws.gemm2_under_gemm1 and ws.stream is not None  # the last calls went through the C launchers
+        assert not outs[0].isnan().any()
+        for args, out in zip(SCHEDULES[1:], outs[1:], strict=True):
+            assert torch.equal(outs[0], out), f"call {call}, {args}"
+    (ws,) = runs[0].workspaces.values()
+    assert ws.gemm2_under_gemm1 and ws.dynamic_items and ws.stream is not None  # the C launchers' path
     n_tiles = int(ws.n_tiles[0])
     assert (ws.tile_done[:n_tiles] == 2 * (ws.I // 128)).all()
+    # a CTA claims once per item it runs (the claim after its last one overshoots): a counter ends at the
+    # number of items, each run once
+    assert int(ws.gemm1_claims[0]) == n_tiles * (ws.I // 128)
+    assert int(ws.gemm2_claims[0]) == n_tiles * (ws.H // ws.gemm2_columns)
 
 
 def test_no_local_expert_hit_gives_exact_zeros(r4):

@@ -47,6 +47,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
+    from . import item_ring
     from .gemm_blockscaled import _gl_grouped_tile, fp8_tile_layout, row_scaled_descriptors
 
 ROWS_PER_CONSUMER = 64  # rows per consumer warpgroup: one m64 wgmma
@@ -67,9 +68,11 @@ if HAVE_GLUON:
         return bufs._reinterpret(gl.float32, [bufs.shape[0], HALF_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
     @gluon.jit
-    def _producer(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
-                  n_tiles_ptr, GROUP_M, H, I):  # fmt: skip
-        """One warp: TMA loads of every item's K blocks into the ring of stages, across item boundaries."""
+    def _producer(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready,
+                  item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, GROUP_M, H, I,
+                  SKIP_PADDING: gl.constexpr, DYNAMIC: gl.constexpr):  # fmt: skip
+        """One warp: claims the CTA's items (`item_ring`), hands each to the consumers, and issues the TMA
+        loads of its K blocks into the ring of stages, across item boundaries."""
         BK: gl.constexpr = 128
         NKB = H // BK
         NJ = I // BJ
@@ -77,8 +80,13 @@ if HAVE_GLUON:
         nbytes: gl.constexpr = 2 * (a_desc.block_type.nbytes + w_desc.block_type.nbytes + sa_desc.block_type.nbytes)
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
-        for item in range(gl.program_id(0), n_tiles * NJ, gl.num_programs(0)):
+        j = 0
+        item = gl.program_id(0)
+        while item < n_tiles * NJ:
+            following = item_ring.next_item(item, claims_ptr, DYNAMIC)  # claimed now: its latency under the loads
             tile, jb = _gl_grouped_tile(item, n_tiles, NJ, GROUP_M)
+            flags = item_ring.padding_flags(rid_ptr, tile, SKIP_PADDING)
+            item_ring.publish(items, item_ready, item_empty, j, item * 4 + flags)
             e = gl.load(tile_expert_ptr + tile)
             w_row = e * (2 * I) + jb * BJ  # W1 viewed as [NL * 2I, H]: the up rows; the gate rows I further
             for kb in range(NKB):
@@ -93,6 +101,9 @@ if HAVE_GLUON:
                 tma.async_copy_global_to_shared(w_desc, [w_row, kb * BK], bar, u_bufs.index(s))
                 tma.async_copy_global_to_shared(w_desc, [w_row + I, kb * BK], bar, g_bufs.index(s))
                 it += 1
+            item = following
+            j += 1
+        item_ring.publish(items, item_ready, item_empty, j, -1)  # no more items
 
     @gluon.jit
     def _promote_block(a_smem, w_smem, spare, acc, scale, a_lo=None):
@@ -109,17 +120,6 @@ if HAVE_GLUON:
         # overlap these FFMAs (ptxas would give it a second partial: 4 tiles of 64 registers, spills)
         acc, part = warpgroup_mma_wait(num_outstanding=0, deps=(acc, part))
         return acc, part
-
-    @gluon.jit
-    def half_is_padding(rid_ptr, item, n_tiles, NI, GROUP_M, WG: gl.constexpr):
-        """True when warpgroup WG's 64 rows of work item `item`'s tile (items numbered by
-        `_gl_grouped_tile`, NI column blocks a tile; past the last item: the last) are all padding: an
-        expert's rows fill its tiles from the first row on, so its last tile's second half is empty when
-        it holds 64 rows or fewer. With no tiles at all it reads tile 0's row: a valid address, and no
-        item loop runs to use the answer."""
-        n = gl.maximum(n_tiles, 1)
-        tile, _ = _gl_grouped_tile(gl.minimum(item, n * NI - 1), n, NI, GROUP_M)
-        return gl.load(rid_ptr + tile * (2 * HALF_M) + WG * HALF_M) < 0
 
     @gluon.jit
     def pass_stages(ready, empty, it, NKB):
@@ -151,11 +151,11 @@ if HAVE_GLUON:
         return q, scale
 
     @gluon.jit
-    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                  cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO: gl.constexpr,
-                  SKIP_PADDING: gl.constexpr, SIGNAL: gl.constexpr, WG: gl.constexpr):  # fmt: skip
-        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile (SKIP_PADDING: no MMA where they are
-        all padding; the other warpgroup then has the tensor cores to itself)."""
+    def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready, item_empty, w1s_ptr,
+                  tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP,
+                  SHARED_LO: gl.constexpr, SIGNAL: gl.constexpr, WG: gl.constexpr):  # fmt: skip
+        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile, items as the producer hands them
+        over (no MMA where the rows are all padding: the other warpgroup then has the tensor cores alone)."""
         BK: gl.constexpr = 128
         NKB = H // BK
         NJ = I // BJ
@@ -164,8 +164,11 @@ if HAVE_GLUON:
         cols = gl.arange(0, BJ, layout=ACC_COLS)
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
-        idle_next = half_is_padding(rid_ptr, gl.program_id(0), n_tiles, NJ, GROUP_M, WG)  # unused without SKIP_PADDING
-        for item in range(gl.program_id(0), n_tiles * NJ, gl.num_programs(0)):
+        j = 0
+        value = item_ring.take(items, item_ready, item_empty, j)
+        while value >= 0:
+            item = value // 4
+            idle = ((value >> WG) & 1) != 0
             tile, jb = _gl_grouped_tile(item, n_tiles, NJ, GROUP_M)
             e = gl.load(tile_expert_ptr + tile)
             su_ptr = w1s_ptr + (e * (2 * NJ) + jb) * NKB  # w1 scales [NL, 2I/128, H/128]: up block jb
@@ -173,10 +176,6 @@ if HAVE_GLUON:
             acc_u = gl.zeros([HALF_M, BJ], gl.float32, ACC)
             acc_g = gl.zeros([HALF_M, BJ], gl.float32, ACC)
             spare = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # the partial's registers (values unused)
-            idle = False
-            if SKIP_PADDING:  # the flag loaded an item ahead: its latency stays off the item's start
-                idle = idle_next
-                idle_next = half_is_padding(rid_ptr, item + gl.num_programs(0), n_tiles, NJ, GROUP_M, WG)
             if idle:
                 it = pass_stages(ready, empty, it, NKB)  # C = 0 below, as the MMAs of zero rows would give
             else:
@@ -210,19 +209,24 @@ if HAVE_GLUON:
             if SIGNAL:  # every thread's stores of this warpgroup before its one release
                 gl.thread_barrier()
                 gl.atomic_add(tile_done_ptr + tile, 1, sem="release", scope="gpu")
+            j += 1
+            value = item_ring.take(items, item_ready, item_empty, j)
 
     @gluon.jit
-    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                    cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING, SIGNAL):  # fmt: skip
+    def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready, item_empty, w1s_ptr,
+                    tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO,
+                    SIGNAL):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
-        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                  cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING, SIGNAL, 1)  # fmt: skip
+        _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready, item_empty, w1s_ptr,
+                  tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO, SIGNAL,
+                  1)  # fmt: skip
 
     @gluon.jit
     def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, cq_ptr, cs_ptr,
-                           tile_done_ptr, H, I, MP, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+                           tile_done_ptr, claims_ptr, H, I, MP, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
                            SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr, SIGNAL: gl.constexpr,
-                           CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
+                           DYNAMIC: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           PRODUCER_REGS: gl.constexpr):  # fmt: skip
         if SIGNAL:  # GEMM2 may take the SMs of finished CTAs (it waits on tile_done, not on this kernel's end)
             launch_dependents()
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
@@ -234,10 +238,13 @@ if HAVE_GLUON:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr,
-                         cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO, SKIP_PADDING, SIGNAL)  # fmt: skip
-        producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, tile_expert_ptr,
-                         n_tiles_ptr, GROUP_M, H, I)  # fmt: skip
+        items, item_ready, item_empty = item_ring.allocate()
+        consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready, item_empty, w1s_ptr,
+                         tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO,
+                         SIGNAL)  # fmt: skip
+        producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready,
+                         item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, GROUP_M, H, I, SKIP_PADDING,
+                         DYNAMIC)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
                             (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
@@ -250,7 +257,8 @@ def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
     items = ws.perm_max_tiles * (ws.I // COLUMNS)
     consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, SKIP_PADDING=ws.skip_padding_halves,
-                  SIGNAL=ws.gemm2_under_gemm1, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
+                  SIGNAL=ws.gemm2_under_gemm1, DYNAMIC=ws.dynamic_items, CONSUMER_REGS=consumer_regs,
+                  PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 
@@ -268,4 +276,4 @@ def arguments(ws, gemm1_weights, gemm1_weights_scale) -> tuple:
     f = ws.gemm1_fixed
     w_desc = GluonTensorDescriptor.from_tensor(gemm1_weights.view(NL * N1, H), [COLUMNS, 128], f["w_layout"])
     return (f["a"], w_desc, f["sa"], gemm1_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.cq_perm,
-            ws.cs_perm, ws.tile_done, H, N1 // 2, ws.sa_perm.shape[1])  # fmt: skip
+            ws.cs_perm, ws.tile_done, ws.gemm1_claims, H, N1 // 2, ws.sa_perm.shape[1])  # fmt: skip

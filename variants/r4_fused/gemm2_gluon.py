@@ -41,12 +41,12 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
+    from . import item_ring
     from .gemm1_gluon import (
         ACC,
         ACC_COLS,
         ACC_ROWS,
         _promote_block,
-        half_is_padding,
         launch_dependents,
         pass_stages,
         row_scale_vectors,
@@ -67,10 +67,13 @@ if HAVE_GLUON:
                                   dtype=gl.int32, is_pure=False, pack=1)  # fmt: skip
 
     @gluon.jit
-    def _producer(c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
-                  tile_done_ptr, GROUP_M, H, I, SHARED_LO: gl.constexpr, WAIT_TILES: gl.constexpr):  # fmt: skip
-        """One warp: TMA loads of every item's I blocks into the ring of stages, across item boundaries.
-        Stage s holds C blocks at 4 s + 2 h + term (h: the consumer's half, term: hi 0, lo 1); with
+    def _producer(c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty,
+                  tile_expert_ptr, n_tiles_ptr, rid_ptr, tile_done_ptr, claims_ptr, GROUP_M, H, I,
+                  SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr, WAIT_TILES: gl.constexpr,
+                  DYNAMIC: gl.constexpr):  # fmt: skip
+        """One warp: claims the CTA's items and hands each to the consumers (`item_ring`), then issues the
+        TMA loads of its I blocks into the ring of stages, across item boundaries. Stage s holds C blocks
+        at 4 s + 2 h + term (h: the consumer's half, term: hi 0, lo 1); with
         SHARED_LO only the hi term's scales (the lo term's are the same)."""
         BK: gl.constexpr = 128
         BN: gl.constexpr = w_bufs.shape[1]
@@ -81,9 +84,14 @@ if HAVE_GLUON:
         nbytes_shared_lo: gl.constexpr = nbytes - 2 * cs_desc.block_type.nbytes  # the lo term's scales not loaded
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
+        j = 0
         ready_tile = -1  # the last tile whose C was waited for
-        for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
+        item = gl.program_id(0)
+        while item < n_tiles * NHB:
+            following = item_ring.next_item(item, claims_ptr, DYNAMIC)  # claimed now: its latency under the loads
             tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
+            flags = item_ring.padding_flags(rid_ptr, tile, SKIP_PADDING)
+            item_ring.publish(items, item_ready, item_empty, j, item * 4 + flags)
             if WAIT_TILES:
                 if tile != ready_tile:  # GEMM1's signals: one per warpgroup and 128 columns of I
                     wait_for_count(tile_done_ptr + tile, 2 * NKB)
@@ -108,6 +116,9 @@ if HAVE_GLUON:
                                                             cs_bufs.index(4 * s + 2 * h + term))  # fmt: skip
                 tma.async_copy_global_to_shared(w_desc, [w_row, kb * BK], bar, w_bufs.index(s))
                 it += 1
+            item = following
+            j += 1
+        item_ring.publish(items, item_ready, item_empty, j, -1)  # no more items
 
     @gluon.jit
     def _epilogue(acc, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off):
@@ -137,12 +148,13 @@ if HAVE_GLUON:
         return acc, spare
 
     @gluon.jit
-    def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO: gl.constexpr,
-                  SKIP_PADDING: gl.constexpr, WG: gl.constexpr):  # fmt: skip
-        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile; BN = 256 columns as two 128-column
-        accumulators on the two halves of the W2 tile (three fp32 tiles with the partial, as GEMM1). No
-        MMA where the rows are all padding if SKIP_PADDING (the epilogue then stores nothing), as in GEMM1."""
+    def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty, w2s_ptr, tile_expert_ptr,
+                  n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off,
+                  SHARED_LO: gl.constexpr, WG: gl.constexpr):  # fmt: skip
+        """One warpgroup: rows [WG*64, WG*64+64) of every item's tile, items as the producer hands them
+        over; BN = 256 columns as two 128-column accumulators on the two halves of the W2 tile (three fp32
+        tiles with the partial, as GEMM1). No MMA where the rows are all padding (the epilogue then stores
+        nothing), as in GEMM1."""
         BK: gl.constexpr = 128
         BN: gl.constexpr = w_bufs.shape[1]
         TWO: gl.constexpr = BN == 2 * BJ
@@ -153,18 +165,17 @@ if HAVE_GLUON:
         cols = gl.arange(0, BJ, layout=ACC_COLS)
         n_tiles = gl.load(n_tiles_ptr)
         it = 0
-        idle_next = half_is_padding(rid_ptr, gl.program_id(0), n_tiles, NHB, GROUP_M, WG)  # unused without SKIP_PADDING
-        for item in range(gl.program_id(0), n_tiles * NHB, gl.num_programs(0)):
+        j = 0
+        value = item_ring.take(items, item_ready, item_empty, j)
+        while value >= 0:
+            item = value // 4
+            idle = ((value >> WG) & 1) != 0
             tile, hb = _gl_grouped_tile(item, n_tiles, NHB, GROUP_M)
             e = gl.load(tile_expert_ptr + tile)
             sw_ptr = w2s_ptr + (e * (H // BJ) + hb * (BN // BJ)) * NKB  # w2 scales [NL, H/128, I/128]
             acc0 = gl.zeros([HALF_M, BJ], gl.float32, ACC)
             acc1 = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # BN = 256: columns 128-255
             spare = gl.zeros([HALF_M, BJ], gl.float32, ACC)  # the partial's registers (values unused)
-            idle = False
-            if SKIP_PADDING:  # loaded an item ahead, as in GEMM1
-                idle = idle_next
-                idle_next = half_is_padding(rid_ptr, item + gl.num_programs(0), n_tiles, NHB, GROUP_M, WG)
             if idle:
                 it = pass_stages(ready, empty, it, NKB)
             else:
@@ -192,19 +203,23 @@ if HAVE_GLUON:
             _epilogue(acc0, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off)
             if TWO:
                 _epilogue(acc1, p, h + BJ, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off)
+            j += 1
+            value = item_ring.take(items, item_ready, item_empty, j)
 
     @gluon.jit
-    def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                    w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, SKIP_PADDING):  # fmt: skip
+    def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty, w2s_ptr, tile_expert_ptr,
+                    n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off,
+                    SHARED_LO):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
-        _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                  w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, SKIP_PADDING, 1)  # fmt: skip
+        _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty, w2s_ptr, tile_expert_ptr,
+                  n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO,
+                  1)  # fmt: skip
 
     @gluon.jit(do_not_specialize=["local_off"])  # `Kernel.fast` reuses the first compile for every offset
     def gemm2_gluon_kernel(c_desc, w_desc, cs_desc, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr, w_ptr,
-                           out_ptr, obuf_ptr, tile_done_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr,
+                           out_ptr, obuf_ptr, tile_done_ptr, claims_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr,
                            STAGES: gl.constexpr, SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr,
-                           WAIT_TILES: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           WAIT_TILES: gl.constexpr, DYNAMIC: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            PRODUCER_REGS: gl.constexpr):  # fmt: skip
         if WAIT_TILES:  # the finalize may take the SMs of finished CTAs (it waits for this kernel's end)
             launch_dependents()
@@ -216,10 +231,13 @@ if HAVE_GLUON:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr,
-                         w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO, SKIP_PADDING)  # fmt: skip
-        producer_args = (c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, tile_expert_ptr, n_tiles_ptr,
-                         tile_done_ptr, GROUP_M, H, I, SHARED_LO, WAIT_TILES)  # fmt: skip
+        items, item_ready, item_empty = item_ring.allocate()
+        consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty, w2s_ptr, tile_expert_ptr,
+                         n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off,
+                         SHARED_LO)  # fmt: skip
+        producer_args = (c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty,
+                         tile_expert_ptr, n_tiles_ptr, rid_ptr, tile_done_ptr, claims_ptr, GROUP_M, H, I, SHARED_LO,
+                         SKIP_PADDING, WAIT_TILES, DYNAMIC)  # fmt: skip
         gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
                             (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
@@ -233,8 +251,8 @@ def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_r
     assert n in (BJ, 2 * BJ) and ws.H % n == 0, n
     items = ws.perm_max_tiles * (ws.H // n)
     consts = dict(GROUP_M=group_m, STAGES=stages or (4 if n == BJ else 3), SHARED_LO=ws.shared_lo_scale,
-                  SKIP_PADDING=ws.skip_padding_halves, WAIT_TILES=ws.gemm2_under_gemm1, CONSUMER_REGS=consumer_regs,
-                  PRODUCER_REGS=producer_regs)  # fmt: skip
+                  SKIP_PADDING=ws.skip_padding_halves, WAIT_TILES=ws.gemm2_under_gemm1, DYNAMIC=ws.dynamic_items,
+                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
     pdl = dict(launch_pdl=True) if ws.gemm2_under_gemm1 else {}
     return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg, **pdl)
 
@@ -253,4 +271,4 @@ def arguments(ws, gemm2_weights, gemm2_weights_scale, output, local_off) -> tupl
     f = ws.gemm2_fixed
     w_desc = GluonTensorDescriptor.from_tensor(gemm2_weights.view(NL * H, I), [ws.gemm2_columns, 128], f["w_layout"])
     return (f["c"], w_desc, f["cs"], gemm2_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.ids, ws.w, output,
-            ws.obuf_bf16, ws.tile_done, H, I, NL, local_off)  # fmt: skip
+            ws.obuf_bf16, ws.tile_done, ws.gemm2_claims, H, I, NL, local_off)  # fmt: skip

@@ -33,7 +33,8 @@ class Workspace(Rung3Workspace):
     permuted activations, the permuted C and the permute and two Gluon GEMM launches."""
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8,
-                 shared_lo_scale=True, skip_padding_halves=True, gemm2_under_gemm1=True):  # fmt: skip
+                 shared_lo_scale=True, skip_padding_halves=True, gemm2_under_gemm1=True,
+                 dynamic_items=True):  # fmt: skip
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -48,6 +49,8 @@ class Workspace(Rung3Workspace):
         self.tile_expert = torch.empty(self.perm_max_tiles, dtype=torch.int32, device=device)
         self.n_tiles = torch.empty(1, dtype=torch.int32, device=device)
         self.tile_done = torch.zeros(self.perm_max_tiles, dtype=torch.int32, device=device)  # GEMM1's signals
+        self.claims = torch.zeros(8, dtype=torch.int32, device=device)  # zeroed by the permute as one
+        self.gemm1_claims, self.gemm2_claims = self.claims[0:1], self.claims[4:5]  # the GEMMs' item counters
         self.cq_perm = torch.empty(mp, 2 * I, dtype=torch.float8_e4m3fn, device=device)
         self.cs_perm = torch.empty(2 * I // 128, mp, dtype=torch.float32, device=device)
         self.obuf_bf16 = self.obuf.view(torch.bfloat16)  # GEMM2's parked rows, as rung 3's finalize reads them
@@ -63,6 +66,9 @@ class Workspace(Rung3Workspace):
         # each tile once GEMM1's 2 x I/128 signals of that tile (one per warpgroup and column block) are in
         # (v60); False: GEMM2 starts after GEMM1, for comparisons (the same bits either way)
         self.gemm2_under_gemm1 = gemm2_under_gemm1
+        # both Gluon GEMMs claim their items from a counter (v61: a CTA that starts late or has short items
+        # takes more); False: a static stride (`item_ring.py`)
+        self.dynamic_items = dynamic_items
         self.k_permute = permute.launch_for(self)
         # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
         self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
@@ -74,7 +80,7 @@ class Workspace(Rung3Workspace):
     def permute_arguments(self, hidden_states, hidden_states_scale):
         """The permute launch's arguments (shared with scripts/gemm_compile_report.py)."""
         return (hidden_states, hidden_states_scale, self.counts, self.lists, self.a_perm, self.sa_perm, self.rid_perm,
-                self.tile_expert, self.n_tiles, self.tile_done, self.T)  # fmt: skip
+                self.tile_expert, self.n_tiles, self.tile_done, self.claims, self.T)  # fmt: skip
 
     def large_t_launches(self, *inputs_and_output):
         """(kernel, arguments) of each launch of a call (the contest's 11 arguments; local_off and the

@@ -10,7 +10,8 @@ sort's lists): tile t's rows are rows t * BM .. t * BM + BM - 1 of
     rid_perm [MP]          int32, the row id token * TOPK + slot, -1 past the count
 
 with tile_expert[t] its local expert and n_tiles[0] the number of tiles; tile_done[t] is zeroed for GEMM1's
-completion signals (GEMM2 starts on a tile when they are all in). MP = max_tiles * BM: the worst case,
+completion signals (GEMM2 starts on a tile when they are all in), and claims[0], claims[4] for the
+GEMMs' item counters (`item_ring.py`). MP = max_tiles * BM: the worst case,
 fixed per T. One program per (tile, group of K blocks); programs past the real tiles exit.
 A single streaming pass: each activation row is read once per expert that selected it, written once.
 """
@@ -26,7 +27,8 @@ BM = 128  # rows per M tile: the grouped GEMM1's tile (two consumer warpgroups o
 
 @triton.jit(do_not_specialize=["T"])
 def permute_kernel(
-    hs_ptr, hss_ptr, counts_ptr, lists_ptr, a_ptr, sa_ptr, rid_ptr, tile_expert_ptr, n_tiles_ptr, tile_done_ptr, T,
+    hs_ptr, hss_ptr, counts_ptr, lists_ptr, a_ptr, sa_ptr, rid_ptr, tile_expert_ptr, n_tiles_ptr, tile_done_ptr,
+    claims_ptr, T,
     MP: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, TOPK: tl.constexpr,
     BM: tl.constexpr, KB_PER_PROGRAM: tl.constexpr,
 ):  # fmt: skip
@@ -39,6 +41,7 @@ def permute_kernel(
         tl.store(tile_done_ptr + tile, 0)  # every tile slot, real or not: no count left from the last call
         if tile == 0:
             tl.store(n_tiles_ptr, n_tiles)
+            tl.store(claims_ptr + tl.arange(0, 8), tl.zeros([8], tl.int32))
     if tile < n_tiles:
         e, rmask, rid = tile_rows(tile, c, None, lists_ptr, T, BM, NLP, 1, TOPK, False)
         tok = rid // TOPK
