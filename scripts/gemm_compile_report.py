@@ -124,7 +124,7 @@ def large_t_plans(T=14107, geometry=(256, 32, 7168, 2048), **workspace_args):
     ws = large_t.Workspace(torch.device("meta"), T, *geometry, 90, 132, **workspace_args)
     inputs = list(launch.meta_call_arguments(T, *geometry))
     plans = {}
-    for k, args in ws.large_t_launches(*inputs)[2:5]:
+    for k, args in list(ws.large_t_launches(*inputs))[2:5]:
         names = k.fn.arg_names[: len(k.fn.arg_names) - len(k.consts)]
         plans[k.fn.__name__] = (k.fn, k.grid, dict(zip(names, args, strict=True)), k.consts, k.opts)
     return plans

@@ -189,7 +189,7 @@ def kernel_spans(ws, call_args, flush: torch.Tensor) -> dict[str, float]:
     """Each launch's span (us, by kernel name) in one call of large-T workspace `ws` (its fast path
     ready), from CUDA events recorded between the launches: the L2 flushed first as the harness flushes
     it, so every kernel runs on the L2 the kernels before it left, as in a timed call."""
-    launches = ws.large_t_launches(*call_args)
+    launches = list(ws.large_t_launches(*call_args))
     stream = ws.stream[0](ws.stream[1])
     events = [torch.cuda.Event(enable_timing=True) for _ in range(len(launches) + 1)]
     flush.zero_()
