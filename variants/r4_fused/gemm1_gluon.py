@@ -15,7 +15,8 @@ inputs come from `permute.py`: A_perm [MP, H] (each expert's rows, tile-padded),
 The kernel is `gemm_blockscaled.py`'s version (b) (GEMM_NOTES.md: 1071 TFLOP/s at GEMM1's shape, dense)
 made grouped and given GEMM1's epilogue:
 - work items (tile, column block jb) in grouped order (GROUP_M tiles of one jb run together: they share
-  the 128 up and 128 gate rows of W1[e], and consecutive tiles mostly have the same expert);
+  the 128 up and 128 gate rows of W1[e], and consecutive tiles mostly have the same expert), claimed
+  from a counter by each CTA's producer warp and handed to its consumers (`item_ring.py`, v61);
 - one TMA producer warp: per K block, both 64-row halves of the A tile with their 64 scales each, and
   W1's 128 up rows and 128 gate rows of jb (48.5 KB a stage, 4 stages);
 - two consumer warpgroups (rows 0-63 and 64-127), each per K block: up wgmma into the spare partial,

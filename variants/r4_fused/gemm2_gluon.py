@@ -8,7 +8,7 @@ C comes from `gemm1_gluon.py` as a hi/lo FP8 pair in permuted rows (cq_perm [MP,
 the same W2 block k: so GEMM2 is one block-scaled GEMM over K = 2I whose B tile is loaded once per
 pair of A blocks. The structure is GEMM1's (GEMM_NOTES.md, version (b)):
 - work items (tile, 128 or 256 columns of H) in grouped order (GROUP_M tiles of one column block run
-  together);
+  together), claimed from a counter by the producer warp as in GEMM1 (`item_ring.py`);
 - one TMA producer warp: per I block, the hi and the lo 64-row halves of the C tile with their
   scales, and W2[e]'s rows of the item;
 - two consumer warpgroups (rows 0-63 and 64-127), each per I block and 128 columns: with SHARED_LO
