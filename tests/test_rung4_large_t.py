@@ -50,13 +50,14 @@ def _workspace(large_t, inp, **workspace_args):
     return large_t.Workspace(inp[2].device, T, E, NL, H, N1 // 2, 90, tiles=tiles, **workspace_args)
 
 
-def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_perm, cq, cs, tile_done, claims, H,
-                        inter, MP, shared_lo=False):  # fmt: skip
+def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_perm, cq, cs, tile_done, claims, hs,
+                        hss, T, H, inter, MP, shared_lo=False):  # fmt: skip
     """What the Gluon GEMM1 writes, from its launch arguments: per tile t of expert tile_expert[t],
-    G1 = sum over K blocks of (A_perm @ W1[e]^T) * sa_perm * w1_scale, SwiGLU, the hi/lo pair of each
-    128-column block at the tile's own rows (cq [MP, 2I]: hi then lo per block; cs [2I/128, MP]; with
-    `shared_lo` the lo term in the hi term's scale). Padding rows (rid_perm -1) hold zeros in A_perm, so
-    their C is zero as the kernel writes it, whether or not it runs their MMAs. Each tile's C done, its
+    G1 = sum over K blocks of (A @ W1[e]^T) * a_scale * w1_scale over the tile's rows of hidden_states (the
+    rows rid_perm names: what the kernel gathers, or the permute's copy of them), SwiGLU, the hi/lo pair of
+    each 128-column block at the tile's own rows (cq [MP, 2I]: hi then lo per block; cs [2I/128, MP]; with
+    `shared_lo` the lo term in the hi term's scale). Padding rows (rid_perm -1) read as zeros, so their C
+    is zero as the kernel writes it, whether or not it runs their MMAs. Each tile's C done, its
     count in tile_done goes up by the kernel's signals: one per consumer warpgroup and column block. The
     item counter the kernel claims from (`claims`, a view of the permute's) starts at 0."""
     assert int(claims[0]) == 0
@@ -65,11 +66,15 @@ def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_
     for t in range(int(n_tiles[0])):
         rows = slice(t * BLOCK, (t + 1) * BLOCK)
         e = int(tile_expert[t])
-        a = a_desc.base[rows].float().view(BLOCK, nkb, BLOCK)
+        rid = rid_perm[rows].long()
+        tok = torch.where(rid >= 0, rid // 8, 0)
+        real = (rid >= 0).float()
+        a = (hs[tok].float() * real[:, None]).view(BLOCK, nkb, BLOCK)
+        sa = hss[:, tok].float() * real[None, :]  # [nkb, rows]
         w = w1[e].float().view(2 * inter, nkb, BLOCK)
         sw = w1s[e].float().repeat_interleave(BLOCK, dim=0)  # [2I, nkb]
         partial = torch.einsum("mkc,nkc->mkn", a, w)  # [rows, K blocks, 2I], one product per K block
-        g1 = (partial * sa_desc.base[:, rows].t()[:, :, None] * sw.t()[None]).sum(dim=1)
+        g1 = (partial * sa.t()[:, :, None] * sw.t()[None]).sum(dim=1)
         c = torch.nn.functional.silu(g1[:, inter:]) * g1[:, :inter]
         (hi, s_hi), (lo, s_lo) = _quant_c(c, 2, shared_lo)  # rung 3's test's quantization of C
         nj = inter // BLOCK
@@ -141,11 +146,13 @@ def _routing_and_sort(ws, inp):
         kernel.slow(*args)
 
 
-@pytest.mark.parametrize("T,seed", [(40, 11), (64, 12)])
-def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
+@pytest.mark.parametrize("T,seed,gather", [(40, 11, False), (64, 12, False), (64, 13, True)])
+def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed, gather):
+    """The tiles of each expert's rows, their row ids, the tile count and the zeroed counters; without
+    `gather_rows` the copy of each row and its scales too (with it, GEMM1 gathers them: nothing copied)."""
     ds, large_t = small
     inp = _inputs(ds, T, seed)
-    ws = _workspace(large_t, inp)
+    ws = _workspace(large_t, inp, gather_rows=gather)
     _routing_and_sort(ws, inp)
     _poison(ws)
     ws.k_permute.slow(*ws.permute_arguments(inp[2], inp[3]))
@@ -163,15 +170,19 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed):
             want[:n] = rid[first : first + n]
             assert torch.equal(ws.rid_perm[rows].cpu(), want)
             tok = want[:n].long() // ws.TOPK
+            tile += 1
+            if gather:
+                continue
             assert torch.equal(ws.a_perm[rows][:n].float(), hs[tok])
             assert torch.equal(ws.a_perm[rows][n:].float(), torch.zeros(BLOCK - n, ws.H))  # padding: zeros
             assert torch.equal(ws.sa_perm[:, rows][:, :n], hss[:, tok])
             assert torch.equal(ws.sa_perm[:, rows][:, n:], torch.zeros(ws.H // BLOCK, BLOCK - n))
-            tile += 1
     assert int(ws.n_tiles[0]) == tile
     assert tile <= ws.perm_max_tiles
     assert torch.equal(ws.tile_done.cpu(), torch.zeros(ws.perm_max_tiles, dtype=torch.int32))  # every slot
     assert not ws.claims.any()  # both GEMMs' item counters
+    if gather:  # one unused tile, left as poisoned
+        assert ws.a_perm.shape[0] == BLOCK and (ws.a_perm.view(torch.uint8) == NAN_E4M3).all()
 
 
 @pytest.mark.parametrize("style,T,seed,shared_lo", [("contest", 40, 21, True), ("quantized", 64, 22, True),

@@ -41,11 +41,19 @@ import triton.language as tl
 from .gemm_blockscaled import HAVE_GLUON
 from .launch import FP8_MAX, Kernel
 from .permute import BM as TILE_ROWS
+from .routing import TOP_K
 
 if HAVE_GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
     from . import item_ring
@@ -55,6 +63,7 @@ ROWS_PER_CONSUMER = 64  # rows per consumer warpgroup: one m64 wgmma
 COLUMNS = 128  # columns of I per work item (128 up and 128 gate rows of W1)
 HALF_M = tl.constexpr(ROWS_PER_CONSUMER)  # the same, for the kernels
 BJ = tl.constexpr(COLUMNS)
+TOPK = tl.constexpr(TOP_K)
 
 if HAVE_GLUON:
     # a consumer's [64, 128] fp32 accumulator as the m64n128 wgmma leaves it, its rows and its columns
@@ -62,6 +71,10 @@ if HAVE_GLUON:
     ACC = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 32]))
     ACC_ROWS = gl.constexpr(gl.SliceLayout(1, ACC))
     ACC_COLS = gl.constexpr(gl.SliceLayout(0, ACC))
+    # the gathering producer's four warps: a [64, 128] fp8 half tile as 16 bytes a thread (4 rows each),
+    # a [1, 64] vector of row scales
+    GATHER_ROWS = gl.constexpr(gl.BlockedLayout([1, 16], [4, 8], [4, 1], [1, 0]))
+    GATHER_SCALES = gl.constexpr(gl.BlockedLayout([1, 1], [1, 32], [1, 4], [1, 0]))
 
     @gluon.jit
     def row_scale_vectors(bufs):
@@ -69,11 +82,31 @@ if HAVE_GLUON:
         return bufs._reinterpret(gl.float32, [bufs.shape[0], HALF_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
     @gluon.jit
+    def _producer_tma(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready,
+                      item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, hs_ptr, hss_ptr, T, GROUP_M, H, I,
+                      SKIP_PADDING, DYNAMIC):  # fmt: skip
+        # a partition's arguments arrive as runtime values (Triton 3.6): GATHER, which picks layouts, is
+        # given here as a literal
+        _producer(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready,
+                  item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, hs_ptr, hss_ptr, T, GROUP_M, H, I,
+                  SKIP_PADDING, DYNAMIC, False)  # fmt: skip
+
+    @gluon.jit
+    def _producer_gather(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready,
+                         item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, hs_ptr, hss_ptr, T, GROUP_M,
+                         H, I, SKIP_PADDING, DYNAMIC):  # fmt: skip
+        _producer(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready,
+                  item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, hs_ptr, hss_ptr, T, GROUP_M, H, I,
+                  SKIP_PADDING, DYNAMIC, True)  # fmt: skip
+
+    @gluon.jit
     def _producer(a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready,
-                  item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, GROUP_M, H, I,
-                  SKIP_PADDING: gl.constexpr, DYNAMIC: gl.constexpr):  # fmt: skip
-        """One warp: claims the CTA's items (`item_ring`), hands each to the consumers, and issues the TMA
-        loads of its K blocks into the ring of stages, across item boundaries."""
+                  item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, hs_ptr, hss_ptr, T, GROUP_M, H, I,
+                  SKIP_PADDING: gl.constexpr, DYNAMIC: gl.constexpr, GATHER: gl.constexpr):  # fmt: skip
+        """Claims the CTA's items (`item_ring`), hands each to the consumers, and issues the loads of its K
+        blocks into the ring of stages, across item boundaries: W1's tiles by TMA; the tile's activation
+        rows and their scales by TMA from the permuted copy (one warp), or with GATHER gathered by
+        `cp.async` straight from hidden_states at the tile's row ids (four warps; padding rows zero-filled)."""
         BK: gl.constexpr = 128
         NKB = H // BK
         NJ = I // BJ
@@ -87,24 +120,80 @@ if HAVE_GLUON:
             following = item_ring.next_item(item, claims_ptr, DYNAMIC)  # claimed now: its latency under the loads
             tile, jb = _gl_grouped_tile(item, n_tiles, NJ, GROUP_M)
             flags = item_ring.padding_flags(rid_ptr, tile, SKIP_PADDING)
-            item_ring.publish(items, item_ready, item_empty, j, item * 4 + flags)
+            _publish(items, item_ready, item_empty, j, item * 4 + flags, GATHER)
             e = gl.load(tile_expert_ptr + tile)
             w_row = e * (2 * I) + jb * BJ  # W1 viewed as [NL * 2I, H]: the up rows; the gate rows I further
-            for kb in range(NKB):
-                s = it % STAGES
-                mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
-                bar = ready.index(s)
-                mbarrier.expect(bar, nbytes)
-                for h in gl.static_range(2):
-                    m = tile * (2 * HALF_M) + h * HALF_M
-                    tma.async_copy_global_to_shared(a_desc, [m, kb * BK], bar, a_bufs.index(2 * s + h))
-                    tma.async_copy_global_to_shared(sa_desc, [kb, m], bar, sa_bufs.index(2 * s + h))
-                tma.async_copy_global_to_shared(w_desc, [w_row, kb * BK], bar, u_bufs.index(s))
-                tma.async_copy_global_to_shared(w_desc, [w_row + I, kb * BK], bar, g_bufs.index(s))
-                it += 1
+            if GATHER:
+                it = _gather_item(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w_desc, rid_ptr, hs_ptr, hss_ptr, T,
+                                  tile, w_row, it, H, I)  # fmt: skip
+            else:
+                for kb in range(NKB):
+                    s = it % STAGES
+                    mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+                    bar = ready.index(s)
+                    mbarrier.expect(bar, nbytes)
+                    for h in gl.static_range(2):
+                        m = tile * (2 * HALF_M) + h * HALF_M
+                        tma.async_copy_global_to_shared(a_desc, [m, kb * BK], bar, a_bufs.index(2 * s + h))
+                        tma.async_copy_global_to_shared(sa_desc, [kb, m], bar, sa_bufs.index(2 * s + h))
+                    tma.async_copy_global_to_shared(w_desc, [w_row, kb * BK], bar, u_bufs.index(s))
+                    tma.async_copy_global_to_shared(w_desc, [w_row + I, kb * BK], bar, g_bufs.index(s))
+                    it += 1
             item = following
             j += 1
-        item_ring.publish(items, item_ready, item_empty, j, -1)  # no more items
+        _publish(items, item_ready, item_empty, j, -1, GATHER)  # no more items
+
+    @gluon.jit
+    def _publish(items, item_ready, item_empty, j, value, GATHER: gl.constexpr):
+        """`item_ring.publish` from this producer: four warps when it gathers, else one."""
+        if GATHER:
+            item_ring.publish(items, item_ready, item_empty, j, value, 4)
+        else:
+            item_ring.publish(items, item_ready, item_empty, j, value, 1)
+
+    @gluon.jit
+    def _gather_item(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w_desc, rid_ptr, hs_ptr, hss_ptr, T, tile, w_row,
+                     it, H, I):  # fmt: skip
+        """The gathering producer's loads of one item (`tile`, W1 rows from `w_row`), from stage counter `it`
+        on: per K block both halves' activation rows and their scales by cp.async from hidden_states at the
+        tile's row ids (each thread arrives on the stage's barrier once its copies land), then W1's up and
+        gate tiles by TMA. Returns the stage counter."""
+        BK: gl.constexpr = 128
+        STAGES: gl.constexpr = u_bufs.shape[0]
+        w_nbytes: gl.constexpr = 2 * w_desc.block_type.nbytes
+        cols = gl.arange(0, BK, layout=gl.SliceLayout(0, GATHER_ROWS))
+        rows0, ok0, srow0, sok0 = _gather_rows(rid_ptr, hs_ptr, hss_ptr, tile * (2 * HALF_M), H)
+        rows1, ok1, srow1, sok1 = _gather_rows(rid_ptr, hs_ptr, hss_ptr, tile * (2 * HALF_M) + HALF_M, H)
+        for kb in range(H // BK):
+            s = it % STAGES
+            mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+            bar = ready.index(s)
+            k = kb * BK + cols
+            async_copy.async_copy_global_to_shared(a_bufs.index(2 * s), rows0[:, None] + k[None, :], ok0[:, None])
+            async_copy.async_copy_global_to_shared(a_bufs.index(2 * s + 1), rows1[:, None] + k[None, :], ok1[:, None])
+            async_copy.async_copy_global_to_shared(sa_bufs.index(2 * s), (srow0 + kb * T)[None, :], sok0[None, :])
+            async_copy.async_copy_global_to_shared(sa_bufs.index(2 * s + 1), (srow1 + kb * T)[None, :], sok1[None, :])
+            async_copy.mbarrier_arrive(bar, increment_count=False)  # each thread, once its copies land
+            mbarrier.expect(bar, w_nbytes)
+            tma.async_copy_global_to_shared(w_desc, [w_row, kb * BK], bar, u_bufs.index(s))
+            tma.async_copy_global_to_shared(w_desc, [w_row + I, kb * BK], bar, g_bufs.index(s))
+            it += 1
+        return it
+
+    @gluon.jit
+    def _gather_rows(rid_ptr, hs_ptr, hss_ptr, first, H):
+        """For 64 permuted rows from `first`: each row's activation row pointer and whether it is a real row
+        (in GATHER_ROWS' row slice), and the pointer of its scale in K block 0 and the same test (in
+        GATHER_SCALES' column slice). Padding rows (row id -1) point at token 0 and are masked off."""
+        r = first + gl.arange(0, HALF_M, layout=gl.SliceLayout(1, GATHER_ROWS))
+        rid = gl.load(rid_ptr + r)
+        ok = rid >= 0
+        rows = hs_ptr + gl.multiple_of(gl.where(ok, rid // TOPK, 0).to(gl.int64) * H, 16)  # H: 128s
+        rs = first + gl.arange(0, HALF_M, layout=gl.SliceLayout(0, GATHER_SCALES))
+        rid_s = gl.load(rid_ptr + rs)
+        sok = rid_s >= 0
+        srow = hss_ptr + gl.where(sok, rid_s // TOPK, 0)
+        return rows, ok, srow, sok
 
     @gluon.jit
     def _promote_block(a_smem, w_smem, spare, acc, scale, a_lo=None):
@@ -154,7 +243,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready, item_empty, w1s_ptr,
                   tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP,
-                  SHARED_LO: gl.constexpr, SIGNAL: gl.constexpr, WG: gl.constexpr):  # fmt: skip
+                  SHARED_LO: gl.constexpr, SIGNAL: gl.constexpr, GATHER: gl.constexpr, WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile, items as the producer hands them
         over (no MMA where the rows are all padding: the other warpgroup then has the tensor cores alone)."""
         BK: gl.constexpr = 128
@@ -183,6 +272,8 @@ if HAVE_GLUON:
                 for kb in range(NKB):
                     s = it % STAGES
                     mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+                    if GATHER:  # the rows came by cp.async (the generic proxy); wgmma reads by the async one
+                        fence_async_shared()
                     sa = sa_rows.index(2 * s + WG).load(ACC_ROWS)
                     su = gl.load(su_ptr + kb)
                     sg = gl.load(sg_ptr + kb)
@@ -216,18 +307,18 @@ if HAVE_GLUON:
     @gluon.jit
     def _consumer_1(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready, item_empty, w1s_ptr,
                     tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO,
-                    SIGNAL):  # fmt: skip
+                    SIGNAL, GATHER):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
         _consumer(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready, item_empty, w1s_ptr,
                   tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO, SIGNAL,
-                  1)  # fmt: skip
+                  GATHER, 1)  # fmt: skip
 
     @gluon.jit
     def gemm1_gluon_kernel(a_desc, w_desc, sa_desc, w1s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, cq_ptr, cs_ptr,
-                           tile_done_ptr, claims_ptr, H, I, MP, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-                           SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr, SIGNAL: gl.constexpr,
-                           DYNAMIC: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                           PRODUCER_REGS: gl.constexpr):  # fmt: skip
+                           tile_done_ptr, claims_ptr, hs_ptr, hss_ptr, T, H, I, MP, GROUP_M: gl.constexpr,
+                           STAGES: gl.constexpr, SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr,
+                           SIGNAL: gl.constexpr, DYNAMIC: gl.constexpr, GATHER: gl.constexpr,
+                           CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
         if SIGNAL:  # GEMM2 may take the SMs of finished CTAs (it waits on tile_done, not on this kernel's end)
             launch_dependents()
         a_bufs = gl.allocate_shared_memory(a_desc.dtype, [2 * STAGES, HALF_M, 128], a_desc.layout)
@@ -237,29 +328,37 @@ if HAVE_GLUON:
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
+            # the producer's expect, then the TMA bytes; with GATHER also one cp.async arrive per producer thread
+            mbarrier.init(ready.index(i), count=129 if GATHER else 1)
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
         items, item_ready, item_empty = item_ring.allocate()
         consumer_args = (a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready, item_empty, w1s_ptr,
                          tile_expert_ptr, n_tiles_ptr, cq_ptr, cs_ptr, tile_done_ptr, GROUP_M, H, I, MP, SHARED_LO,
-                         SIGNAL)  # fmt: skip
+                         SIGNAL, GATHER)  # fmt: skip
         producer_args = (a_desc, w_desc, sa_desc, a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, items, item_ready,
-                         item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, GROUP_M, H, I, SKIP_PADDING,
-                         DYNAMIC)  # fmt: skip
-        gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
-                            (_producer, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
+                         item_empty, tile_expert_ptr, n_tiles_ptr, rid_ptr, claims_ptr, hs_ptr, hss_ptr, T, GROUP_M, H,
+                         I, SKIP_PADDING, DYNAMIC)  # fmt: skip
+        if GATHER:  # a producer of four warps
+            gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
+                                (_producer_gather, producer_args)], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
+        else:
+            gl.warp_specialize([(_consumer, consumer_args + (0,)), (_consumer_1, consumer_args),
+                                (_producer_tma, producer_args)], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])  # fmt: skip
 
 
-def launch_for(ws, sms, *, stages=4, group_m=8, consumer_regs=240, producer_regs=24, maxnreg=168) -> Kernel:
+def launch_for(ws, sms, *, stages=4, group_m=8, maxnreg=168) -> Kernel:
     """The GEMM1 launch of large-T workspace `ws` on `sms` SMs (C's lo term in hi's scale if
-    `ws.shared_lo_scale`; no MMA on all-padding halves if `ws.skip_padding_halves`). 4 + 4 + 1 warps in
-    three warpgroups: 168 registers x 384 threads fit 64K, and setmaxnreg moves the producer's spare ones
-    to the consumers."""
+    `ws.shared_lo_scale`; no MMA on all-padding halves if `ws.skip_padding_halves`; the rows gathered
+    from hidden_states if `ws.gather_rows`). 4 + 4 + 1 (4 when gathering) warps in three warpgroups: 168
+    registers x 384 threads fit 64K, and setmaxnreg moves the producer's spare ones to the consumers:
+    240 + 240 + 24, or 224 + 224 + 56 for the gathering producer's addresses (at 48 one 64-bit value of
+    the prologue spills; no spill either way here, offline)."""
+    consumer_regs, producer_regs = (224, 56) if ws.gather_rows else (240, 24)
     assert TILE_ROWS == 2 * ROWS_PER_CONSUMER, "a permuted tile is both consumers' rows"
     items = ws.perm_max_tiles * (ws.I // COLUMNS)
     consts = dict(GROUP_M=group_m, STAGES=stages, SHARED_LO=ws.shared_lo_scale, SKIP_PADDING=ws.skip_padding_halves,
-                  SIGNAL=ws.gemm2_under_gemm1, DYNAMIC=ws.dynamic_items, CONSUMER_REGS=consumer_regs,
-                  PRODUCER_REGS=producer_regs)  # fmt: skip
+                  SIGNAL=ws.gemm2_under_gemm1, DYNAMIC=ws.dynamic_items, GATHER=ws.gather_rows,
+                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
     return Kernel(gemm1_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg)
 
 
@@ -270,11 +369,13 @@ def fixed_arguments(ws) -> dict:
     return dict(a=a, sa=sa, w_layout=fp8_tile_layout(COLUMNS))
 
 
-def arguments(ws, gemm1_weights, gemm1_weights_scale) -> tuple:
+def arguments(ws, hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale) -> tuple:
     """The launch's runtime arguments: TMA descriptors of the permuted rows, W1 (viewed [NL * 2I, H]:
-    expert e's up rows, then its gate rows I further) and the rows' scales, then pointers and sizes."""
+    expert e's up rows, then its gate rows I further) and the rows' scales, then pointers (the activations
+    themselves, which a gathering producer reads) and sizes."""
     NL, N1, H = gemm1_weights.shape
     f = ws.gemm1_fixed
     w_desc = GluonTensorDescriptor.from_tensor(gemm1_weights.view(NL * N1, H), [COLUMNS, 128], f["w_layout"])
     return (f["a"], w_desc, f["sa"], gemm1_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.cq_perm,
-            ws.cs_perm, ws.tile_done, ws.gemm1_claims, H, N1 // 2, ws.sa_perm.shape[1])  # fmt: skip
+            ws.cs_perm, ws.tile_done, ws.gemm1_claims, hidden_states, hidden_states_scale, hidden_states.shape[0], H,
+            N1 // 2, ws.cs_perm.shape[1])  # fmt: skip

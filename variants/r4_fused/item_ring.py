@@ -27,8 +27,8 @@ if HAVE_GLUON:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-    ONE_WARP = gl.constexpr(gl.BlockedLayout([1], [32], [1], [0]))  # the producer's one warp
-    WARPGROUP = gl.constexpr(gl.BlockedLayout([1], [32], [4], [0]))  # a consumer's four
+    ONE_WARP = gl.constexpr(gl.BlockedLayout([1], [32], [1], [0]))  # a producer of one warp
+    WARPGROUP = gl.constexpr(gl.BlockedLayout([1], [32], [4], [0]))  # a consumer's four (or a producer's)
 
     @gluon.jit
     def allocate():
@@ -58,11 +58,15 @@ if HAVE_GLUON:
         return 0
 
     @gluon.jit
-    def publish(slots, ready, empty, j, value):
-        """The producer: `value` (item * 4 + flags, or -1) into slot j of the ring, once its last reader is done."""
+    def publish(slots, ready, empty, j, value, WARPS: gl.constexpr = 1):
+        """The producer (WARPS warps: 1 or 4): `value` (item * 4 + flags, or -1) into slot j of the ring, once
+        its last reader is done."""
         s = j % ITEM_SLOTS
         mbarrier.wait(empty.index(s), ((j // ITEM_SLOTS) & 1) ^ 1)  # a fresh barrier passes parity 1
-        slots.index(s).store(gl.full([1], value, gl.int32, ONE_WARP))
+        if WARPS == 1:
+            slots.index(s).store(gl.full([1], value, gl.int32, ONE_WARP))
+        else:
+            slots.index(s).store(gl.full([1], value, gl.int32, WARPGROUP))
         gl.thread_barrier()  # the store before the warp's one arrive
         mbarrier.arrive(ready.index(s), count=1)
 

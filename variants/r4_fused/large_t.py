@@ -34,7 +34,7 @@ class Workspace(Rung3Workspace):
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8,
                  shared_lo_scale=True, skip_padding_halves=True, gemm2_under_gemm1=True,
-                 dynamic_items=True):  # fmt: skip
+                 dynamic_items=True, gather_rows=True):  # fmt: skip
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -43,8 +43,11 @@ class Workspace(Rung3Workspace):
         self.cq = self.cs = None  # rung 3's C (rows by id): this path keeps C in permuted rows instead
         self.perm_max_tiles = max_tiles(T, NL, permute.BM)
         mp = self.perm_max_tiles * permute.BM
-        self.a_perm = torch.empty(mp, H, dtype=torch.float8_e4m3fn, device=device)
-        self.sa_perm = torch.empty(H // 128, mp, dtype=torch.float32, device=device)
+        # the permuted copy of the activation rows and scales; when GEMM1 gathers them itself (gather_rows)
+        # one tile's worth, which only its (unused) TMA descriptors point at
+        rows_copied = permute.BM if gather_rows else mp
+        self.a_perm = torch.empty(rows_copied, H, dtype=torch.float8_e4m3fn, device=device)
+        self.sa_perm = torch.empty(H // 128, rows_copied, dtype=torch.float32, device=device)
         self.rid_perm = torch.empty(mp, dtype=torch.int32, device=device)
         self.tile_expert = torch.empty(self.perm_max_tiles, dtype=torch.int32, device=device)
         self.n_tiles = torch.empty(1, dtype=torch.int32, device=device)
@@ -69,6 +72,10 @@ class Workspace(Rung3Workspace):
         # both Gluon GEMMs claim their items from a counter (v61: a CTA that starts late or has short items
         # takes more); False: a static stride (`item_ring.py`)
         self.dynamic_items = dynamic_items
+        # GEMM1's producer gathers each tile's activation rows and scales from hidden_states by cp.async, and
+        # the permute launch only lays out the row ids (v65); False: the permute copies the rows, GEMM1 loads
+        # the copy by TMA
+        self.gather_rows = gather_rows
         self.k_permute = permute.launch_for(self)
         # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
         self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
@@ -95,7 +102,7 @@ class Workspace(Rung3Workspace):
         yield route
         yield sort
         yield self.k_permute, self.permute_arguments(hidden_states, hidden_states_scale)
-        yield self.k_gemm1_gluon, gemm1_gluon.arguments(self, w1, w1s)
+        yield self.k_gemm1_gluon, gemm1_gluon.arguments(self, hidden_states, hidden_states_scale, w1, w1s)
         yield self.k_gemm2_gluon, gemm2_gluon.arguments(self, w2, w2s, args[10], local_off)
         yield finalize
 

@@ -14,6 +14,8 @@ completion signals (GEMM2 starts on a tile when they are all in), and claims[0],
 GEMMs' item counters (`item_ring.py`). MP = max_tiles * BM: the worst case,
 fixed per T. One program per (tile, group of K blocks); programs past the real tiles exit.
 A single streaming pass: each activation row is read once per expert that selected it, written once.
+With `large_t.Workspace(gather_rows=True)`, the default, GEMM1 gathers the rows and scales itself and this
+launch writes only the row ids, tiles and counters (one program a tile).
 """
 
 import triton
@@ -30,7 +32,7 @@ def permute_kernel(
     hs_ptr, hss_ptr, counts_ptr, lists_ptr, a_ptr, sa_ptr, rid_ptr, tile_expert_ptr, n_tiles_ptr, tile_done_ptr,
     claims_ptr, T,
     MP: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, TOPK: tl.constexpr,
-    BM: tl.constexpr, KB_PER_PROGRAM: tl.constexpr,
+    BM: tl.constexpr, KB_PER_PROGRAM: tl.constexpr, COPY_ROWS: tl.constexpr,
 ):  # fmt: skip
     BK: tl.constexpr = 128
     tile = tl.program_id(0)
@@ -50,7 +52,7 @@ def permute_kernel(
             tl.store(rid_ptr + p, tl.where(rmask, rid, -1))
             tl.store(tile_expert_ptr + tile, e)
         kk = tl.arange(0, BK)
-        for i in tl.static_range(KB_PER_PROGRAM):
+        for i in tl.static_range(KB_PER_PROGRAM if COPY_ROWS else 0):
             kb = kg * KB_PER_PROGRAM + i
             x = tl.load(hs_ptr + tok.to(tl.int64)[:, None] * H + kb * BK + kk[None, :], mask=rmask[:, None], other=0.0)
             tl.store(a_ptr + p.to(tl.int64)[:, None] * H + kb * BK + kk[None, :], x)
@@ -59,11 +61,13 @@ def permute_kernel(
 
 
 def launch_for(ws) -> Kernel:
-    """The permute launch of large-T workspace `ws` (`large_t.Workspace`)."""
+    """The permute launch of large-T workspace `ws` (`large_t.Workspace`): with `ws.gather_rows` (GEMM1
+    gathers the rows itself) only the row ids, tiles and counters, one program a tile."""
     nkb = ws.H // 128
     kbp = max(d for d in (8, 7, 4, 2, 1) if nkb % d == 0)
     return Kernel(
-        permute_kernel, (ws.perm_max_tiles, nkb // kbp),
-        dict(MP=ws.perm_max_tiles * BM, NL=ws.NL, NLP=ws.NLP, H=ws.H, TOPK=ws.TOPK, BM=BM, KB_PER_PROGRAM=kbp),
+        permute_kernel, (ws.perm_max_tiles, 1 if ws.gather_rows else nkb // kbp),
+        dict(MP=ws.perm_max_tiles * BM, NL=ws.NL, NLP=ws.NLP, H=ws.H, TOPK=ws.TOPK, BM=BM, KB_PER_PROGRAM=kbp,
+             COPY_ROWS=not ws.gather_rows),
         num_warps=4,
     )  # fmt: skip
