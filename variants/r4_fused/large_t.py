@@ -5,12 +5,15 @@ permuted rows, between rung 3's routing, sort and finalize launches:
                                                                                   `gemm1_gluon.py`,
                                                                                   `gemm2_gluon.py`)
 
-The permute launch copies each expert's activation rows into contiguous, tile-padded buffers (TMA has
-no gather on Hopper); GEMM1 writes C in that row order, so GEMM2 loads C's tiles with TMA too; GEMM2
-writes output rows and parks the rows of multi-expert tokens exactly as rung 3's GEMM2 does, for rung
-3's finalize. GEMM2 is launched with PDL while GEMM1 runs (`gemm2_under_gemm1`): its CTAs take the SMs of
-GEMM1's finished ones and start a tile once GEMM1 has signalled all of its C (`tile_done`, zeroed by the
-permute). Elsewhere (sm_100, the CPU interpreter) a call is rung 3's as it is.
+The permute launch numbers each expert's rows in tile-padded 128-row tiles (row ids, each tile's expert,
+the tile count); GEMM1's producer gathers each tile's activation rows and scales from hidden_states by
+cp.async (`gather_rows`; TMA has no gather on Hopper; without it the permute copies the rows into
+contiguous tiles and GEMM1 loads the copy by TMA); GEMM1 writes C in that row order, so GEMM2 loads C's
+tiles with TMA too; GEMM2 writes output rows and parks the rows of multi-expert tokens exactly as rung
+3's GEMM2 does, for rung 3's finalize. GEMM2 is launched with PDL while GEMM1 runs
+(`gemm2_under_gemm1`): its CTAs take the SMs of GEMM1's finished ones and start a tile once GEMM1 has
+signalled all of its C (`tile_done`, zeroed by the permute). Elsewhere (sm_100, the CPU interpreter) a
+call is rung 3's as it is.
 
 Host path: the first call goes through Triton's dispatcher (compiles, and prepares each launch's C
 launcher); later calls launch every kernel straight through its C launcher (`Kernel.fast`, tensors as
