@@ -236,6 +236,14 @@ def test_the_runner_builds_its_large_t_workspaces_with_the_arguments_given(small
         runner = main.Runner(large_t_args=args)
         assert runner(*inp, out) is out and runner(*inp, out) is out
         assert built == [want]
+    # an input off 16-byte alignment (TMA and the 16-byte gather cannot read it) takes rung 3's kernels
+    rung3_calls = []
+    monkeypatch.setattr(main, "run_rung3", lambda *args: rung3_calls.append(args[2].data_ptr()) or args[-1])
+    shifted = torch.empty(inp[2].numel() + 1, dtype=inp[2].dtype)[1:].view(inp[2].shape)
+    built.clear()
+    runner = main.Runner()
+    assert runner(*inp[:2], shifted, *inp[3:], out) is out
+    assert built == [] and rung3_calls == [shifted.data_ptr()]
 
 
 def test_the_runner_takes_the_large_t_path_above_its_fused_max_t(small, monkeypatch):
