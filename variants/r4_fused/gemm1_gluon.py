@@ -1,11 +1,12 @@
 """GEMM1 of the large-T path on Hopper: a grouped, warp-specialized Gluon kernel over the permuted rows.
 
-    G1[rows of tile t, columns jb] = A_perm[tile t] @ W1[e(t)][up | gate rows of jb]^T, block-scaled,
+    G1[rows of tile t, columns jb] = A[rows of tile t] @ W1[e(t)][up | gate rows of jb]^T, block-scaled,
     then C = silu(gate) * up stored as a hi/lo FP8 pair in the permuted row order
 
-so that the grouped GEMM2 (`gemm2_gluon.py`) loads C's tiles with TMA as this kernel loads A's. The
-inputs come from `permute.py`: A_perm [MP, H] (each expert's rows, tile-padded), its scales
-[H/128, MP], each tile's expert and the number of tiles. C's layout, rung 3's pair in permuted rows
+so that the grouped GEMM2 (`gemm2_gluon.py`) loads C's tiles with TMA. The rows come from `permute.py`:
+each tile's row ids (rid_perm, -1 for padding), its expert and the number of tiles; A is hidden_states
+at those rows, gathered by this kernel's producer (GATHER, the default), or the permute's copy of them
+(A_perm [MP, H] and its scales [H/128, MP], loaded by TMA). C's layout, rung 3's pair in permuted rows
 (with SHARED_LO, the default, the lo term's scale is the hi term's, stored in both places):
 
     cq_perm [MP, 2I]        fp8: columns jb * 256 + (0..127) the hi term of I block jb, + 128 the lo term
@@ -17,13 +18,18 @@ made grouped and given GEMM1's epilogue:
 - work items (tile, column block jb) in grouped order (GROUP_M tiles of one jb run together: they share
   the 128 up and 128 gate rows of W1[e], and consecutive tiles mostly have the same expert), claimed
   from a counter by each CTA's producer warp and handed to its consumers (`item_ring.py`, v61);
-- one TMA producer warp: per K block, both 64-row halves of the A tile with their 64 scales each, and
-  W1's 128 up rows and 128 gate rows of jb (48.5 KB a stage, 4 stages);
+- a producer partition: per K block, both 64-row halves of the A tile with their 64 scales each, and
+  W1's 128 up rows and 128 gate rows of jb (48.5 KB a stage, 4 stages); with GATHER four warps at 56
+  registers gather A's rows and scales by 16-byte cp.async at the row ids (padding rows zero-filled),
+  each thread arriving on the stage's barrier when its copies land, and W1 comes by TMA; otherwise one
+  warp issues it all by TMA from the copy. The consumers then have 224 registers, else 240;
 - two consumer warpgroups (rows 0-63 and 64-127), each per K block: up wgmma into the spare partial,
-  wait, promote into acc_u (scale a_scale[row] * w1_scale[up block]); gate likewise into acc_g. Three
-  64 x 128 fp32 tiles per thread (192 registers of 240). One warpgroup's promotion runs under the
-  other's MMAs (the two are not synchronised). A warpgroup whose 64 rows are all padding (the second
-  half of an expert's last tile, when that holds <= 64 rows) only passes the stages on: no MMA;
+  wait, promote into acc_u (scale a_scale[row] * w1_scale[up block]); gate likewise into acc_g. Three 64
+  x 128 fp32 tiles per thread (192 registers). With GATHER each fences the async proxy after a stage's
+  wait (cp.async writes through the generic proxy, wgmma reads through the async one). One warpgroup's
+  promotion runs under the other's MMAs (the two are not synchronised). A warpgroup whose 64 rows are
+  all padding (the second half of an expert's last tile, when that holds <= 64 rows) only passes the
+  stages on: no MMA;
 - epilogue per warpgroup: SwiGLU, hi = fp8(C / s_hi), lo = fp8((C - hi s_hi) / s_lo) per row and 128
   columns (the math of `_shared/quant.quant_block`, written again here: Gluon cannot call Triton
   functions; SHARED_LO: s_lo = s_hi, GEMM_NOTES.md v19), stored at the tile's own rows (padding rows are
