@@ -126,7 +126,7 @@ if HAVE_GLUON:
             following = item_ring.next_item(item, claims_ptr, DYNAMIC)  # claimed now: its latency under the loads
             tile, jb = _gl_grouped_tile(item, n_tiles, NJ, GROUP_M)
             flags = item_ring.padding_flags(rid_ptr, tile, SKIP_PADDING)
-            _publish(items, item_ready, item_empty, j, item * 4 + flags, GATHER)
+            item_ring.publish(items, item_ready, item_empty, j, item * 4 + flags)
             e = gl.load(tile_expert_ptr + tile)
             w_row = e * (2 * I) + jb * BJ  # W1 viewed as [NL * 2I, H]: the up rows; the gate rows I further
             if GATHER:
@@ -147,15 +147,7 @@ if HAVE_GLUON:
                     it += 1
             item = following
             j += 1
-        _publish(items, item_ready, item_empty, j, -1, GATHER)  # no more items
-
-    @gluon.jit
-    def _publish(items, item_ready, item_empty, j, value, GATHER: gl.constexpr):
-        """`item_ring.publish` from this producer: four warps when it gathers, else one."""
-        if GATHER:
-            item_ring.publish(items, item_ready, item_empty, j, value, 4)
-        else:
-            item_ring.publish(items, item_ready, item_empty, j, value, 1)
+        item_ring.publish(items, item_ready, item_empty, j, -1)  # no more items
 
     @gluon.jit
     def _gather_item(a_bufs, u_bufs, g_bufs, sa_bufs, ready, empty, w_desc, rid_ptr, hs_ptr, hss_ptr, T, tile, w_row,

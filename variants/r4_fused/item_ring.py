@@ -27,7 +27,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-    ONE_WARP = gl.constexpr(gl.BlockedLayout([1], [32], [1], [0]))  # a producer of one warp
+    ONE_WARP = gl.constexpr(gl.BlockedLayout([1], [32], [1], [0]))  # a producer of one warp (gl.num_warps() there)
     WARPGROUP = gl.constexpr(gl.BlockedLayout([1], [32], [4], [0]))  # a consumer's four (or a producer's)
 
     @gluon.jit
@@ -58,12 +58,12 @@ if HAVE_GLUON:
         return 0
 
     @gluon.jit
-    def publish(slots, ready, empty, j, value, WARPS: gl.constexpr = 1):
-        """The producer (WARPS warps: 1 or 4): `value` (item * 4 + flags, or -1) into slot j of the ring, once
+    def publish(slots, ready, empty, j, value):
+        """The producer (one warp or four): `value` (item * 4 + flags, or -1) into slot j of the ring, once
         its last reader is done."""
         s = j % ITEM_SLOTS
         mbarrier.wait(empty.index(s), ((j // ITEM_SLOTS) & 1) ^ 1)  # a fresh barrier passes parity 1
-        if WARPS == 1:
+        if gl.num_warps() == 1:
             slots.index(s).store(gl.full([1], value, gl.int32, ONE_WARP))
         else:
             slots.index(s).store(gl.full([1], value, gl.int32, WARPGROUP))
