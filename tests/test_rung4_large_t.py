@@ -236,14 +236,7 @@ def test_the_runner_builds_its_large_t_workspaces_with_the_arguments_given(small
         runner = main.Runner(large_t_args=args)
         assert runner(*inp, out) is out and runner(*inp, out) is out
         assert built == [want]
-    # an input off 16-byte alignment (TMA and the 16-byte gather cannot read it) takes rung 3's kernels
-    rung3_calls = []
-    monkeypatch.setattr(main, "run_rung3", lambda *args: rung3_calls.append(args[2].data_ptr()) or args[-1])
-    shifted = torch.empty(inp[2].numel() + 1, dtype=inp[2].dtype)[1:].view(inp[2].shape)
-    built.clear()
-    runner = main.Runner()
-    assert runner(*inp[:2], shifted, *inp[3:], out) is out
-    assert built == [] and rung3_calls == [shifted.data_ptr()]
+
 
 
 def test_the_runner_takes_the_large_t_path_above_its_fused_max_t(small, monkeypatch):
@@ -258,3 +251,19 @@ def test_the_runner_takes_the_large_t_path_above_its_fused_max_t(small, monkeypa
     assert main.Runner(large_t_gluon=False, fused_max_t=39)(*inp, out) is out and large_calls == [40]
     assert main.Runner(large_t_gluon=False, fused_max_t=40)(*inp, out) is out and large_calls == [40]
     assert not out.isnan().any()  # the fused path wrote every element
+
+
+def test_a_misaligned_input_takes_rung3s_kernels(small, monkeypatch):
+    """The large-T kernels read through TMA descriptors and 16-byte cp.async: a call whose hidden_states
+    sits off 16-byte alignment goes to rung 3's path, and none of the workspace's launches runs."""
+    ds, large_t = small
+    inp = _inputs(ds, 40, 33)
+    ws = _workspace(large_t, inp)
+    rung3_calls = []
+    monkeypatch.setattr(large_t, "run_rung3", lambda *args: rung3_calls.append(args[2].data_ptr()) or args[-1])
+    ws.k_route = ws.k_permute = None  # a launch would fail
+    shifted = torch.empty(inp[2].numel() + 1, dtype=inp[2].dtype)[1:].view(inp[2].shape)
+    shifted.copy_(inp[2])
+    out = torch.empty(inp[2].shape, dtype=torch.bfloat16)
+    assert ws.run(*inp[:2], shifted, *inp[3:], out) is out
+    assert rung3_calls == [shifted.data_ptr()]

@@ -86,12 +86,7 @@ class Runner:
         if T > self.fused_max_t:
             self.last = None
             large_t_call = run_rung3
-            tensors = (routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
-                       gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, output)  # fmt: skip
-            # the Gluon path reads through TMA descriptors and 16-byte cp.async, which need 16-byte aligned
-            # tensors: any other input takes rung 3's kernels
-            aligned = not any(t.data_ptr() & 15 for t in tensors)
-            if self.large_t_gluon and aligned and gluon_supported(hidden_states.device):
+            if self.large_t_gluon and gluon_supported(hidden_states.device):
                 key = ("large", hidden_states.device, T, E, NL, H, N1 // 2)
                 if key not in self.workspaces:
                     self.workspaces[key] = large_t.Workspace(
