@@ -9,13 +9,14 @@ sort's lists): tile t's rows are rows t * BM .. t * BM + BM - 1 of
     sa_perm [H / 128, MP]  fp32, its block scales (the layout of hidden_states_scale; 0 past the count)
     rid_perm [MP]          int32, the row id token * TOPK + slot, -1 past the count
 
-with tile_expert[t] its local expert and n_tiles[0] the number of tiles; tile_done[t] is zeroed for GEMM1's
-completion signals (GEMM2 starts on a tile when they are all in), and claims[0], claims[4] for the
-GEMMs' item counters (`item_ring.py`). MP = max_tiles * BM: the worst case,
-fixed per T. One program per (tile, group of K blocks); programs past the real tiles exit.
-A single streaming pass: each activation row is read once per expert that selected it, written once.
-With `large_t.Workspace(gather_rows=True)`, the default, GEMM1 gathers the rows and scales itself and this
-launch writes only the row ids, tiles and counters (one program a tile).
+with tile_expert[t] its local expert and n_tiles[0] the number of tiles; tile_done[t] is zeroed for
+GEMM1's completion signals (GEMM2 starts on a tile when they are all in), and claims[0], claims[4] for
+the GEMMs' item counters (`item_ring.py`). MP = max_tiles * BM: the worst case, fixed per T.
+
+With `large_t.Workspace(gather_rows=True)`, the default, GEMM1 gathers the rows and scales itself and
+this launch writes only the row ids, tiles and counters (one program a tile). Otherwise it also copies
+a_perm and sa_perm, one program per (tile, group of K blocks), in a single streaming pass: each
+activation row read once per expert that selected it, written once. Programs past the real tiles exit.
 """
 
 import triton
@@ -51,13 +52,15 @@ def permute_kernel(
         if kg == 0:
             tl.store(rid_ptr + p, tl.where(rmask, rid, -1))
             tl.store(tile_expert_ptr + tile, e)
-        kk = tl.arange(0, BK)
-        for i in tl.static_range(KB_PER_PROGRAM if COPY_ROWS else 0):
-            kb = kg * KB_PER_PROGRAM + i
-            x = tl.load(hs_ptr + tok.to(tl.int64)[:, None] * H + kb * BK + kk[None, :], mask=rmask[:, None], other=0.0)
-            tl.store(a_ptr + p.to(tl.int64)[:, None] * H + kb * BK + kk[None, :], x)
-            s = tl.load(hss_ptr + kb * T + tok, mask=rmask, other=0.0)
-            tl.store(sa_ptr + kb * MP + p, s)
+        if COPY_ROWS:  # else GEMM1 gathers the rows itself
+            kk = tl.arange(0, BK)
+            for i in tl.static_range(KB_PER_PROGRAM):
+                kb = kg * KB_PER_PROGRAM + i
+                x = tl.load(hs_ptr + tok.to(tl.int64)[:, None] * H + kb * BK + kk[None, :], mask=rmask[:, None],
+                            other=0.0)  # fmt: skip
+                tl.store(a_ptr + p.to(tl.int64)[:, None] * H + kb * BK + kk[None, :], x)
+                s = tl.load(hss_ptr + kb * T + tok, mask=rmask, other=0.0)
+                tl.store(sa_ptr + kb * MP + p, s)
 
 
 def launch_for(ws) -> Kernel:
