@@ -148,9 +148,9 @@ def variants(mod):
     for tag, ws_args in (("", {}), ("_own_lo", dict(shared_lo_scale=False))):  # the solution's C; rung 3's pair
         plan = lambda a=ws_args: large_t_plans(**a)["gemm1_gluon_kernel"]  # noqa: E731
         out.append((f"sm90_moe_gemm1_grouped{tag}", 90, True, plan))
-        if not tag:  # GEMM1 loading the permute's copy of the rows by TMA instead of gathering them
-            plan = lambda: large_t_plans(gather_rows=False)["gemm1_gluon_kernel"]  # noqa: E731
-            out.append(("sm90_moe_gemm1_grouped_copy", 90, True, plan))
+        if not tag:  # GEMM1 gathering the activation rows itself instead of loading the permute's copy by TMA
+            plan = lambda: large_t_plans(gather_rows=True)["gemm1_gluon_kernel"]  # noqa: E731
+            out.append(("sm90_moe_gemm1_grouped_gather", 90, True, plan))
         for n in (128, 256):
             plan = lambda n=n, a=ws_args: large_t_plans(gemm2_columns=n, **a)["gemm2_gluon_kernel"]  # noqa: E731
             out.append((f"sm90_moe_gemm2_grouped_n{n}{tag}", 90, True, plan))

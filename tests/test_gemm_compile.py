@@ -81,7 +81,7 @@ def test_large_t_gemms_and_permute_compile_without_spills(report):
     # its wait and the no-op one. GEMM1: the up and the gate panel (2 groups of 1). GEMM2 on each 128
     # columns of W2: C's hi and lo terms in one group (the solution: lo in hi's scale) or in two (rung 3's
     # pair, `_own_lo`)
-    for label, groups, wgmmas in (("sm90_moe_gemm1_grouped", 2, 1), ("sm90_moe_gemm1_grouped_copy", 2, 1),
+    for label, groups, wgmmas in (("sm90_moe_gemm1_grouped", 2, 1), ("sm90_moe_gemm1_grouped_gather", 2, 1),
                                   ("sm90_moe_gemm2_grouped_n128", 1, 2),
                                   ("sm90_moe_gemm2_grouped_n256", 2, 2), ("sm90_moe_gemm2_grouped_n128_own_lo", 2, 1),
                                   ("sm90_moe_gemm2_grouped_n256_own_lo", 4, 1)):  # fmt: skip
@@ -91,9 +91,9 @@ def test_large_t_gemms_and_permute_compile_without_spills(report):
         assert row["ops"]["QGMMA"] == 2 * 4 * wgmmas * groups, row
         assert row["ops"]["WARPGROUP.DEPBAR"] == 2 * 2 * groups, row
         assert not _serialized(row)
-        # the consumers' and the producer's registers: a gathering producer (GEMM1's default) holds row
+        # the consumers' and the producer's registers: a gathering producer (`gather_rows`) holds row
         # addresses, so it takes 56 and leaves the consumers 224
-        split = (224, 56) if label == "sm90_moe_gemm1_grouped" else (240, 24)
+        split = (224, 56) if label == "sm90_moe_gemm1_grouped_gather" else (240, 24)
         assert split[0] in row["setmaxnreg"] and split[1] in row["setmaxnreg"], row
     for cap in (90, 100):
         permute = report[f"sm{cap}_moe_permute"]

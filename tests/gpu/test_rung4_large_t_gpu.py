@@ -30,8 +30,9 @@ def _empty(inp):
     return torch.full(inp[2].shape, float("nan"), dtype=torch.bfloat16, device="cuda")
 
 
-# the solution's path at both sizes; rung 3's hi/lo pair (the lo term in its own scale) at one
-CASES = [(11948, {}), (14107, {}), (11948, dict(shared_lo_scale=False))]
+# the solution's path at both sizes; rung 3's hi/lo pair (the lo term in its own scale) and GEMM1
+# gathering the rows itself at one
+CASES = [(11948, {}), (14107, {}), (11948, dict(shared_lo_scale=False)), (14107, dict(gather_rows=True))]
 
 
 @pytest.mark.parametrize("seq_len,workspace_args", CASES, ids=[f"{t}-{a}" for t, a in CASES])

@@ -5,9 +5,9 @@
 
 so that the grouped GEMM2 (`gemm2_gluon.py`) loads C's tiles with TMA. The rows come from `permute.py`:
 each tile's row ids (rid_perm, -1 for padding), its expert and the number of tiles; A is hidden_states
-at those rows, gathered by this kernel's producer (GATHER, the default), or the permute's copy of them
-(A_perm [MP, H] and its scales [H/128, MP], loaded by TMA). C's layout, rung 3's pair in permuted rows
-(with SHARED_LO, the default, the lo term's scale is the hi term's, stored in both places):
+at those rows: the permute's copy of them (A_perm [MP, H] and its scales [H/128, MP], loaded by TMA),
+or with GATHER gathered by this kernel's producer (measured slower, v66). C's layout, rung 3's pair in
+permuted rows (with SHARED_LO, the default, the lo term's scale is the hi term's, stored in both places):
 
     cq_perm [MP, 2I]        fp8: columns jb * 256 + (0..127) the hi term of I block jb, + 128 the lo term
     cs_perm [2I / 128, MP]  fp32: the scale of C block k = 2 jb + term of each row (rows contiguous, as
@@ -25,8 +25,10 @@ made grouped and given GEMM1's epilogue:
   warp issues it all by TMA from the copy. The consumers then have 224 registers, else 240;
 - two consumer warpgroups (rows 0-63 and 64-127), each per K block: up wgmma into the spare partial,
   wait, promote into acc_u (scale a_scale[row] * w1_scale[up block]); gate likewise into acc_g. Three 64
-  x 128 fp32 tiles per thread (192 registers). With GATHER each fences the async proxy after a stage's
-  wait (cp.async writes through the generic proxy, wgmma reads through the async one). One warpgroup's
+  x 128 fp32 tiles per thread (192 registers). The wait for the next stage runs under the up wgmma, off
+  the warpgroup's latency chain (v66). With GATHER each fences the async proxy after a stage's wait
+  (cp.async writes through the generic proxy, wgmma reads through the async one): ~5% of the kernel,
+  under the wgmma or not. One warpgroup's
   promotion runs under the other's MMAs (the two are not synchronised). A warpgroup whose 64 rows are
   all padding (the second half of an expert's last tile, when that holds <= 64 rows) only passes the
   stages on: no MMA;
@@ -194,20 +196,34 @@ if HAVE_GLUON:
         return rows, ok, srow, sok
 
     @gluon.jit
-    def _promote_block(a_smem, w_smem, spare, acc, scale, a_lo=None):
+    def _promote_block(a_smem, w_smem, spare, acc, scale, a_lo=None, ready=None, next_it=0, wait_next=False,
+                       fence=False):  # fmt: skip
         """(acc + (A @ W^T) * scale[:, None], the partial) for one K block: the wgmma into the registers
         of `spare` (use_acc=False: its values are ignored), waited for, then scaled into acc. `a_lo`: a
         second A tile on the same rows with the same scale (C's lo term, gemm2_gluon.py), accumulated by
-        the same partial: one wait and one promotion for both."""
+        the same partial: one wait and one promotion for both. With `ready` and `wait_next`: while the
+        wgmma runs, the wait for stage counter `next_it` (`wait_stage`, fenced if `fence`)."""
         part = warpgroup_mma(a_smem, w_smem.permute((1, 0)), spare, use_acc=False, is_async=True)
         if a_lo is not None:
             part = warpgroup_mma(a_lo, w_smem.permute((1, 0)), part, is_async=True)
+        if ready is not None:
+            if wait_next:
+                wait_stage(ready, next_it, fence)
         part = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
         acc = acc + part * scale[:, None]
         # a wait with nothing in flight that takes the new acc: the next wgmma, issued after it, cannot
         # overlap these FFMAs (ptxas would give it a second partial: 4 tiles of 64 registers, spills)
         acc, part = warpgroup_mma_wait(num_outstanding=0, deps=(acc, part))
         return acc, part
+
+    @gluon.jit
+    def wait_stage(ready, it, FENCE):
+        """Waits for the loads of stage counter `it`; with FENCE (activation rows that came by cp.async,
+        which writes through the generic proxy) then fences the async proxy, through which wgmma reads."""
+        STAGES: gl.constexpr = ready.shape[0]
+        mbarrier.wait(ready.index(it % STAGES), (it // STAGES) & 1)
+        if FENCE:
+            fence_async_shared()
 
     @gluon.jit
     def pass_stages(ready, empty, it, NKB):
@@ -267,16 +283,16 @@ if HAVE_GLUON:
             if idle:
                 it = pass_stages(ready, empty, it, NKB)  # C = 0 below, as the MMAs of zero rows would give
             else:
+                wait_stage(ready, it, GATHER)
                 for kb in range(NKB):
                     s = it % STAGES
-                    mbarrier.wait(ready.index(s), (it // STAGES) & 1)
-                    if GATHER:  # the rows came by cp.async (the generic proxy); wgmma reads by the async one
-                        fence_async_shared()
                     sa = sa_rows.index(2 * s + WG).load(ACC_ROWS)
                     su = gl.load(su_ptr + kb)
                     sg = gl.load(sg_ptr + kb)
                     a_smem = a_bufs.index(2 * s + WG)
-                    acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su)
+                    # the next stage's wait under this K block's up wgmma, off the warpgroup's latency chain (v66)
+                    acc_u, spare = _promote_block(a_smem, u_bufs.index(s), spare, acc_u, sa * su, None, ready, it + 1,
+                                                  kb + 1 < NKB, GATHER)  # fmt: skip
                     acc_g, spare = _promote_block(a_smem, g_bufs.index(s), spare, acc_g, sa * sg)
                     mbarrier.arrive(empty.index(s), count=1)
                     it += 1

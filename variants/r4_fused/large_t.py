@@ -6,9 +6,9 @@ permuted rows, between rung 3's routing, sort and finalize launches:
                                                                                   `gemm2_gluon.py`)
 
 The permute launch numbers each expert's rows in tile-padded 128-row tiles (row ids, each tile's expert,
-the tile count); GEMM1's producer gathers each tile's activation rows and scales from hidden_states by
-cp.async (`gather_rows`; TMA has no gather on Hopper; without it the permute copies the rows into
-contiguous tiles and GEMM1 loads the copy by TMA); GEMM1 writes C in that row order, so GEMM2 loads C's
+the tile count) and copies each tile's activation rows and scales into contiguous tiles, which GEMM1
+loads by TMA (Hopper's TMA cannot gather rows; with `gather_rows` GEMM1's producer gathers them from
+hidden_states by cp.async instead, measured slower, v66); GEMM1 writes C in that row order, so GEMM2 loads C's
 tiles with TMA too; GEMM2 writes output rows and parks the rows of multi-expert tokens exactly as rung
 3's GEMM2 does, for rung 3's finalize. GEMM2 is launched with PDL while GEMM1 runs
 (`gemm2_under_gemm1`): its CTAs take the SMs of GEMM1's finished ones and start a tile once GEMM1 has
@@ -38,7 +38,7 @@ class Workspace(Rung3Workspace):
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8,
                  shared_lo_scale=True, skip_padding_halves=True, gemm2_under_gemm1=True,
-                 dynamic_items=True, gather_rows=True):  # fmt: skip
+                 dynamic_items=True, gather_rows=False):  # fmt: skip
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -77,8 +77,9 @@ class Workspace(Rung3Workspace):
         # takes more); False: a static stride (`item_ring.py`)
         self.dynamic_items = dynamic_items
         # GEMM1's producer gathers each tile's activation rows and scales from hidden_states by cp.async, and
-        # the permute launch only lays out the row ids (v65); False: the permute copies the rows, GEMM1 loads
-        # the copy by TMA
+        # the permute launch only lays out the row ids (v65); False, the default: the permute copies the rows
+        # and GEMM1 loads the copy by TMA (v66: the layer -1..-2% at T = 14107, the same at 11948, since the
+        # fence that cp.async's rows need before each wgmma costs GEMM1 ~5% and the copy ~3..5% of the layer)
         self.gather_rows = gather_rows
         self.k_permute = permute.launch_for(self)
         # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)

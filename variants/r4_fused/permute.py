@@ -13,10 +13,10 @@ with tile_expert[t] its local expert and n_tiles[0] the number of tiles; tile_do
 GEMM1's completion signals (GEMM2 starts on a tile when they are all in), and claims[0], claims[4] for
 the GEMMs' item counters (`item_ring.py`). MP = max_tiles * BM: the worst case, fixed per T.
 
-With `large_t.Workspace(gather_rows=True)`, the default, GEMM1 gathers the rows and scales itself and
-this launch writes only the row ids, tiles and counters (one program a tile). Otherwise it also copies
-a_perm and sa_perm, one program per (tile, group of K blocks), in a single streaming pass: each
-activation row read once per expert that selected it, written once. Programs past the real tiles exit.
+The copy of a_perm and sa_perm: one program per (tile, group of K blocks), in a single streaming pass,
+each activation row read once per expert that selected it, written once. With
+`large_t.Workspace(gather_rows=True)` GEMM1 gathers the rows and scales itself and this launch writes
+only the row ids, tiles and counters (one program a tile). Programs past the real tiles exit.
 """
 
 import triton
