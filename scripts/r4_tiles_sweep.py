@@ -17,7 +17,9 @@ kernel queued), and before each T the span of an empty Triton launch in the same
 process's slow state shows there, v35). With `--kernel-rounds N` (large T, the Gluon path) each
 kernel's span inside a call is timed too, N rounds interleaved across the shapes (`kernel_spans`): the
 per-kernel A/B that whole-call means cannot resolve on a machine whose large-T calls drift by 10% from
-round to round (v52). A table on stdout, JSON under $OUT.
+round to round (v52). With rounds, each try is also paired with its T's own shape round by round
+(`paired_summary`: the median difference and in how many rounds it was faster, for the call and the
+summed kernel spans), the figure an A/B in the NOTES quotes. A table on stdout, JSON under $OUT.
 """
 
 import argparse
@@ -25,6 +27,7 @@ import dataclasses
 import functools
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -250,6 +253,54 @@ def time_rounds(ready: list, rounds: int, bench) -> None:
             row["median_us"] = middle(row["round_medians_us"])
 
 
+BASELINES = ("table", "gluon-gemms")  # the solution's own shape of a T, the one every try is paired with
+
+
+def paired_summary(rows: list[dict]) -> list[dict]:
+    """Each timed try against its T's baseline shape (BASELINES), round by round: the rounds are
+    interleaved, so a round's difference cancels the machine's drift that moves every shape of that round
+    together (the spread between rounds is larger than most effects, v52). Per try: the median and mean
+    of (try - baseline) over the rounds and in how many the try was faster; the same for the sum of the
+    kernels' spans where both have `--kernel-rounds`, and per kernel."""
+    out = []
+    for r in rows:
+        if "error" in r or r["name"] in BASELINES or "round_means_us" not in r:
+            continue
+        base = next((b for b in rows if b["T"] == r["T"] and b["name"] in BASELINES and "error" not in b), None)
+        if base is None or "round_means_us" not in base:
+            continue
+        diffs = [a - b for a, b in zip(r["round_means_us"], base["round_means_us"], strict=True)]
+        p = dict(T=r["T"], name=r["name"], baseline=base["name"], call=_diff_stats(diffs))
+        ka, kb = r.get("kernel_round_us"), base.get("kernel_round_us")
+        if ka and kb and set(ka) == set(kb):
+            per_kernel = {k: [a - b for a, b in zip(ka[k], kb[k], strict=True)] for k in ka}
+            sums = [sum(d) for d in zip(*per_kernel.values(), strict=True)]
+            p["kernel_sum"] = _diff_stats(sums)
+            p["kernels"] = {k: _diff_stats(d) for k, d in per_kernel.items()}
+        r["paired"] = p
+        out.append(p)
+    return out
+
+
+def _diff_stats(diffs: list[float]) -> dict:
+    # the median proper (an even count averages its two middle values): the lower middle would lean
+    # every A/B toward "faster"
+    return dict(median_us=statistics.median(diffs), mean_us=sum(diffs) / len(diffs), faster=sum(d < 0 for d in diffs),
+                rounds=len(diffs))  # fmt: skip
+
+
+def paired_text(p: dict) -> str:
+    def one(st):
+        spread = f"({st['mean_us']:+.1f} mean), faster in {st['faster']} of {st['rounds']}"
+        return f"{st['median_us']:+.1f} us median {spread}"
+
+    text = f"{p['T']:>5} {p['name']:14} against {p['baseline']}: call {one(p['call'])}"
+    if "kernel_sum" in p:
+        text += f"; kernels summed {one(p['kernel_sum'])}"
+        text += "".join(f"\n{'':21}{k:24} {one(st)}" for k, st in p["kernels"].items())
+    return text
+
+
 def middle(xs: list[float]) -> float:
     """The median of a list (the lower middle of an even one: a value that was measured)."""
     return sorted(xs)[(len(xs) - 1) // 2]
@@ -376,12 +427,17 @@ def main() -> int:
             f"{r['regs']} {r['spills']} {r['smem']}  {r['fields']}"
             + (f"  rounds {' '.join(f'{m:.1f}' for m in r['round_means_us'])}" if args.rounds > 1 else "")
         )
+    paired = paired_summary(rows) if args.rounds > 1 else []
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "r4_tiles_sweep.json").write_text(json.dumps(rows, indent=1))
     for r in rows:
         for name, us in r.get("kernel_us", {}).items():
             per_round = " ".join(f"{x:.1f}" for x in r["kernel_round_us"][name])
             print(f"{r['T']:>5} {r['name']:14} {name:24} {us:8.1f} us  rounds {per_round}")
+    if paired:
+        print("\npaired rounds (try - baseline, round by round):")
+        for p in paired:
+            print(paired_text(p))
     failed = sum("error" in r for r in rows)
     if failed:
         print(f"{failed} of {len(rows)} shapes failed (ERROR rows above)")

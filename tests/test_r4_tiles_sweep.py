@@ -136,3 +136,36 @@ def test_kernel_rounds_interleave_the_gluon_shapes_and_keep_medians(sweep):
     assert a["kernel_us"] == {"gemm1": 12.0, "gemm2": 5.0}  # the 30 us outlier does not move it
     assert b["kernel_us"]["gemm1"] == 20.0
     assert all("kernel_us" not in row for row, _, _ in ready[2:])
+
+
+def _row(T, name, rounds, kernels=None):
+    row = dict(T=T, name=name, round_means_us=rounds)
+    if kernels:
+        row["kernel_round_us"] = kernels
+    return row
+
+
+def test_paired_summary_pairs_each_try_with_its_ts_own_shape_round_by_round(sweep):
+    """An A/B reads the rounds in pairs: a round that is slow for every shape (the machine's drift) cancels,
+    which the medians of each shape alone would not show."""
+    base = _row(14107, "gluon-gemms", [2000.0, 2300.0, 2100.0, 2050.0],
+                {"gemm1": [1000.0, 1150.0, 1050.0, 1020.0], "gemm2": [900.0, 1000.0, 950.0, 930.0]})
+    faster = _row(14107, "look", [1980.0, 2270.0, 2090.0, 2060.0],
+                  {"gemm1": [970.0, 1120.0, 1030.0, 1000.0], "gemm2": [905.0, 1000.0, 945.0, 935.0]})
+    other_t = _row(11948, "table", [1400.0, 1500.0])  # another T's baseline: not paired with 14107's tries
+    broken = dict(T=14107, name="bad", error="AssertionError: wrong result")
+    rows = [other_t, base, faster, broken]
+    (p,) = sweep.paired_summary(rows)
+    assert p["baseline"] == "gluon-gemms" and p["name"] == "look" and faster["paired"] is p
+    # call: -20, -30, -10, +10 -> sorted -30 -20 -10 +10: median -15 (the two middle values); faster in 3 of 4
+    assert p["call"] == dict(median_us=-15.0, mean_us=-12.5, faster=3, rounds=4)
+    # kernels summed: -25, -30, -25, -15
+    assert p["kernel_sum"]["median_us"] == -25.0 and p["kernel_sum"]["faster"] == 4
+    assert p["kernels"]["gemm2"]["faster"] == 1
+    text = sweep.paired_text(p)
+    assert "against gluon-gemms" in text and "faster in 3 of 4" in text and "gemm1" in text
+
+
+def test_paired_summary_needs_a_baseline(sweep):
+    rows = [_row(56, "stages3", [300.0, 310.0])]  # no "table" row for T = 56
+    assert sweep.paired_summary(rows) == [] and "paired" not in rows[0]
