@@ -253,7 +253,9 @@ def time_rounds(ready: list, rounds: int, bench) -> None:
             row["median_us"] = middle(row["round_medians_us"])
 
 
-BASELINES = ("table", "gluon-gemms")  # the solution's own shape of a T, the one every try is paired with
+# the solution's own shape of a T, the one every try is paired with: the tile table's at the fused path's T
+# (where `--large-path` adds the large-T paths as tries), the Gluon path above it
+BASELINES = ("table", "gluon-gemms")
 
 
 def paired_summary(rows: list[dict]) -> list[dict]:
@@ -264,10 +266,9 @@ def paired_summary(rows: list[dict]) -> list[dict]:
     kernels' spans where both have `--kernel-rounds`, and per kernel."""
     out = []
     for r in rows:
-        if "error" in r or r["name"] in BASELINES or "round_means_us" not in r:
-            continue
-        base = next((b for b in rows if b["T"] == r["T"] and b["name"] in BASELINES and "error" not in b), None)
-        if base is None or "round_means_us" not in base:
+        timed = [b for b in rows if b["T"] == r["T"] and "error" not in b and "round_means_us" in b]
+        base = next((b for name in BASELINES for b in timed if b["name"] == name), None)
+        if base is None or r is base or r not in timed:
             continue
         diffs = [a - b for a, b in zip(r["round_means_us"], base["round_means_us"], strict=True)]
         p = dict(T=r["T"], name=r["name"], baseline=base["name"], call=_diff_stats(diffs))

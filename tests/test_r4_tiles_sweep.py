@@ -169,3 +169,12 @@ def test_paired_summary_pairs_each_try_with_its_ts_own_shape_round_by_round(swee
 def test_paired_summary_needs_a_baseline(sweep):
     rows = [_row(56, "stages3", [300.0, 310.0])]  # no "table" row for T = 56
     assert sweep.paired_summary(rows) == [] and "paired" not in rows[0]
+
+
+def test_paired_summary_at_the_fused_t_pairs_the_large_t_paths_with_the_table(sweep):
+    """`--large-path` at a fused T adds the large-T paths as tries: they are paired with the table's shape."""
+    rows = [_row(901, "table", [500.0, 520.0]), _row(901, "gluon-gemms", [600.0, 610.0]),
+            _row(901, "rung3-path", [505.0, 515.0])]  # fmt: skip
+    paired = sweep.paired_summary(rows)
+    assert [(p["name"], p["baseline"]) for p in paired] == [("gluon-gemms", "table"), ("rung3-path", "table")]
+    assert paired[0]["call"]["median_us"] == 95.0 and paired[1]["call"]["faster"] == 1
