@@ -168,24 +168,41 @@ def empty_launch_us() -> float:
     return 1e3 * sum(spans) / len(spans)
 
 
-def stage_times(call) -> dict[str, float]:
-    """GPU time of each kernel of one call (us, by kernel name, in launch order; the median of 5 calls),
-    from torch.profiler's CUDA activity: where a call's time goes, stage by stage."""
+def stage_times(call, flush: torch.Tensor | None = None) -> dict[str, dict[str, float]]:
+    """Each kernel of one call (by kernel name, in launch order): its GPU time and when it started and
+    ended after the call's first kernel started (us; the median of 5 calls), from torch.profiler's CUDA
+    activity, the L2 flushed before each call as the harness flushes it (`flush`: 256 MB zeroed): where
+    a call's time goes, and how launches overlap (rung 3's PDL launches start under the kernel before)."""
     from torch.profiler import ProfilerActivity, profile
 
     call()
     torch.cuda.synchronize()
     runs = []
     for _ in range(5):
+        if flush is not None:
+            flush.zero_()
+            torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             call()
             torch.cuda.synchronize()
-        per = {}
-        for ev in prof.events():
-            if ev.device_type == torch.autograd.DeviceType.CUDA:
-                per[ev.name] = per.get(ev.name, 0.0) + ev.time_range.elapsed_us()
-        runs.append(per)
-    return {k: sorted(r.get(k, 0.0) for r in runs)[2] for k in runs[0]}
+        runs.append(kernel_timeline([(ev.name, ev.time_range.start, ev.time_range.end) for ev in prof.events()
+                                     if ev.device_type == torch.autograd.DeviceType.CUDA]))  # fmt: skip
+    names = [k for k in runs[0] if all(k in r for r in runs)]
+    return {k: {f: sorted(r[k][f] for r in runs)[len(runs) // 2] for f in ("us", "start_us", "end_us")} for k in names}
+
+
+def kernel_timeline(events: list[tuple[str, float, float]]) -> dict[str, dict[str, float]]:
+    """(name, start, end) GPU activities of one call (us, any origin) -> by name, in start order: the
+    summed time ("us"), the first start and the last end after the earliest start."""
+    if not events:
+        return {}
+    t0 = min(start for _, start, _ in events)
+    out = {}
+    for name, start, end in sorted(events, key=lambda e: e[1]):
+        k = out.setdefault(name, {"us": 0.0, "start_us": start - t0, "end_us": end - t0})
+        k["us"] += end - start
+        k["end_us"] = max(k["end_us"], end - t0)
+    return out
 
 
 def kernel_spans(ws, call_args, flush: torch.Tensor) -> dict[str, float]:
@@ -400,19 +417,21 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
         time_rounds(ready, args.rounds, lambda runner, setup: do_bench(
             lambda a, f=runner: f(*a), warmup=10, rep=50, setup=setup, return_mode="all"))  # fmt: skip
+        flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # do_bench's: 256 MB of zeros
         if (large or forced) and args.kernel_rounds:
-            flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # do_bench's: 256 MB of zeros
             kernel_rounds(ready, args.kernel_rounds, functools.partial(kernel_spans, flush=flush))
         for row, runner, setup in ready:
             if "error" not in row:  # a shape whose timing raised keeps its error row
                 row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
                 if args.stages:
                     try:
-                        row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a))
+                        row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a), flush)
+                        stages = ", ".join(f"{k} {v['us']:.1f} ({v['start_us']:.1f}..{v['end_us']:.1f})"
+                                           for k, v in row["stages_us"].items())  # fmt: skip
                     except Exception as e:  # noqa: BLE001 - the profiler is optional, the timing above is not
-                        row["stages_us"] = {f"error {type(e).__name__}: {e}"[:200]: 0.0}
-                    stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_us"].items())
-                    print(f"  stages: {stages}", flush=True)
+                        row["stages_us"] = {"error": f"{type(e).__name__}: {e}"[:200]}
+                        stages = row["stages_us"]["error"]
+                    print(f"  stages (us, from..to after the first kernel's start): {stages}", flush=True)
             print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
     head = f"{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'host us':>7} {'launch':>6} {'rel L2':>9}"
     head += " grid regs spill smem"

@@ -178,3 +178,14 @@ def test_paired_summary_at_the_fused_t_pairs_the_large_t_paths_with_the_table(sw
     paired = sweep.paired_summary(rows)
     assert [(p["name"], p["baseline"]) for p in paired] == [("gluon-gemms", "table"), ("rung3-path", "table")]
     assert paired[0]["call"]["median_us"] == 95.0 and paired[1]["call"]["faster"] == 1
+
+
+def test_kernel_timeline_orders_kernels_by_start_and_sums_repeats(sweep):
+    """rung 3's PDL launches overlap: each kernel's start and end after the first start, in start order."""
+    events = [("gemm2", 1040.0, 1100.0), ("gemm1", 1000.0, 1090.0), ("finalize", 1101.0, 1104.0),
+              ("gemm2", 1100.0, 1110.0)]  # fmt: skip
+    tl = sweep.kernel_timeline(events)
+    assert list(tl) == ["gemm1", "gemm2", "finalize"]
+    assert tl["gemm1"] == dict(us=90.0, start_us=0.0, end_us=90.0)
+    assert tl["gemm2"] == dict(us=70.0, start_us=40.0, end_us=110.0)
+    assert sweep.kernel_timeline([]) == {}
