@@ -104,9 +104,10 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (40, dict(stream_k=True, sorted_rows=True)),  # stream-K over sorted rows, many tiles
         (16, dict(h_blocks_per_item=2, gemm2_step_pairs=False, num_stages=3)),  # GEMM2 one step a stage
         (3, dict(stream_k=True, gemm2_step_pairs=False, num_stages=2, max_registers=168)),  # 3 CTAs an SM
+        (40, dict(gemm2_step_pairs=False, gemm2_scales_preloaded=True)),  # GEMM2's scales before its loop
     ],
     ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
-         "stream-k-sorted", "gemm2-single-steps", "register-cap"],  # fmt: skip
+         "stream-k-sorted", "gemm2-single-steps", "register-cap", "gemm2-scales-preloaded"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built
@@ -130,20 +131,25 @@ def _wide_inputs(T, seed):
     return [x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in inp]
 
 
-def test_a_short_tail_of_single_h_block_items(built, monkeypatch):
+@pytest.mark.parametrize("preloaded", [False, True])
+def test_a_short_tail_of_single_h_block_items(built, monkeypatch, preloaded):
     """`tail_waves`: GEMM2's last tiles in items of one H block while the others take four. The small
     definition has one K block (an odd step count), so this runs a wider made-up geometry: H = 512 (four
-    H blocks), I = 256, on three programs (two waves of small items = the last two tiles)."""
+    H blocks), I = 256, on three programs (two waves of small items = the last two tiles). With
+    `gemm2_scales_preloaded`, each step picks its scales (4 x 2 and 1 x 2 steps) from those loaded
+    before the loop."""
     _, mod, tiles_mod, persistent = built
     monkeypatch.setattr(persistent, "sm_count", lambda device: 3)
     T, H = 16, WIDE_H
     inp = _wide_inputs(T, seed=5)
-    tiles = dataclasses.replace(tiles_mod.tiles_for(T), h_blocks_per_item=4, tail_waves=2)
+    tiles = dataclasses.replace(tiles_mod.tiles_for(T), h_blocks_per_item=4, tail_waves=2, gemm2_step_pairs=False,
+                                gemm2_scales_preloaded=preloaded)  # fmt: skip
     runner = mod.Runner(tiles)
     out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
     runner(*inp, out)
     (ws,) = runner.workspaces.values()
     assert ws.kernel.consts["HBG"] == 4 and ws.kernel.consts["TAIL_WAVES"] == 2
+    assert ws.kernel.consts["G2PRE"] == preloaded
     _check_output(out, inp)
 
 
@@ -167,6 +173,49 @@ def test_stream_k_shares_that_cross_column_blocks(built, monkeypatch, programs):
         assert ws.kernel.consts["STREAM_K"] and ws.kernel.grid[0] == programs
         assert int(ws.sync.abs().sum()) == 0 and int(ws.ticket.abs().sum()) == 0
         outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    _check_output(outs[0], inp)
+
+
+def _local_tiles(inp, rows_per_tile, n_local):
+    """M tiles of the local experts a call hits: each expert's routed rows in tiles of rows_per_tile."""
+    experts, _ = reference.route(inp[0], inp[1], inp[9])
+    rows = torch.bincount((experts - inp[8]).flatten().clamp(-1, n_local) + 1, minlength=n_local + 2)[1:-1]
+    return int(((rows + rows_per_tile - 1) // rows_per_tile).sum())
+
+
+@pytest.mark.parametrize("programs, doubled", [(128, True), (1, False)])
+def test_split_k_fill_doubles_the_splits_only_where_the_last_wave_fills_better(built, monkeypatch, programs,
+                                                                               doubled):  # fmt: skip
+    """`split_k_fill`: the kernel takes split-K 4 instead of 2 when 2x the GEMM1 items need fewer than 2x
+    the waves of programs (128 programs: at most 16 tiles x 2 column blocks x 4 splits, one wave either
+    way, so 4), and keeps 2 when they fill the same (one program). Wide geometry (4 K blocks: split-K 4 divides them).
+    Every split parks its partials in slot (tile, column block) x splits + split, so the slots written
+    (the buffer poisoned first) count the splits the GPU chose. Against the reference, bit-identical on
+    a second call, every ticket back at zero."""
+    _, mod, tiles_mod, persistent = built
+    monkeypatch.setattr(persistent, "sm_count", lambda device: programs)
+    T, H = 16, WIDE_H
+    inp = _wide_inputs(T, seed=8)
+    tiles = dataclasses.replace(tiles_mod.tiles_for(T, interpret=True), split_k=2, split_k_fill=True)
+    assert tiles.split_k_fill and not tiles.stream_k
+    runner = mod.Runner(tiles)
+    outs = []
+    for _ in range(2):
+        out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+        if runner.workspaces:
+            (ws,) = runner.workspaces.values()
+            ws.part.fill_(float("nan"))
+        runner(*inp, out)
+        (ws,) = runner.workspaces.values()
+        assert ws.kernel.consts["SPLIT_FILL"] and ws.kernel.consts["SPLIT_K"] == 2
+        assert int(ws.sync.abs().sum()) == 0 and int(ws.ticket.abs().sum()) == 0
+        outs.append(out)
+    slot = 2 * 128 * tiles.rows_per_tile
+    written = int((~ws.part.view(-1, slot).isnan().all(1)).sum())
+    n_tiles = _local_tiles(inp, tiles.rows_per_tile, n_local=16)
+    assert n_tiles > 0
+    assert written == n_tiles * (WIDE_I // 128) * (4 if doubled else 2), (written, n_tiles)
     assert torch.equal(outs[0], outs[1])
     _check_output(outs[0], inp)
 

@@ -77,11 +77,12 @@ def w1_tile(e, jb, tok, rmask, kb0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H: tl.c
 
 
 @triton.jit
-def item_tile_major(item, SPLIT_K: tl.constexpr, NJ: tl.constexpr):
+def item_tile_major(item, split, NJ: tl.constexpr):
     """(tile, column block jb, K split sk) of GEMM1 work item `item`, the items numbered tile by tile: the
-    splits of a column block next to each other, then the column blocks of a tile, then the tiles."""
-    sk = item % SPLIT_K
-    r = item // SPLIT_K
+    splits of a column block next to each other, then the column blocks of a tile, then the tiles. `split`
+    may be a runtime value (rung 4's `split_k_fill`)."""
+    sk = item % split
+    r = item // split
     jb = r % NJ
     tile = r // NJ
     return tile, jb, sk

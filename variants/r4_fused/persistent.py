@@ -105,30 +105,40 @@ def _claim(sync_ptr):
 @triton.jit
 def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                 tile_done_ptr, T, H: tl.constexpr, I: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
-                TOPK: tl.constexpr, BM: tl.constexpr, SPLIT_K: tl.constexpr, INLINE: tl.constexpr,
-                SWAP: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
+                TOPK: tl.constexpr, BM: tl.constexpr, split, INLINE: tl.constexpr, SWAP: tl.constexpr,
+                EXACT: tl.constexpr):  # fmt: skip
     """G1 for (M tile, column block jb, K split); items are numbered tile by tile (all column blocks and
-    splits of tile 0 first), so the first tiles' C is complete early and GEMM2 can start on them."""
+    splits of tile 0 first), so the first tiles' C is complete early and GEMM2 can start on them. `split`:
+    the table's constexpr, or (`_fill_split`) chosen on the GPU, at least 2."""
     BK: tl.constexpr = 128
     BJ: tl.constexpr = 128
     NKB: tl.constexpr = H // BK
     NJ: tl.constexpr = I // BJ
-    KPS: tl.constexpr = NKB // SPLIT_K
-    tile, jb, sk = item_tile_major(g, SPLIT_K, NJ)
+    kps = NKB // split
+    tile, jb, sk = item_tile_major(g, split, NJ)
     tj = tile * NJ + jb
     e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
     tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked
-    acc_u, acc_g = w1_tile(e, jb, tok, rmask, sk * KPS, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H, I, BM, KPS, SWAP,
+    acc_u, acc_g = w1_tile(e, jb, tok, rmask, sk * kps, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H, I, BM, kps, SWAP,
                            True, 1)  # fmt: skip
-    if SPLIT_K == 1:
+    if split == 1:
         swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
         _signal(tile_done_ptr + tile)
     else:  # the last split of (tile, jb) to arrive sums the partials in split order
-        last, up, gate = park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, tj * SPLIT_K, sk, SPLIT_K, BM,
-                                       SWAP)
+        last, up, gate = park_partials(acc_u, acc_g, part_ptr, ticket_ptr, tj, tj * split, sk, split, BM, SWAP)
         if last:
             swiglu_quant_store(up, gate, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
             _signal(tile_done_ptr + tile)
+
+
+@triton.jit
+def _fill_split(n_tiles, nprog, NJ: tl.constexpr, SPLIT_K: tl.constexpr):
+    """GEMM1's K splits for this call (`Tiles.split_k_fill`): SPLIT_K, or twice it where twice the items
+    need fewer than twice the waves of programs, i.e. fill the last wave better (T = 15's 12 tiles: 384
+    items are 1.45 waves of 264 programs, 768 are 2.91; T = 14's 15 and 16's 16 tiles: 1.82 / 1.94 waves,
+    the same fill either way, and the fewer partials win, v44)."""
+    n = n_tiles * (NJ * SPLIT_K)
+    return tl.where(2 * tl.cdiv(n, nprog) > tl.cdiv(2 * n, nprog), 2 * SPLIT_K, SPLIT_K)
 
 
 @triton.jit
@@ -236,7 +246,8 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
                 HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
-                PF: tl.constexpr, G2PAIR: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
+                PF: tl.constexpr, G2PAIR: tl.constexpr, G2PRE: tl.constexpr, rec_ptr,
+                TRACE: tl.constexpr):  # fmt: skip
     """O for (M tile, HBG consecutive H blocks), times the routing weight; items g numbered tile by tile
     from tile `tile0`. One flattened loop over (H block, K block) keeps the weights streaming from one H
     block into the next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul
@@ -295,6 +306,22 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
             acc = _gemm2_step(acc, 2 * it + 1, c1, l1, v1, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
+    elif G2PRE:  # one step an iteration, every step's scales loaded before the loop and picked from
+        # registers: a scale loaded a step ahead is copied into the next iteration's register at the end of
+        # the iteration (an IMAD.MOV before the back branch in the SASS), so every step waited for its load
+        NS: tl.constexpr = HBG * NKB
+        sv = tl.arange(0, NS)
+        kv = tl.arange(0, NKB)
+        w_sc = tl.load(ws_base + (((hb0 + sv // NKB) * BH) // 128) * NKB + sv % NKB)  # [NS]
+        c_hi = tl.load(s_ptrs[:, None] + kv[None, :] * NT, mask=rmask[:, None], other=0.0)  # [BM, NKB]
+        c_lo = tl.load(s_ptrs[:, None] + kv[None, :] * NT + 1, mask=rmask[:, None], other=0.0)
+        for step in range(0, NS):
+            at_kb = kv[None, :] == step % NKB
+            c0 = tl.sum(tl.where(at_kb, c_hi, 0.0), axis=1)
+            l0 = tl.sum(tl.where(at_kb, c_lo, 0.0), axis=1)
+            v0 = tl.sum(tl.where(sv == step, w_sc, 0.0), axis=0)
+            acc = _gemm2_step(acc, step, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
+                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     else:  # one step an iteration: each pipeline stage holds one weight tile, half the shared memory
         for step in range(0, HBG * NKB):
             c0, l0, v0 = c0n, l0n, v0n
@@ -345,10 +372,11 @@ def moe_kernel(
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
     BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, TAIL_WAVES: tl.constexpr, HBG_TAIL: tl.constexpr,
-    SPLIT_K: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
+    SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
-    G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
+    G2PAIR: tl.constexpr, G2PRE: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr,
+    EXACT: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
 ):  # fmt: skip
@@ -407,8 +435,12 @@ def moe_kernel(
     w1_blocks = n_tiles * (NJ * (H // 128))  # stream-K: GEMM1's K blocks, shared out equally
     if STREAM_K:
         n1 = tl.minimum(nprog, w1_blocks)  # no empty share: a column block must hear from all of its own
+        split = 1
     else:
-        n1 = n_tiles * (NJ * SPLIT_K)
+        split = SPLIT_K
+        if SPLIT_FILL:
+            split = _fill_split(n_tiles, nprog, NJ, SPLIT_K)
+        n1 = n_tiles * (NJ * split)
     # a short tail: the last tiles' GEMM2 items take HBG_TAIL H blocks (about TAIL_WAVES waves of such
     # items), so that the programs run out of work within a small item of each other
     n_small = 0
@@ -433,15 +465,15 @@ def moe_kernel(
                          EXACT)  # fmt: skip
         elif g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
-                        tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, SPLIT_K, INLINE, SWAP, EXACT)  # fmt: skip
+                        tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, split, INLINE, SWAP, EXACT)  # fmt: skip
         elif g < n1 + n2_big:
             _gemm2_item(g - n1, 0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
                         obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
-                        HBG, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
+                        HBG, INLINE, SWAP, EXACT, PF, G2PAIR, G2PRE, rec, TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
             _gemm2_item(g - n1 - n2_big, n_tiles - n_small, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, rec,
+                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, G2PRE, rec,
                         TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
@@ -485,7 +517,15 @@ class Workspace:
         hbg_tail = 1 if (I // BLOCK) % 2 == 0 else 2
         if hbg_tail >= hbg:
             t = dataclasses.replace(t, tail_waves=0)  # the items are as small as the tail's already
-        t = dataclasses.replace(t, split_k=split_k, h_blocks_per_item=hbg)
+        # split-K doubled on the GPU where that fills the last wave better: the splits must divide the K blocks
+        fill = t.split_k_fill and not t.stream_k and split_k > 1 and (H // BLOCK) % (2 * split_k) == 0
+        t = dataclasses.replace(t, split_k=split_k, h_blocks_per_item=hbg, split_k_fill=fill)
+        splits_max = 2 * split_k if fill else split_k
+        # GEMM2's scales preloaded: one step a stage, each item's step count a power of two (tl.arange)
+        nkb = I // BLOCK
+        pre = t.gemm2_scales_preloaded and not t.gemm2_step_pairs and all(
+            next_pow2(g * nkb) == g * nkb for g in (hbg, hbg_tail))
+        t = dataclasses.replace(t, gemm2_scales_preloaded=pre)
         self.T, self.E, self.w1_shape, self.tiles = T, E, torch.Size((NL, 2 * I, H)), t
         R = T * TOP_K
         nj, nhb, bm = I // BLOCK, H // t.h_block, t.rows_per_tile
@@ -502,7 +542,7 @@ class Workspace:
         max_grid = 8 * sms  # programs at most (Kernel: co-resident ones only); stream-K has one share each
         # partial slots: split-K's per (tile, column block) and split; stream-K's column block tj gets slots
         # tj + first share .. (the shares it hears from), so fewer than column blocks + shares in all
-        slots = tiles_max * nj * split_k if split_k > 1 else (tiles_max * nj + max_grid if t.stream_k else 0)
+        slots = tiles_max * nj * splits_max if split_k > 1 else (tiles_max * nj + max_grid if t.stream_k else 0)
         self.part = torch.empty(max(1, slots * 2 * BLOCK * bm), **f32)
         self.ticket = torch.zeros(tiles_max * nj if slots else 1, **i32)
         self.obuf = torch.empty(R, H, **f32)
@@ -512,7 +552,7 @@ class Workspace:
         items = (
             triton.cdiv(T, t.tokens_per_route_item)
             + NL
-            + (max_grid if t.stream_k else tiles_max * nj * split_k)
+            + (max_grid if t.stream_k else tiles_max * nj * splits_max)
             + tiles_max * (nhb // min(hbg, hbg_tail))
             + nhb * triton.cdiv(T, t.tokens_per_finalize_block)
         )
@@ -523,11 +563,11 @@ class Workspace:
         bc_sort = min(1024, max(16, next_pow2(T)))
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
-            BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k,
+            BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k, SPLIT_FILL=fill,
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
-            G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,
+            G2PAIR=t.gemm2_step_pairs, G2PRE=pre, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip

@@ -21,8 +21,11 @@ class Tiles:
     tokens_per_finalize_block: int
     tail_waves: int = 0  # GEMM2's last items, about this many waves of programs' worth, one H block each
     stream_k: bool = False  # GEMM1 as one equal share of all K blocks per program (split_k unused)
+    split_k_fill: bool = False  # on the GPU, per call: split_k or twice it, whichever fills GEMM1's last wave
+    # of programs better (the experts hit, hence the items, are known only there)
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
     # half the shared memory)
+    gemm2_scales_preloaded: bool = False  # one step a stage: an item's scales all loaded before its K loop
     max_registers: int = 0  # registers per thread at most (the compiler spills above): more CTAs an SM; 0: its choice
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
@@ -47,9 +50,11 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     # last two waves of them one H block each (a short tail); T <= 16 split-K 2 (12-16 tiles of 16 GEMM1
     # items are under a wave of 264 programs: -3..-4% at T = 14, -1..-2% at 16, v39), none above (T = 32:
     # +2%, v40)
+    # 8 < T <= 16: split-K 4 where that fills GEMM1's last wave better (T = 15's 12 tiles: split-K 4 -2.7%
+    # in v44's five rounds, -2.9 / -3.3 us paired in v71; T = 14 and 16 keep 2, which v44 found faster there)
     elif T <= 128:
         t = Tiles(16, 128, 2, 2 if T <= 16 else 1, False, 1, False, True, False, 4, tokens_per_finalize_block=32,
-                  tail_waves=2, **two_ctas)  # fmt: skip
+                  tail_waves=2, split_k_fill=T <= 16, **two_ctas)  # fmt: skip
     else:  # 8 warps: one CTA an SM whatever the stages (one GEMM2 step a stage at 3 stages: +6% at T = 901, v31)
         t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
     if cap // 10 == 10 and T <= 128:  # sm_100 (B200; offline compile report only, never measured): the
