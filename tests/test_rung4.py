@@ -104,10 +104,9 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (40, dict(stream_k=True, sorted_rows=True)),  # stream-K over sorted rows, many tiles
         (16, dict(h_blocks_per_item=2, gemm2_step_pairs=False, num_stages=3)),  # GEMM2 one step a stage
         (3, dict(stream_k=True, gemm2_step_pairs=False, num_stages=2, max_registers=168)),  # 3 CTAs an SM
-        (40, dict(gemm2_step_pairs=False, gemm2_scales_preloaded=True)),  # GEMM2's scales before its loop
     ],
     ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
-         "stream-k-sorted", "gemm2-single-steps", "register-cap", "gemm2-scales-preloaded"],  # fmt: skip
+         "stream-k-sorted", "gemm2-single-steps", "register-cap"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built
@@ -131,25 +130,20 @@ def _wide_inputs(T, seed):
     return [x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in inp]
 
 
-@pytest.mark.parametrize("preloaded", [False, True])
-def test_a_short_tail_of_single_h_block_items(built, monkeypatch, preloaded):
+def test_a_short_tail_of_single_h_block_items(built, monkeypatch):
     """`tail_waves`: GEMM2's last tiles in items of one H block while the others take four. The small
     definition has one K block (an odd step count), so this runs a wider made-up geometry: H = 512 (four
-    H blocks), I = 256, on three programs (two waves of small items = the last two tiles). With
-    `gemm2_scales_preloaded`, each step picks its scales (4 x 2 and 1 x 2 steps) from those loaded
-    before the loop."""
+    H blocks), I = 256, on three programs (two waves of small items = the last two tiles)."""
     _, mod, tiles_mod, persistent = built
     monkeypatch.setattr(persistent, "sm_count", lambda device: 3)
     T, H = 16, WIDE_H
     inp = _wide_inputs(T, seed=5)
-    tiles = dataclasses.replace(tiles_mod.tiles_for(T), h_blocks_per_item=4, tail_waves=2, gemm2_step_pairs=False,
-                                gemm2_scales_preloaded=preloaded)  # fmt: skip
+    tiles = dataclasses.replace(tiles_mod.tiles_for(T), h_blocks_per_item=4, tail_waves=2)
     runner = mod.Runner(tiles)
     out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
     runner(*inp, out)
     (ws,) = runner.workspaces.values()
     assert ws.kernel.consts["HBG"] == 4 and ws.kernel.consts["TAIL_WAVES"] == 2
-    assert ws.kernel.consts["G2PRE"] == preloaded
     _check_output(out, inp)
 
 

@@ -246,8 +246,7 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
                 HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
-                PF: tl.constexpr, G2PAIR: tl.constexpr, G2PRE: tl.constexpr, rec_ptr,
-                TRACE: tl.constexpr):  # fmt: skip
+                PF: tl.constexpr, G2PAIR: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
     """O for (M tile, HBG consecutive H blocks), times the routing weight; items g numbered tile by tile
     from tile `tile0`. One flattened loop over (H block, K block) keeps the weights streaming from one H
     block into the next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul
@@ -306,22 +305,6 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
             acc = _gemm2_step(acc, 2 * it + 1, c1, l1, v1, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
-    elif G2PRE:  # one step an iteration, every step's scales loaded before the loop and picked from
-        # registers: a scale loaded a step ahead is copied into the next iteration's register at the end of
-        # the iteration (an IMAD.MOV before the back branch in the SASS), so every step waited for its load
-        NS: tl.constexpr = HBG * NKB
-        sv = tl.arange(0, NS)
-        kv = tl.arange(0, NKB)
-        w_sc = tl.load(ws_base + (((hb0 + sv // NKB) * BH) // 128) * NKB + sv % NKB)  # [NS]
-        c_hi = tl.load(s_ptrs[:, None] + kv[None, :] * NT, mask=rmask[:, None], other=0.0)  # [BM, NKB]
-        c_lo = tl.load(s_ptrs[:, None] + kv[None, :] * NT + 1, mask=rmask[:, None], other=0.0)
-        for step in range(0, NS):
-            at_kb = kv[None, :] == step % NKB
-            c0 = tl.sum(tl.where(at_kb, c_hi, 0.0), axis=1)
-            l0 = tl.sum(tl.where(at_kb, c_lo, 0.0), axis=1)
-            v0 = tl.sum(tl.where(sv == step, w_sc, 0.0), axis=0)
-            acc = _gemm2_step(acc, step, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
-                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     else:  # one step an iteration: each pipeline stage holds one weight tile, half the shared memory
         for step in range(0, HBG * NKB):
             c0, l0, v0 = c0n, l0n, v0n
@@ -375,8 +358,7 @@ def moe_kernel(
     SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
-    G2PAIR: tl.constexpr, G2PRE: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr,
-    EXACT: tl.constexpr,
+    G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
 ):  # fmt: skip
@@ -469,11 +451,11 @@ def moe_kernel(
         elif g < n1 + n2_big:
             _gemm2_item(g - n1, 0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
                         obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
-                        HBG, INLINE, SWAP, EXACT, PF, G2PAIR, G2PRE, rec, TRACE)  # fmt: skip
+                        HBG, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
             _gemm2_item(g - n1 - n2_big, n_tiles - n_small, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, G2PRE, rec,
+                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, rec,
                         TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
@@ -521,11 +503,6 @@ class Workspace:
         fill = t.split_k_fill and not t.stream_k and split_k > 1 and (H // BLOCK) % (2 * split_k) == 0
         t = dataclasses.replace(t, split_k=split_k, h_blocks_per_item=hbg, split_k_fill=fill)
         splits_max = 2 * split_k if fill else split_k
-        # GEMM2's scales preloaded: one step a stage, each item's step count a power of two (tl.arange)
-        nkb = I // BLOCK
-        pre = t.gemm2_scales_preloaded and not t.gemm2_step_pairs and all(
-            next_pow2(g * nkb) == g * nkb for g in (hbg, hbg_tail))
-        t = dataclasses.replace(t, gemm2_scales_preloaded=pre)
         self.T, self.E, self.w1_shape, self.tiles = T, E, torch.Size((NL, 2 * I, H)), t
         R = T * TOP_K
         nj, nhb, bm = I // BLOCK, H // t.h_block, t.rows_per_tile
@@ -567,7 +544,7 @@ class Workspace:
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
-            G2PAIR=t.gemm2_step_pairs, G2PRE=pre, BT_FIN=t.tokens_per_finalize_block,
+            G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip

@@ -25,7 +25,6 @@ class Tiles:
     # of programs better (the experts hit, hence the items, are known only there)
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
     # half the shared memory)
-    gemm2_scales_preloaded: bool = False  # one step a stage: an item's scales all loaded before its K loop
     max_registers: int = 0  # registers per thread at most (the compiler spills above): more CTAs an SM; 0: its choice
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
