@@ -359,8 +359,12 @@ def main() -> int:
     if args.trace:
         tries += [(name + "+trace", {**fields, "trace": True}) for name, fields in tries]
     rows = []
-    for T in (int(x) for x in args.T.split(",")):
-        w = next(w for w in ds.workloads if w.workload.axes["seq_len"] == T)
+    by_t = {w.workload.axes["seq_len"]: w for w in ds.workloads}
+    Ts = [int(x) for x in args.T.split(",")]
+    if any(T not in by_t for T in Ts):
+        ap.error(f"--T {args.T}: the contest's T are {', '.join(map(str, sorted(by_t)))}")
+    for T in Ts:
+        w = by_t[T]
         torch.manual_seed(T)
         inp = inputs.generate(ds, w, "cuda", "contest", routing=dataset.routing_tensors(ds, w))
         ref32 = reference.forward(*inp)
