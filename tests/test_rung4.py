@@ -104,9 +104,11 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (40, dict(stream_k=True, sorted_rows=True)),  # stream-K over sorted rows, many tiles
         (16, dict(h_blocks_per_item=2, gemm2_step_pairs=False, num_stages=3)),  # GEMM2 one step a stage
         (3, dict(stream_k=True, gemm2_step_pairs=False, num_stages=2, max_registers=168)),  # 3 CTAs an SM
+        (3, dict(route_in_every_program=True, stream_k=True, h_block=64)),  # half a W2 scale block an H block
+        (16, dict(h_block=64, h_blocks_per_item=2, swapped=False)),  # unswapped: 64 columns on the MMA's N
     ],
     ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
-         "stream-k-sorted", "gemm2-single-steps", "register-cap"],  # fmt: skip
+         "stream-k-sorted", "gemm2-single-steps", "register-cap", "h-block-64", "h-block-64-unswapped"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built
@@ -289,7 +291,7 @@ def test_tile_table_and_geometry_checks(built):
     with pytest.raises(ValueError, match="powers of two"):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
                              dataclasses.replace(tiles_mod.tiles_for(4), tokens_per_route_item=3))  # fmt: skip
-    with pytest.raises(ValueError, match="H block must be 128"):  # one W2 scale per H block and K block
+    with pytest.raises(ValueError, match="H block must be 64 or 128"):  # one W2 scale per H block and K block
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
                              dataclasses.replace(tiles_mod.tiles_for(4), h_block=256))  # fmt: skip
     with pytest.raises(ValueError, match="unsupported geometry"):

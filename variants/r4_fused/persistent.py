@@ -495,9 +495,10 @@ class Workspace:
         split_k = 1 if t.stream_k else t.split_k
         while (H // BLOCK) % split_k:  # the splits must divide the K blocks
             split_k -= 1
-        if t.h_block != BLOCK:  # GEMM2 applies one W2 scale per (H block, K block): 128 x 128 (v27: 256 was
-            # accepted here and gave rel L2 1.0)
-            raise ValueError("the H block must be 128 rows: one W2 scale block")
+        if t.h_block not in (64, BLOCK):  # GEMM2 applies one W2 scale per (H block, K block), so an H block
+            # lies inside one 128-row scale block (v27: 256 was accepted here and gave rel L2 1.0); 64: the
+            # swapped MMA's smallest M
+            raise ValueError(f"h_block={t.h_block}: the H block must be 64 or 128 rows, inside one W2 scale block")
         hbg = t.h_blocks_per_item
         while (H // t.h_block) % hbg or hbg & (hbg - 1):  # whole groups, a power of two H blocks
             hbg -= 1
