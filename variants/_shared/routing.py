@@ -58,87 +58,9 @@ def _value(key, N: tl.constexpr):
 
 
 @triton.jit
-def _top2_merge(a0, a1, b0, b1):
-    """The two largest of two descending pairs, descending."""
-    return tl.maximum(a0, b0), tl.maximum(tl.minimum(a0, b0), tl.maximum(a1, b1))
-
-
-@triton.jit
-def _top4_merge(a0, a1, a2, a3, b0, b1, b2, b3):
-    """The four largest of two descending 4-lists, descending: the larger of a[i] and b[3 - i] are the
-    four largest and a bitonic sequence, which two compare-exchange stages sort."""
-    c0 = tl.maximum(a0, b3)
-    c1 = tl.maximum(a1, b2)
-    c2 = tl.maximum(a2, b1)
-    c3 = tl.maximum(a3, b0)
-    d0, d2 = tl.maximum(c0, c2), tl.minimum(c0, c2)
-    d1, d3 = tl.maximum(c1, c3), tl.minimum(c1, c3)
-    return tl.maximum(d0, d1), tl.minimum(d0, d1), tl.maximum(d2, d3), tl.minimum(d2, d3)
-
-
-@triton.jit
-def _top2(key, axis: tl.constexpr):
-    """The two largest `_ranked` keys along `axis`, in one reduction."""
-    no = tl.full(key.shape, NO_KEY, tl.int64)
-    return tl.reduce((key, no), axis, _top2_merge)
-
-
-@triton.jit
-def _top4(key, axis: tl.constexpr):
-    """The four largest `_ranked` keys along `axis`, descending, in one reduction (one pass of shuffles
-    and one cross-warp exchange where four max reductions take four of each)."""
-    no = tl.full(key.shape, NO_KEY, tl.int64)
-    return tl.reduce((key, no, no, no), axis, _top4_merge)
-
-
-@triton.jit
 def route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr,
                  TOPK: tl.constexpr, BT: tl.constexpr, USE_LIBDEVICE: tl.constexpr):  # fmt: skip
     """Routing of the tokens `t` ([BT]): ([BT, TOPK] global expert ids, [BT, TOPK] weights), as the
-    reference: sigmoid, + bias, top-KG groups by their top-2 sums, top-TOPK experts, ties to the lower
-    index, weights = s / sum(s) * rsf over all TOPK selected experts. The top-k steps reduce `_ranked`
-    keys (value and index in one int64), up to four of them in one reduction: 4 reductions in all for
-    the contest's shape (KG = 4, TOPK = 8), where one max a step took 14 (v76)."""
-    tl.static_assert(KG == 4, "the kept groups are one top-4 reduction")
-    tl.static_assert(TOPK % 4 == 0, "the experts are top-4 reductions")
-    EG: tl.constexpr = E // NG
-    e = tl.arange(0, E)
-    # the bias is loaded first so that its latency overlaps the logits': loaded after the sigmoid, whose
-    # division has a slow-path branch, it waited for the logits (one more memory round trip, v76)
-    bias = tl.load(bias_ptr + e).to(tl.float32)
-    x = tl.load(logits_ptr + t[:, None] * E + e[None, :], mask=tmask[:, None], other=0.0)
-    sb = _sigmoid(x, USE_LIBDEVICE) + bias[None, :]
-    key = _ranked(sb, e[None, :], E)
-
-    # group score = sum of the group's two largest sb
-    key3 = tl.reshape(key, (BT, NG, EG))
-    k1, k2 = _top2(key3, 2)
-    gkey = _ranked(_value(k1, E) + _value(k2, E), tl.arange(0, NG)[None, :], NG)
-
-    # the top-KG groups (equal scores: the lower group index), i.e. those at or above the 4th key
-    g4 = _top4(gkey, 1)[3]
-    cand = tl.reshape(tl.where((gkey >= g4[:, None])[:, :, None], key3, NO_KEY), (BT, E))
-
-    # the top-TOPK experts among them, four a pass (equal values: the lower expert index)
-    k8 = tl.arange(0, TOPK)[None, :]
-    ids = tl.zeros((BT, TOPK), tl.int32)
-    for p in tl.static_range(TOPK // 4):
-        top = _top4(cand, 1)
-        for j in tl.static_range(4):
-            ids = tl.where(k8 == 4 * p + j, (E - 1 - (top[j] & (E - 1))).to(tl.int32)[:, None], ids)
-        cand = tl.where(cand >= top[3][:, None], NO_KEY, cand)
-    # the picked experts' sigmoids, recomputed from their logits: the same bits as s
-    xsel = tl.load(logits_ptr + t[:, None] * E + ids, mask=tmask[:, None], other=0.0)
-    ssel = _sigmoid(xsel, USE_LIBDEVICE)
-    ssum = tl.sum(ssel, axis=1)
-    w = tl.math.div_rn(ssel, ssum[:, None] + 1e-20) * rsf
-    return ids, w
-
-
-@triton.jit
-def route_tokens_v0(logits_ptr, bias_ptr, t, tmask, rsf, E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr,
-                 TOPK: tl.constexpr, BT: tl.constexpr, USE_LIBDEVICE: tl.constexpr):  # fmt: skip
-    """(A/B only, v76: the 14-max form) Routing of the tokens `t` ([BT]): ([BT, TOPK] expert ids, weights), as the
     reference: sigmoid, + bias, top-KG groups by their top-2 sums, top-TOPK experts, ties to the lower
     index, weights = s / sum(s) * rsf over all TOPK selected experts. Every top-k step is one max over
     `_ranked` keys (value and index in one int64), 14 reductions in all for the contest's shape."""

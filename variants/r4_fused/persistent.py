@@ -44,7 +44,7 @@ from .exact import INTERPRET, round_to_bf16
 from .gemm1_tile import item_tile_major, park_partials, w1_tile
 from .launch import Kernel, next_pow2, prefetch_l2_bulk, sm_count
 from .quant import swiglu_quant_store
-from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, route_tokens_v0, use_libdevice, zero_rows
+from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
 from .rows import expert_rows, hit_tiles, local_ids, max_tiles, tile_rows
 from .tiles import tiles_for
 
@@ -356,7 +356,7 @@ def moe_kernel(
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
     BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, TAIL_WAVES: tl.constexpr, HBG_TAIL: tl.constexpr,
     SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
-    BT_ROUTE: tl.constexpr, ROUTE_V0: tl.constexpr,
+    BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
     G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
@@ -376,14 +376,9 @@ def moe_kernel(
 
     # 1. routing
     if ROUTE_ALL:  # tiny T: this program routes every token itself (all programs store the same values)
-        if not ROUTE_V0:
-            item = _claim(sync_ptr)  # its atomic's latency hides behind the routing
         t = tl.arange(0, TP)
         tmask = t < T
-        if ROUTE_V0:
-            gids, gw = route_tokens_v0(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, TP, USE_LIBDEVICE)
-        else:
-            gids, gw = route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, TP, USE_LIBDEVICE)
+        gids, gw = route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, TP, USE_LIBDEVICE)
         tl.store(ids_ptr + t[:, None] * TOPK + k8[None, :], gids, mask=tmask[:, None])
         tl.store(wts_ptr + t[:, None] * TOPK + k8[None, :], gw, mask=tmask[:, None])
         zero_rows(gids, t, tmask & (t % nprog == pid), out_ptr, local_off, NL, H, TP)
@@ -391,17 +386,12 @@ def moe_kernel(
         n_route = 0
     else:
         n_route = tl.cdiv(T, BT_ROUTE)
-    if not ROUTE_ALL or ROUTE_V0:
-        item = _claim(sync_ptr)
+    item = _claim(sync_ptr)
     if not ROUTE_ALL:
         while item < n_route:
             t = item * BT_ROUTE + tl.arange(0, BT_ROUTE)
             tmask = t < T
-            if ROUTE_V0:
-                gids, gw = route_tokens_v0(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, BT_ROUTE,
-                                           USE_LIBDEVICE)  # fmt: skip
-            else:
-                gids, gw = route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, BT_ROUTE, USE_LIBDEVICE)
+            gids, gw = route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E, NG, KG, TOPK, BT_ROUTE, USE_LIBDEVICE)
             tl.store(ids_ptr + t[:, None] * TOPK + k8[None, :], gids, mask=tmask[:, None])
             tl.store(wts_ptr + t[:, None] * TOPK + k8[None, :], gw, mask=tmask[:, None])
             zero_rows(gids, t, tmask, out_ptr, local_off, NL, H, BT_ROUTE)
@@ -552,7 +542,7 @@ class Workspace:
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
             BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k, SPLIT_FILL=fill,
-            STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program, ROUTE_V0=t.routing_v0,
+            STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
             G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,

@@ -26,7 +26,6 @@ class Tiles:
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
     # half the shared memory)
     max_registers: int = 0  # registers per thread at most (the compiler spills above): more CTAs an SM; 0: its choice
-    routing_v0: bool = False  # (A/B only, v76) the routing of 14 max reductions, the claim after it
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
 
