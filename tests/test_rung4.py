@@ -149,26 +149,24 @@ def test_a_short_tail_of_single_h_block_items(built, monkeypatch):
     _check_output(out, inp)
 
 
-@pytest.mark.parametrize("programs, shares", [(3, 1), (5, 1), (2, 3)])
-def test_stream_k_shares_that_cross_column_blocks(built, monkeypatch, programs, shares):
-    """`stream_k`: GEMM1's K blocks in equal shares, `stream_k_shares` per program. The small definition
-    has 2 K blocks per column block, so this runs a wider made-up geometry (H = 512: 4 K blocks, I = 256:
-    2 column blocks) on 3 and 5 programs, and 2 programs of 3 shares each (a program claims the next
-    share when it is done with one): shares start and end inside column blocks, a column block hears
-    from two or three shares, whose partials the last to arrive sums in share order. Against the
-    reference, bit-identical on a second call, every ticket back at zero."""
+@pytest.mark.parametrize("programs", [3, 5])
+def test_stream_k_shares_that_cross_column_blocks(built, monkeypatch, programs):
+    """`stream_k`: GEMM1's K blocks in one equal share per program. The small definition has 2 K blocks
+    per column block, so this runs a wider made-up geometry (H = 512: 4 K blocks, I = 256: 2 column
+    blocks) on 3 and 5 programs: shares start and end inside column blocks, a column block hears from
+    two or three shares, whose partials the last to arrive sums in share order. Against the reference,
+    bit-identical on a second call, every ticket back at zero."""
     _, mod, tiles_mod, persistent = built
     monkeypatch.setattr(persistent, "sm_count", lambda device: programs)
     T, H = 3, WIDE_H
     inp = _wide_inputs(T, seed=6)
-    runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(T), stream_k=True, stream_k_shares=shares))
+    runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(T), stream_k=True))
     outs = []
     for _ in range(2):
         out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
         runner(*inp, out)
         (ws,) = runner.workspaces.values()
-        assert ws.kernel.consts["STREAM_K"] and ws.kernel.consts["SK_SHARES"] == shares
-        assert ws.kernel.grid[0] == programs
+        assert ws.kernel.consts["STREAM_K"] and ws.kernel.grid[0] == programs
         assert int(ws.sync.abs().sum()) == 0 and int(ws.ticket.abs().sum()) == 0
         outs.append(out)
     assert torch.equal(outs[0], outs[1])
@@ -296,9 +294,6 @@ def test_tile_table_and_geometry_checks(built):
     with pytest.raises(ValueError, match="H block must be 64 or 128"):  # one W2 scale per H block and K block
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
                              dataclasses.replace(tiles_mod.tiles_for(4), h_block=256))  # fmt: skip
-    with pytest.raises(ValueError, match="at least one stream-K share"):
-        persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
-                             dataclasses.replace(tiles_mod.tiles_for(4), stream_k_shares=0))  # fmt: skip
     with pytest.raises(ValueError, match="unsupported geometry"):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168 + 64, 2048)
     capped = dataclasses.replace(tiles_mod.tiles_for(4), max_registers=168)  # the launch option, only when set

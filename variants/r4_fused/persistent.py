@@ -12,8 +12,7 @@ grid:
 3. GEMM1: (M tile, 128 columns of I, K split): G1 = X[rows] @ W1[e]^T on FP8 tensor cores, one dot per
    128-wide K block with its block scales applied to the fp32 partial; SwiGLU and the hi/lo FP8
    re-quantization of C in the epilogue (split-K: the last split to arrive sums the partials in split
-   order). Then `tile_done[tile] += 1`. Or (`Tiles.stream_k`) one item per program (`stream_k_shares`
-   per program: smaller ones, each taken by the next free program): an equal share of
+   order). Then `tile_done[tile] += 1`. Or (`Tiles.stream_k`) one item per program: an equal share of
    all of GEMM1's K blocks, which may end inside one (tile, column block) and start inside the next;
    each column block's shares are summed in share order by the last to arrive.
 4. GEMM2: (M tile, group of H blocks): O = C @ W2[e]^T times the routing weight, the (H block, K block)
@@ -356,8 +355,7 @@ def moe_kernel(
     E: tl.constexpr, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr, I: tl.constexpr,
     NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr, TP: tl.constexpr,
     BM: tl.constexpr, BH: tl.constexpr, HBG: tl.constexpr, TAIL_WAVES: tl.constexpr, HBG_TAIL: tl.constexpr,
-    SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, SK_SHARES: tl.constexpr,
-    ROUTE_ALL: tl.constexpr,
+    SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
     G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
@@ -418,7 +416,7 @@ def moe_kernel(
     c, n_tiles = hit_tiles(loc, counts_ptr, NL, NLP, TP, TOPK, BM, INLINE)
     w1_blocks = n_tiles * (NJ * (H // 128))  # stream-K: GEMM1's K blocks, shared out equally
     if STREAM_K:
-        n1 = tl.minimum(SK_SHARES * nprog, w1_blocks)  # no empty share: a column block must hear from all of its own
+        n1 = tl.minimum(nprog, w1_blocks)  # no empty share: a column block must hear from all of its own
         split = 1
     else:
         split = SPLIT_K
@@ -484,8 +482,6 @@ class Workspace:
             v = getattr(t, name)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"{name}={v}: tile sizes must be powers of two")
-        if t.stream_k_shares < 1:
-            raise ValueError(f"stream_k_shares={t.stream_k_shares}: at least one stream-K share per program")
         split_k = 1 if t.stream_k else t.split_k
         while (H // BLOCK) % split_k:  # the splits must divide the K blocks
             split_k -= 1
@@ -521,11 +517,10 @@ class Workspace:
         self.cq = torch.empty(R, NT.value * I, dtype=torch.float8_e4m3fn, device=device)
         self.cs = torch.empty(R, I // BLOCK, NT.value, **f32)
         sms = sms or sm_count(device)
-        max_grid = 8 * sms  # programs at most (Kernel: co-resident ones only)
-        shares_max = t.stream_k_shares * max_grid if t.stream_k else 0  # stream-K's shares at most
+        max_grid = 8 * sms  # programs at most (Kernel: co-resident ones only); stream-K has one share each
         # partial slots: split-K's per (tile, column block) and split; stream-K's column block tj gets slots
         # tj + first share .. (the shares it hears from), so fewer than column blocks + shares in all
-        slots = tiles_max * nj * splits_max if split_k > 1 else (tiles_max * nj + shares_max if t.stream_k else 0)
+        slots = tiles_max * nj * splits_max if split_k > 1 else (tiles_max * nj + max_grid if t.stream_k else 0)
         self.part = torch.empty(max(1, slots * 2 * BLOCK * bm), **f32)
         self.ticket = torch.zeros(tiles_max * nj if slots else 1, **i32)
         self.obuf = torch.empty(R, H, **f32)
@@ -535,7 +530,7 @@ class Workspace:
         items = (
             triton.cdiv(T, t.tokens_per_route_item)
             + NL
-            + (shares_max if t.stream_k else tiles_max * nj * splits_max)
+            + (max_grid if t.stream_k else tiles_max * nj * splits_max)
             + tiles_max * (nhb // min(hbg, hbg_tail))
             + nhb * triton.cdiv(T, t.tokens_per_finalize_block)
         )
@@ -547,7 +542,7 @@ class Workspace:
         consts = dict(
             E=E, NL=NL, NLP=next_pow2(NL), H=H, I=I, NG=N_GROUP, KG=TOPK_GROUP, TOPK=TOP_K, TP=next_pow2(T),
             BM=bm, BH=t.h_block, HBG=hbg, TAIL_WAVES=t.tail_waves, HBG_TAIL=hbg_tail, SPLIT_K=split_k, SPLIT_FILL=fill,
-            STREAM_K=t.stream_k, SK_SHARES=t.stream_k_shares, ROUTE_ALL=t.route_in_every_program,
+            STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
             G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,

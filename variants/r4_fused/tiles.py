@@ -21,8 +21,6 @@ class Tiles:
     tokens_per_finalize_block: int
     tail_waves: int = 0  # GEMM2's last items, about this many waves of programs' worth, one H block each
     stream_k: bool = False  # GEMM1 as one equal share of all K blocks per program (split_k unused)
-    stream_k_shares: int = 1  # stream-K shares per program: more, smaller shares, each claimed by the next
-    # free program (programs that stream faster take more)
     split_k_fill: bool = False  # on the GPU, per call: split_k or twice it, whichever fills GEMM1's last wave
     # of programs better (the experts hit, hence the items, are known only there)
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
