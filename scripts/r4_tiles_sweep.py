@@ -13,7 +13,8 @@ harness times a call (flashinfer-bench's `do_bench`: cold L2, 10 warm-up and 50 
 the median beside it; with `--rounds N` every shape of a T is timed N times, interleaved in rotated
 order in the same process, and the median round is the result, each round printed beside it); the host
 path of a call is timed on its own (`host us`: the median time from the Python call to its return, the
-kernel queued), and before each T the span of an empty Triton launch in the same process (`launch`: a
+kernel queued), the call's span queued behind a busy GPU (`queued`: the GPU's side of a span alone,
+v79), and before each T the span of an empty Triton launch in the same process (`launch`: a
 process's slow state shows there, v35). With `--kernel-rounds N` (large T, the Gluon path) each
 kernel's span inside a call is timed too, N rounds interleaved across the shapes (`kernel_spans`): the
 per-kernel A/B that whole-call means cannot resolve on a machine whose large-T calls drift by 10% from
@@ -156,6 +157,24 @@ def host_path_us(call, n: int = 50) -> float:
         times.append((time.perf_counter() - t0) * 1e6)
     torch.cuda.synchronize()
     return sorted(times)[n // 2]
+
+
+def queued_span_us(call, flush: torch.Tensor, n: int = 50) -> float:
+    """The mean span of a call queued behind a busy GPU: the L2 flushed as the harness flushes it, then a
+    spin kernel (~0.5 ms), then the start event, the call and the end event. The call's launches are queued
+    before the GPU reaches the start event, so the span is the GPU's side alone (launch processing, the
+    kernels, the end); the harness's span minus this one is the host's launch path (v79)."""
+    spans = []
+    for _ in range(n):
+        flush.zero_()
+        torch.cuda._sleep(1_000_000)  # cycles: ~0.5 ms, longer than any call's host path
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        spans.append(1e3 * start.elapsed_time(end))
+    return sum(spans) / n
 
 
 def empty_launch_us() -> float:
@@ -427,6 +446,7 @@ def main() -> int:
         for row, runner, setup in ready:
             if "error" not in row:  # a shape whose timing raised keeps its error row
                 row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
+                row["queued_us"] = queued_span_us(lambda a=setup(), f=runner: f(*a), flush)
                 if args.stages:
                     try:
                         row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a), flush)
@@ -437,7 +457,8 @@ def main() -> int:
                         stages = row["stages_us"]["error"]
                     print(f"  stages (us, from..to after the first kernel's start): {stages}", flush=True)
             print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
-    head = f"{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'host us':>7} {'launch':>6} {'rel L2':>9}"
+    head = f"{'T':>5} {'shape':14} {'mean us':>9} {'median us':>9} {'host us':>7} {'queued':>6} {'launch':>6}"
+    head += f" {'rel L2':>9}"
     head += " grid regs spill smem"
     print(f"\n{head}  fields")
     for r in rows:
@@ -446,7 +467,7 @@ def main() -> int:
             continue
         print(
             f"{r['T']:>5} {r['name']:14} {r['mean_us']:9.1f} {r['median_us']:9.1f} {r['host_us']:7.1f} "
-            f"{r['empty_launch_us']:6.1f} "
+            f"{r['queued_us']:6.1f} {r['empty_launch_us']:6.1f} "
             f"{r['rel_l2']:9.2e} {r['grid']:4d} "
             f"{r['regs']} {r['spills']} {r['smem']}  {r['fields']}"
             + (f"  rounds {' '.join(f'{m:.1f}' for m in r['round_means_us'])}" if args.rounds > 1 else "")
