@@ -115,6 +115,36 @@ def time_spans(fn: Callable, args: list, device: str, warmup: int, iterations: i
     return spans
 
 
+BUSY_CYCLES = 1_000_000  # ~0.5 ms of GPU spin at 2 GHz: longer than any call's host path
+
+
+def queued_spans(fn: Callable, args: list, device: str, iterations: int) -> list[float]:
+    """The spans (ms) of `fn(*args)` queued behind a busy GPU: as `time_spans` (flashinfer-bench's cache
+    flush and cloning, CUDA events around the call), but a spin kernel runs between the flush and the
+    start event, so the call's launches are queued before the GPU reaches its span. What is left is the
+    GPU's side of a call alone; the harness's span (the GPU idle at its start) adds the host's launch
+    path, which a process can draw slow or fast by 9-42 us at small T (rung 4 NOTES v79-v80). A call that
+    waits for the GPU inside (a host sync) waits out the spin too, and its host time after that stays in."""
+    import torch
+    from flashinfer_bench.bench.timing import _clear_cache, _clone_args, _device_lock, _get_empty_cache_for_benchmark
+
+    with _device_lock(device), torch.cuda.device(device):
+        cache = _get_empty_cache_for_benchmark(device)
+        events = []
+        for _ in range(iterations):
+            _clear_cache(cache)
+            cloned = _clone_args(args)
+            torch.cuda.synchronize()
+            torch.cuda._sleep(BUSY_CYCLES)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*cloned)
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) for s, e in events]
+
+
 def failure_place(exc: BaseException, package_dir: Optional[Path]) -> str:
     """'file.py:LINE in func' of the innermost traceback frame inside the candidate's own sources."""
     if package_dir is None:
@@ -221,6 +251,8 @@ class Session:
                 args = list(inp) + (allocate_outputs(ds.definition, inp, job.device) if dps else [])
                 try:
                     spans = time_spans(fn, args, job.device, s.warmup, s.iterations)
+                    if job.device.startswith("cuda"):
+                        trial["queued_ms"] = [float(x) for x in queued_spans(fn, args, job.device, s.iterations)]
                 except Exception as e:  # noqa: BLE001 - a candidate can pass its check and crash while timed
                     trials.append({**failure_verdict(e, package).to_dict(), "phase": "bench"})
                     break
@@ -436,6 +468,7 @@ def record(name: str, rung, facts: dict, result: dict, settings: Settings, refer
     timed = [t["spans_ms"] for t in trials if "spans_ms" in t]
     trial_ms = [statistics.mean(s) for s in timed]
     latency = _mean(trial_ms) if passed and timed else None
+    queued = [statistics.mean(t["queued_ms"]) for t in trials if t.get("queued_ms")]
     floor_ms = facts.get("floor_ms")
     return {
         "variant": name,
@@ -453,10 +486,11 @@ def record(name: str, rung, facts: dict, result: dict, settings: Settings, refer
         "latency_ms": latency,
         "median_ms": statistics.median([x for s in timed for x in s]) if latency else None,
         "trial_ms": trial_ms if latency else [],
+        "gpu_side_ms": _mean(queued) if latency else None,  # the same calls queued behind a busy GPU
         "reference_ms": reference_ms,
         "speedup_vs_reference": reference_ms / latency if (latency and reference_ms) else None,
         "fraction_of_floor": floor_ms / latency if (latency and floor_ms) else None,
-        "trials": [{k: v for k, v in t.items() if k not in ("spans_ms", "error")} for t in trials],
+        "trials": [{k: v for k, v in t.items() if k not in ("spans_ms", "queued_ms", "error")} for t in trials],
     }
 
 

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fibmoe import dataset, inputs, reference, variants  # noqa: E402
+from fibmoe.runner import queued_spans  # noqa: E402
 
 DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
 # the large-T workspace's own arguments (`--large-try`), beside rung 3's tile fields
@@ -157,24 +158,6 @@ def host_path_us(call, n: int = 50) -> float:
         times.append((time.perf_counter() - t0) * 1e6)
     torch.cuda.synchronize()
     return sorted(times)[n // 2]
-
-
-def queued_span_us(call, flush: torch.Tensor, n: int = 50) -> float:
-    """The mean span of a call queued behind a busy GPU: the L2 flushed as the harness flushes it, then a
-    spin kernel (~0.5 ms), then the start event, the call and the end event. The call's launches are queued
-    before the GPU reaches the start event, so the span is the GPU's side alone (launch processing, the
-    kernels, the end); the harness's span minus this one is the host's launch path (v79)."""
-    spans = []
-    for _ in range(n):
-        flush.zero_()
-        torch.cuda._sleep(1_000_000)  # cycles: ~0.5 ms, longer than any call's host path
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        spans.append(1e3 * start.elapsed_time(end))
-    return sum(spans) / n
 
 
 def empty_launch_us() -> float:
@@ -446,7 +429,7 @@ def main() -> int:
         for row, runner, setup in ready:
             if "error" not in row:  # a shape whose timing raised keeps its error row
                 row["host_us"] = host_path_us(lambda a=setup(), f=runner: f(*a))
-                row["queued_us"] = queued_span_us(lambda a=setup(), f=runner: f(*a), flush)
+                row["queued_us"] = 1e3 * statistics.mean(queued_spans(runner, setup(), "cuda", 50))
                 if args.stages:
                     try:
                         row["stages_us"] = stage_times(lambda a=setup(), f=runner: f(*a), flush)

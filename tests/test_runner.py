@@ -52,6 +52,21 @@ def test_latency_is_the_mean_of_the_spans_and_the_median_is_beside_it():
     assert r["speedup_vs_reference"] == pytest.approx(4.0) and r["fraction_of_floor"] == pytest.approx(1 / 3)
 
 
+def test_the_gpu_side_is_the_mean_of_the_queued_spans_and_leaves_the_latency_alone():
+    """`gpu_side_ms`: the same calls timed queued behind a busy GPU (`queued_spans`), beside the harness's
+    latency, never instead of it; the raw spans stay out of the record's trials."""
+    facts = {"uuid": "u", "seq_len": 1, "floor_ms": 1.0}
+    res = {"trials": [{"status": "PASSED", "spans_ms": [4.0] * 2, "queued_ms": [3.0, 1.0]},
+                      {"status": "PASSED", "spans_ms": [2.0] * 2, "queued_ms": [1.0, 1.0]}]}  # fmt: skip
+    r = runner.record("v", 1, facts, res, runner.Settings())
+    assert r["latency_ms"] == pytest.approx(3.0) and r["gpu_side_ms"] == pytest.approx(1.5)
+    assert all("queued_ms" not in t and "spans_ms" not in t for t in r["trials"])
+    cpu = runner.record("v", 1, facts, {"trials": [{"status": "PASSED", "spans_ms": [2.0]}]}, runner.Settings())
+    assert cpu["gpu_side_ms"] is None  # no GPU, no queued spans
+    failed = {"trials": [{"status": "INCORRECT_NUMERICAL", "spans_ms": [2.0], "queued_ms": [1.0]}]}
+    assert runner.record("v", 1, facts, failed, runner.Settings())["gpu_side_ms"] is None
+
+
 def test_a_hang_is_a_timeout_and_the_run_goes_on(tmp_path):
     folder = correct_until(tmp_path, "    if hs.shape[0] == 1:\n        time.sleep(600)\n", "sleepy")
     r = invoke("check", folder, *SMALL, "--trials", "1", "-t", "1", "-t", "3", "--timeout", "8", "--json")
