@@ -173,8 +173,8 @@ def _rows_not_run(name: str, workloads: list, status: str) -> list[dict]:
 
 
 ROW_FIGURES = (
-    "latency_ms median_ms reference_ms speedup_vs_reference floor_ms fraction_of_floor max_abs_error rel_l2_error"
-    " matched_ratio routing_agreement error"
+    "latency_ms median_ms gpu_side_ms reference_ms speedup_vs_reference floor_ms fraction_of_floor max_abs_error"
+    " rel_l2_error matched_ratio routing_agreement error"
 ).split()
 
 
