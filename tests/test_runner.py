@@ -67,6 +67,21 @@ def test_the_gpu_side_is_the_mean_of_the_queued_spans_and_leaves_the_latency_alo
     assert runner.record("v", 1, facts, failed, runner.Settings())["gpu_side_ms"] is None
 
 
+def test_the_bench_table_shows_the_gpu_side_and_says_what_it_is(capsys):
+    from fibmoe.cli import _print_bench
+
+    rec = {"variant": "v", "seq_len": 1, "uuid": "u" * 36, "status": "PASSED", "latency_ms": 0.0801,
+           "median_ms": 0.0794, "gpu_side_ms": 0.0632, "reference_ms": 2.4, "speedup_vs_reference": 30.0,
+           "speedup_vs_previous": None, "floor_ms": 0.0307, "fraction_of_floor": 0.38}  # fmt: skip
+    pay = {"definition": "d", "provenance": {"timer": "t", "device_name": "H200"}, "records": [rec],
+           "summary": {}, "launch": {}}  # fmt: skip
+    _print_bench(pay, "cuda")
+    text = capsys.readouterr().out
+    assert "0.0632" in text and "queued behind a busy GPU" in text
+    _print_bench({**pay, "records": [{**rec, "gpu_side_ms": None}]}, "cuda")
+    assert "queued behind a busy GPU" not in capsys.readouterr().out  # nothing measured, nothing said
+
+
 def test_a_hang_is_a_timeout_and_the_run_goes_on(tmp_path):
     folder = correct_until(tmp_path, "    if hs.shape[0] == 1:\n        time.sleep(600)\n", "sleepy")
     r = invoke("check", folder, *SMALL, "--trials", "1", "-t", "1", "-t", "3", "--timeout", "8", "--json")
