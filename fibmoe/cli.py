@@ -480,10 +480,12 @@ def _print_bench(payload: dict, device: str) -> None:
     if "error" in launch:
         out.print(f"empty launch spans: not measured: {launch['error'].splitlines()[-1]}", highlight=False)
     elif launch:
+        gpu = launch.get("empty_triton_kernel_gpu_side")
         out.print(
             "beside the floor, the span of nothing (same protocol): an empty Triton kernel launch "
-            f"{launch['empty_triton_kernel']['mean_ms'] * 1e3:.1f} us, an empty Python call "
-            f"{launch['empty_python_call']['mean_ms'] * 1e3:.1f} us (means)",
+            f"{launch['empty_triton_kernel']['mean_ms'] * 1e3:.1f} us"
+            + (f" ({gpu['mean_ms'] * 1e3:.1f} us of it on the GPU's side)" if gpu else "")
+            + f", an empty Python call {launch['empty_python_call']['mean_ms'] * 1e3:.1f} us (means)",
             highlight=False,
         )
     if any(r.get("gpu_side_ms") for r in payload["records"]):

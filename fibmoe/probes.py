@@ -1,7 +1,8 @@
 """What a gap to the floor is made of, measured on the GPU with the protocol solutions are timed with
 (`runner.time_spans`): the span of an empty Triton kernel launch and of an empty Python call (the part of
-any call that is launch and host time, not kernel), and dense cuBLAS FP8 GEMMs (`torch._scaled_mm`) of a
-workload's FLOPs (what the tensor cores do on this GPU without routing or block scales).
+any call that is launch and host time, not kernel), the empty launch's GPU side (`runner.queued_spans`),
+and dense cuBLAS FP8 GEMMs (`torch._scaled_mm`) of a workload's FLOPs (what the tensor cores do on this GPU
+without routing or block scales).
 
 Runs in a runner child (job kinds `launch` and `dense_gemm`), like a solution: CUDA only."""
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import triton
 
 from .geometry import Geometry
-from .runner import time_spans
+from .runner import queued_spans, time_spans
 
 
 @triton.jit
@@ -30,6 +31,8 @@ def launch_spans(device: str, settings) -> dict[str, list[float]]:
     return {
         "empty_triton_kernel": time_spans(kernel, [x], device, settings.warmup, settings.iterations),
         "empty_python_call": time_spans(_empty_python_call, [x], device, settings.warmup, settings.iterations),
+        # the launch queued behind a busy GPU: what any launch costs on the GPU's side, without the host's
+        "empty_triton_kernel_gpu_side": queued_spans(kernel, [x], device, settings.iterations),
     }
 
 

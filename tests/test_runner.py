@@ -80,6 +80,11 @@ def test_the_bench_table_shows_the_gpu_side_and_says_what_it_is(capsys):
     assert "0.0632" in text and "queued behind a busy GPU" in text
     _print_bench({**pay, "records": [{**rec, "gpu_side_ms": None}]}, "cuda")
     assert "queued behind a busy GPU" not in capsys.readouterr().out  # nothing measured, nothing said
+    launch = {"empty_triton_kernel": {"mean_ms": 0.044}, "empty_python_call": {"mean_ms": 0.0134}}
+    _print_bench({**pay, "launch": launch}, "cuda")  # a payload from before the GPU-side probe
+    assert "empty Triton kernel launch 44.0 us, an empty Python call 13.4 us" in capsys.readouterr().out
+    _print_bench({**pay, "launch": {**launch, "empty_triton_kernel_gpu_side": {"mean_ms": 0.009}}}, "cuda")
+    assert "launch 44.0 us (9.0 us of it on the GPU's side)" in capsys.readouterr().out
 
 
 def test_a_hang_is_a_timeout_and_the_run_goes_on(tmp_path):

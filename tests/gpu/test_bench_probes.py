@@ -17,6 +17,7 @@ def test_launch_spans_are_measured_in_a_child():
     spans = runner.launch_spans("cuda", runner.Settings())
     assert 1e-3 < spans["empty_triton_kernel"]["mean_ms"] < 1.0, spans
     assert 0 < spans["empty_python_call"]["mean_ms"] < spans["empty_triton_kernel"]["mean_ms"] * 2
+    assert 0 < spans["empty_triton_kernel_gpu_side"]["mean_ms"] < spans["empty_triton_kernel"]["mean_ms"]
 
 
 def test_bench_stores_launch_spans_and_the_dense_gemm_beside_the_floor(tmp_path):
