@@ -14,7 +14,7 @@ the median beside it; with `--rounds N` every shape of a T is timed N times, int
 order in the same process, and the median round is the result, each round printed beside it); the host
 path of a call is timed on its own (`host us`: the median time from the Python call to its return, the
 kernel queued), the call's span queued behind a busy GPU (`queued`: the GPU's side of a span alone,
-v79), and before each T the span of an empty Triton launch in the same process (`launch`: a
+v80), and before each T the span of an empty Triton launch in the same process (`launch`: a
 process's slow state shows there, v35). With `--kernel-rounds N` (large T, the Gluon path) each
 kernel's span inside a call is timed too, N rounds interleaved across the shapes (`kernel_spans`): the
 per-kernel A/B that whole-call means cannot resolve on a machine whose large-T calls drift by 10% from
