@@ -66,13 +66,17 @@ class Stamp:
 
 
 def bracketed(launch, first_start_last_end, marks, iterations=20):
-    """`launch()` between two one-CTA stamps (`marks`), queued behind a busy GPU: per call (us) the time
-    from the opening stamp to the kernel's first CTA start, its CTAs' start spread, and its last end to the
-    closing stamp; `first_start_last_end()` reads (first start, last start, last end) in ns after a call."""
+    """`launch()` between two one-CTA stamps (`marks`), the L2 flushed and the call queued behind a busy GPU
+    (as `queued_spans` times it): per call (us) the time from the opening stamp to the kernel's first CTA
+    start, its CTAs' start spread, and its last end to the closing stamp; `first_start_last_end()` reads (first start, last start, last end) in ns after a call."""
+    from flashinfer_bench.bench.timing import _clear_cache, _get_empty_cache_for_benchmark
+
     from fibmoe.runner import BUSY_CYCLES
 
+    cache = _get_empty_cache_for_benchmark("cuda")
     out = []
     for _ in range(iterations):
+        _clear_cache(cache)  # the L2 as the harness leaves it (dirty), as in the queued spans
         torch.cuda.synchronize()
         torch.cuda._sleep(BUSY_CYCLES)
         marks[0]()
