@@ -19,11 +19,15 @@ import triton.language as tl
 
 @triton.jit
 def w1_tile(e, jb, tok, rmask, kb0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H: tl.constexpr, I: tl.constexpr,
-            BM: tl.constexpr, KPS, SWAP: tl.constexpr, SPF: tl.constexpr, KU: tl.constexpr):  # fmt: skip
+            BM: tl.constexpr, KPS, SWAP: tl.constexpr, SPF: tl.constexpr, KU: tl.constexpr,
+            STACK: tl.constexpr = False):  # fmt: skip
     """(up, gate) fp32 tiles of column block jb of local expert e for the token rows `tok` (where rmask),
     over K blocks kb0 .. kb0 + KPS - 1, KU blocks per pipeline iteration (their tiles load together).
     KPS is a constexpr for a fixed split, or a runtime count (rung 4's stream-K shares; then KU = 1).
-    SPF: the next K block's scales are loaded one block ahead (off each iteration's critical path)."""
+    SPF: the next K block's scales are loaded one block ahead (off each iteration's critical path).
+    STACK (with SWAP): the up and gate rows as one [2 BJ, BK] weight tile, one dot a K block instead of
+    two (the same products and sums; row r and r + BJ of the MMA's accumulator are in one thread, so the
+    split at the end moves no data)."""
     BK: tl.constexpr = 128
     BJ: tl.constexpr = 128
     NKB: tl.constexpr = H // BK
@@ -46,6 +50,10 @@ def w1_tile(e, jb, tok, rmask, kb0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H: tl.c
         acc_u = tl.zeros((BM, BJ), tl.float32)
         acc_g = tl.zeros((BM, BJ), tl.float32)
     wg_ptrs = wu_ptrs + I * H  # the gate rows: the second half of W1's rows
+    if STACK:
+        j2 = tl.arange(0, 2 * BJ)  # rows BJ.. of the tile: the gate rows, I rows further into W1
+        w2_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + j2 + (j2 >= BJ) * (I - BJ))[:, None] * H + kk[None, :]
+        acc = tl.zeros((2 * BJ, BM), tl.float32)
     asc_n = tl.load(hss_ptr + kb0 * T + tok)
     su_n = tl.load(su_ptr + kb0)
     sg_n = tl.load(sg_ptr + kb0)
@@ -65,14 +73,22 @@ def w1_tile(e, jb, tok, rmask, kb0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H: tl.c
                 su = tl.load(su_ptr + kb)
                 sg = tl.load(sg_ptr + kb)
             a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
-            wu = tl.load(wu_ptrs + kb * BK)
-            wg = tl.load(wg_ptrs + kb * BK)
-            if SWAP:
+            if STACK:
+                w = tl.load(w2_ptrs + kb * BK)
+                srow = tl.where(j2 < BJ, su, sg)
+                acc += tl.dot(w, a) * (asc[None, :] * srow[:, None])
+            elif SWAP:
+                wu = tl.load(wu_ptrs + kb * BK)
+                wg = tl.load(wg_ptrs + kb * BK)
                 acc_u += tl.dot(wu, a) * (asc * su)[None, :]
                 acc_g += tl.dot(wg, a) * (asc * sg)[None, :]
             else:
+                wu = tl.load(wu_ptrs + kb * BK)
+                wg = tl.load(wg_ptrs + kb * BK)
                 acc_u += tl.dot(a, wu) * (asc * su)[:, None]
                 acc_g += tl.dot(a, wg) * (asc * sg)[:, None]
+    if STACK:
+        acc_u, acc_g = tl.split(tl.permute(tl.reshape(acc, (2, BJ, BM)), (1, 2, 0)))
     return acc_u, acc_g
 
 
