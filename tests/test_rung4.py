@@ -17,6 +17,8 @@ import types
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from test_rung3 import DEVICE, _call, _check_output, _tie_tokens  # noqa: E402  (same bounds as rung 3)
 
 from fibmoe import dataset, inputs, reference, variants
@@ -340,3 +342,49 @@ def test_the_first_call_runs_on_the_grid_of_every_later_call(built, monkeypatch,
     assert [g[0] for g in fn.grids] == grids and kernel.grid[0] == grids[-1] and kernel.fast_ready
     kernel.slow(0)  # a later call through the dispatcher: one launch, on that grid
     assert [g[0] for g in fn.grids] == grids + grids[-1:]
+
+
+w1_tile = None  # the shared `w1_tile` as packed with rung 4 (set by the fixture below; the kernel reads a global)
+
+
+@triton.jit
+def _w1_tile_kernel(hs_ptr, hss_ptr, w1_ptr, w1s_ptr, up_ptr, gate_ptr, T, H: tl.constexpr, I: tl.constexpr,  # noqa: E741
+                    BM: tl.constexpr, STACK: tl.constexpr):  # fmt: skip
+    """Expert 1's up and gate tiles of column block 1 over all K blocks, swapped ([128, BM])."""
+    rows = tl.arange(0, BM)
+    rmask = rows < T
+    tok = tl.where(rmask, rows, 0)
+    one = tl.program_id(0) + 1  # a grid of one: expert 1, column block 1
+    up, gate = w1_tile(one, one, tok, rmask, 0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H, I, BM, H // 128, True, True, 1,
+                       STACK)  # fmt: skip
+    el = tl.arange(0, 128)[:, None] * BM + rows[None, :]
+    tl.store(up_ptr + el, up)
+    tl.store(gate_ptr + el, gate)
+
+
+@pytest.fixture(scope="module")
+def w1_tile_kernel(built):
+    global w1_tile
+    w1_tile = sys.modules[built[1].__package__ + ".gemm1_tile"].w1_tile
+    return _w1_tile_kernel
+
+
+def test_gemm1_up_and_gate_stacked_in_one_dot_give_the_same_bits(w1_tile_kernel):
+    """Rung 4's swapped GEMM1 stacks W1's up and gate rows into one [256, BK] tile and one dot a K block
+    (rung 3 keeps two dots): the same products summed in the same order, so the same bits; both against
+    the dequantized matmul."""
+    T, BM, H, I = 5, 16, 512, 256  # noqa: E741 (the operator's own names)
+    torch.manual_seed(7)
+    hs, hss = inputs.quantize_activations(torch.randn(T, H))
+    w1, w1s = inputs.quantize_weights(torch.randn(2, 2 * I, H) / H**0.5)
+    args = [x.to(DEVICE) for x in (hs, hss, w1, w1s)]
+    tiles = {}
+    for stack in (False, True):
+        up, gate = (torch.full((128, BM), float("nan"), device=DEVICE) for _ in range(2))
+        w1_tile_kernel[(1,)](*args, up, gate, T, H=H, I=I, BM=BM, STACK=stack)
+        tiles[stack] = (up.cpu(), gate.cpu())
+    assert all(torch.equal(a, b) for a, b in zip(tiles[False], tiles[True], strict=True))
+    x = (hs.float().view(T, H // 128, 128) * hss.t()[..., None]).view(T, H)
+    w = (w1[1].float().view(2 * I // 128, 128, H // 128, 128) * w1s[1][:, None, :, None]).view(2 * I, H)
+    for got, rows in zip(tiles[True], (slice(128, 256), slice(I + 128, I + 256)), strict=True):
+        torch.testing.assert_close(got[:, :T], w[rows] @ x.t(), rtol=1e-4, atol=1e-4)

@@ -106,7 +106,7 @@ def _claim(sync_ptr):
 def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                 tile_done_ptr, T, H: tl.constexpr, I: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
                 TOPK: tl.constexpr, BM: tl.constexpr, split, INLINE: tl.constexpr, SWAP: tl.constexpr,
-                STACK1: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
+                EXACT: tl.constexpr):  # fmt: skip
     """G1 for (M tile, column block jb, K split); items are numbered tile by tile (all column blocks and
     splits of tile 0 first), so the first tiles' C is complete early and GEMM2 can start on them. `split`:
     the table's constexpr, or (`_fill_split`) chosen on the GPU, at least 2."""
@@ -120,7 +120,7 @@ def _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, 
     e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
     tok = rid // TOPK  # rows past the tile's count have rid 0: valid addresses, masked
     acc_u, acc_g = w1_tile(e, jb, tok, rmask, sk * kps, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H, I, BM, kps, SWAP,
-                           True, 1, STACK1)  # fmt: skip
+                           True, 1, SWAP)  # fmt: skip
     if split == 1:
         swiglu_quant_store(acc_u, acc_g, rid, rmask, jb, cq_ptr, cs_ptr, I, BJ, EXACT, SWAP, NT)
         _signal(tile_done_ptr + tile)
@@ -152,7 +152,7 @@ def _share_of(x, S, W):
 def _gemm1_share(s, S, W, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                  tile_done_ptr, T, H: tl.constexpr, I: tl.constexpr, NLP: tl.constexpr, TP: tl.constexpr,
                  TOPK: tl.constexpr, BM: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr,
-                 STACK1: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
+                 EXACT: tl.constexpr):  # fmt: skip
     """Stream-K share s of S: GEMM1's W K blocks ((tile, column block) by (tile, column block), tile by
     tile, K blocks in order) cut into S equal runs; each (tile, column block) the run crosses gets its
     partial, and the share that completes one runs its epilogue. Every program streams the same bytes."""
@@ -170,7 +170,7 @@ def _gemm1_share(s, S, W, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, c
         e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
         tok = rid // TOPK
         acc_u, acc_g = w1_tile(e, jb, tok, rmask, x - tj * NKB, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H, I, BM,
-                               stop - x, SWAP, True, 1, STACK1)  # fmt: skip
+                               stop - x, SWAP, True, 1, SWAP)  # fmt: skip
         first = _share_of(tj * NKB, S, W)
         n = _share_of((tj + 1) * NKB - 1, S, W) - first + 1
         last = n == 1  # a column block from one share alone is not parked
@@ -187,9 +187,9 @@ def _gemm1_share(s, S, W, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, c
 
 @triton.jit
 def _gemm2_scales(s_ptrs, rmask, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.constexpr, NT: tl.constexpr,
-                  STACK2: tl.constexpr):  # fmt: skip
+                  SWAP: tl.constexpr):  # fmt: skip
     """Scales of flattened GEMM2 step `step` (H block hb0 + step // NKB, K block step % NKB): the rows'
-    hi and lo scales ([BM]; 0 past the tile's rows) and the weight block's scale. STACK2: `s_ptrs` are the
+    hi and lo scales ([BM]; 0 past the tile's rows) and the weight block's scale. SWAP: `s_ptrs` are the
     stacked operand's columns ([2 BM], hi and lo of each row side by side), whose one load is both."""
     kb = step % NKB
     hb = hb0 + step // NKB
@@ -198,7 +198,7 @@ def _gemm2_scales(s_ptrs, rmask, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.c
     # written yet; an early read can leave a stale line in the SM's L1 for the program that handles row 0
     # (suspected in the one bad trial of the sweep at 548a11b: T = 53, rel L2 2.1e-2)
     c = tl.load(s_ptrs + kb * NT, mask=rmask, other=0.0)
-    if STACK2:
+    if SWAP:
         lo = c
     else:
         lo = tl.load(s_ptrs + kb * NT + 1, mask=rmask, other=0.0)
@@ -209,26 +209,21 @@ def _gemm2_scales(s_ptrs, rmask, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.c
 @triton.jit
 def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single, multi, out_ptr,
                 obuf_ptr, hn, H: tl.constexpr, I: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
-                NKB: tl.constexpr, NT: tl.constexpr, SWAP: tl.constexpr, STACK2: tl.constexpr,
-                EXACT: tl.constexpr):  # fmt: skip
+                NKB: tl.constexpr, NT: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
     """One (H block, K block) step of a GEMM2 item; after an H block's last K block its epilogue: a token
     with one local expert gets its final bf16 row, a token with several parks its fp32 row."""
     kb = step % NKB
     hb = hb0 + step // NKB
     w = tl.load(w_ptrs + (hb * BH).to(tl.int64) * I + kb * BK)
     a = tl.load(a_ptrs + kb * (NT * BK), mask=amask, other=0.0, cache_modifier=".cg")
-    if STACK2:  # one dot over [BK, 2 BM]: each row's hi and lo terms side by side (columns 2m, 2m + 1), which
+    if SWAP:  # one dot over [BK, 2 BM]: each row's hi and lo terms side by side (columns 2m, 2m + 1), which
         # the MMA's accumulator layout keeps in one thread, so the split below moves no data; the same
-        # products and the same order of adds as two dots
+        # products and the same order of adds as a dot a term (v81: one MMA group and wait a step, not two)
         part = tl.dot(w, a) * (asc * wsc)[None, :]
         hi, lo = tl.split(tl.reshape(part, (part.shape[0], part.shape[1] // 2, 2)))
         acc += hi
         acc += lo
-    elif SWAP:  # hi and lo terms of C on the same weight tile, each with its own row scale
-        al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
-        acc += tl.dot(w, a) * (asc * wsc)[None, :]
-        acc += tl.dot(w, al) * (asl * wsc)[None, :]
-    else:
+    else:  # hi and lo terms of C on the same weight tile, each with its own row scale
         al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
         acc += tl.dot(a, w) * (asc * wsc)[:, None]
         acc += tl.dot(al, w) * (asl * wsc)[:, None]
@@ -259,8 +254,8 @@ def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid
 def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
-                HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, STACK2: tl.constexpr,
-                EXACT: tl.constexpr, PF: tl.constexpr, G2PAIR: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
+                HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
+                PF: tl.constexpr, G2PAIR: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
     """O for (M tile, HBG consecutive H blocks), times the routing weight; items g numbered tile by tile
     from tile `tile0`. One flattened loop over (H block, K block) keeps the weights streaming from one H
     block into the next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul
@@ -293,49 +288,44 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     _wait_at_least(tile_done_ptr + tile, NJ)  # all of this tile's C (and its scales) is written
     _trace(rec_ptr, 2, _now(TRACE), TRACE)
     ws_base = w2s_ptr + e * ((H // 128) * NKB)  # [H / 128, NKB] scales of expert e
-    s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
-    if STACK2:  # the operand's column 2m + t is term t (hi 0, lo 1) of row m
+    if SWAP:  # C's operand [BK, 2 BM]: column 2m + t is term t (hi 0, lo 1) of row m; its scales likewise
         term = tl.reshape(tl.join(tl.zeros_like(rid), tl.full(rid.shape, 1, rid.dtype)), (2 * BM,))
         rid2 = tl.reshape(tl.join(rid64, rid64), (2 * BM,))
         rmask = tl.reshape(tl.join(rmask, rmask), (2 * BM,))
         w_ptrs = w_base + hn[:, None] * I + kk[None, :]  # [BH, BK] at H block 0, K block 0
-        a_ptrs = cq_ptr + (rid2 * (NT * I) + term * BK)[None, :] + kk[:, None]  # [BK, 2 BM]
+        a_ptrs = cq_ptr + (rid2 * (NT * I) + term * BK)[None, :] + kk[:, None]
         amask = rmask[None, :]
-        s_ptrs = cs_ptr + rid2 * (NT * NKB) + term
-        acc = tl.zeros((BH, BM), tl.float32)
-    elif SWAP:
-        w_ptrs = w_base + hn[:, None] * I + kk[None, :]  # [BH, BK] at H block 0, K block 0
-        a_ptrs = cq_ptr + rid64[None, :] * (NT * I) + kk[:, None]  # [BK, BM]
-        amask = rmask[None, :]
+        s_ptrs = cs_ptr + rid2 * (NT * NKB) + term  # the row's scales are [NKB, NT]
         acc = tl.zeros((BH, BM), tl.float32)
     else:
+        s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
         w_ptrs = w_base + hn[None, :] * I + kk[:, None]  # [BK, BH]
         a_ptrs = cq_ptr + rid64[:, None] * (NT * I) + kk[None, :]  # [BM, BK]
         amask = rmask[:, None]
         acc = tl.zeros((BM, BH), tl.float32)
     last = HBG * NKB - 1
-    c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, 0, NKB, BH, NT, STACK2)
+    c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, 0, NKB, BH, NT, SWAP)
     if G2PAIR:  # two (H block, K block) steps per iteration, their scales loaded one iteration ahead (v3:
         # meant to hide the scale loads' latency; it measured no faster than one step, the real cost was
         # `.cg`, v4)
-        c1n, l1n, v1n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT, STACK2)
+        c1n, l1n, v1n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT, SWAP)
         for it in range(0, (HBG * NKB) // 2):
             c0, l0, v0 = c0n, l0n, v0n
             c1, l1, v1 = c1n, l1n, v1n
             c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT,
-                                          STACK2)  # fmt: skip
+                                          SWAP)  # fmt: skip
             c1n, l1n, v1n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(2 * it + 3, last), NKB, BH, NT,
-                                          STACK2)  # fmt: skip
+                                          SWAP)  # fmt: skip
             acc = _gemm2_step(acc, 2 * it, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
-                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, STACK2, EXACT)  # fmt: skip
+                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
             acc = _gemm2_step(acc, 2 * it + 1, c1, l1, v1, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
-                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, STACK2, EXACT)  # fmt: skip
+                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     else:  # one step an iteration: each pipeline stage holds one weight tile, half the shared memory
         for step in range(0, HBG * NKB):
             c0, l0, v0 = c0n, l0n, v0n
-            c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(step + 1, last), NKB, BH, NT, STACK2)
+            c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(step + 1, last), NKB, BH, NT, SWAP)
             acc = _gemm2_step(acc, step, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
-                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, STACK2, EXACT)  # fmt: skip
+                              multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     tl.debug_barrier()  # every thread's rows are stored before the H blocks are counted done
     hbs = hb0 + tl.arange(0, HBG)
     tl.atomic_add(hb_done_ptr + hbs, tl.full((HBG,), 1, tl.int32), sem="release")
@@ -383,8 +373,8 @@ def moe_kernel(
     SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
-    G2PAIR: tl.constexpr, STACK1: tl.constexpr, STACK2: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr,
-    NSYNC: tl.constexpr, EXACT: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
+    G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
 ):  # fmt: skip
     """The whole layer (module docstring): routing, sort, GEMM1, GEMM2 and finalize work items."""
@@ -469,18 +459,18 @@ def moe_kernel(
         if STREAM_K and g < n1:
             _gemm1_share(g, n1, w1_blocks, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr,
                          part_ptr, ticket_ptr, tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, INLINE, SWAP,
-                         STACK1, EXACT)  # fmt: skip
+                         EXACT)  # fmt: skip
         elif g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
-                        tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, split, INLINE, SWAP, STACK1, EXACT)  # fmt: skip
+                        tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, split, INLINE, SWAP, EXACT)  # fmt: skip
         elif g < n1 + n2_big:
             _gemm2_item(g - n1, 0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
                         obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
-                        HBG, INLINE, SWAP, STACK2, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
+                        HBG, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
             _gemm2_item(g - n1 - n2_big, n_tiles - n_small, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, STACK2, EXACT, PF, G2PAIR, rec,
+                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, rec,
                         TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
@@ -510,9 +500,6 @@ class Workspace:
         split_k = 1 if t.stream_k else t.split_k
         while (H // BLOCK) % split_k:  # the splits must divide the K blocks
             split_k -= 1
-        if (t.gemm1_stacked or t.gemm2_stacked) and not t.swapped:  # the stacked terms share the MMA's M or N
-            # side with the weights' rows or the tokens: thread-local only where the tokens are its N side
-            raise ValueError("gemm1_stacked / gemm2_stacked: the stacked dots need swapped tiles")
         if t.h_block not in (64, BLOCK):  # GEMM2 applies one W2 scale per (H block, K block), so an H block
             # lies inside one 128-row scale block (v27: 256 was accepted here and gave rel L2 1.0); 64: the
             # swapped MMA's smallest M
@@ -573,9 +560,9 @@ class Workspace:
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
-            G2PAIR=t.gemm2_step_pairs, STACK1=t.gemm1_stacked, STACK2=t.gemm2_stacked,
-            BT_FIN=t.tokens_per_finalize_block, NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync,
-            EXACT=INTERPRET,            USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
+            G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,
+            NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
+            USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip
         self.kernel = Kernel(moe_kernel, (items,), consts, persistent_sms=sms,
                              num_warps=t.num_warps, num_stages=t.num_stages,

@@ -25,10 +25,6 @@ class Tiles:
     # of programs better (the experts hit, hence the items, are known only there)
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
     # half the shared memory)
-    gemm1_stacked: bool = False  # swapped tiles: GEMM1 one dot a K block over W1's up and gate rows stacked
-    # ([2 x 128, BK]), not one dot each
-    gemm2_stacked: bool = False  # swapped tiles: GEMM2 one dot a step over C's hi and lo terms side by side
-    # ([BK, 2 BM]), not one dot a term
     max_registers: int = 0  # registers per thread at most (the compiler spills above): more CTAs an SM; 0: its choice
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
