@@ -68,7 +68,8 @@ class Stamp:
 def bracketed(launch, first_start_last_end, marks, iterations=20):
     """`launch()` between two one-CTA stamps (`marks`), the L2 flushed and the call queued behind a busy GPU
     (as `queued_spans` times it): per call (us) the time from the opening stamp to the kernel's first CTA
-    start, its CTAs' start spread, and its last end to the closing stamp; `first_start_last_end()` reads (first start, last start, last end) in ns after a call."""
+    start, its CTAs' start spread, and its last end to the closing stamp. `first_start_last_end()` reads
+    (first start, last start, last end) in ns after a call."""
     from flashinfer_bench.bench.timing import _clear_cache, _get_empty_cache_for_benchmark
 
     from fibmoe.runner import BUSY_CYCLES
