@@ -108,9 +108,11 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (3, dict(stream_k=True, gemm2_step_pairs=False, num_stages=2, max_registers=168)),  # 3 CTAs an SM
         (3, dict(route_in_every_program=True, stream_k=True, h_block=64)),  # half a W2 scale block an H block
         (16, dict(h_block=64, h_blocks_per_item=2, swapped=False)),  # unswapped: 64 columns on the MMA's N
+        (40, dict(sorted_rows=True, swapped=True, rows_per_tile=32, tokens_per_finalize_block=32)),  # 32-row tiles
     ],
     ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
-         "stream-k-sorted", "gemm2-single-steps", "register-cap", "h-block-64", "h-block-64-unswapped"],  # fmt: skip
+         "stream-k-sorted", "gemm2-single-steps", "register-cap", "h-block-64", "h-block-64-unswapped",
+         "swapped-32-sorted"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built
