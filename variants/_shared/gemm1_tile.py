@@ -52,7 +52,7 @@ def w1_tile(e, jb, tok, rmask, kb0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H: tl.c
     wg_ptrs = wu_ptrs + I * H  # the gate rows: the second half of W1's rows
     if STACK:
         j2 = tl.arange(0, 2 * BJ)  # rows BJ.. of the tile: the gate rows, I rows further into W1
-        w2_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + j2 + (j2 >= BJ) * (I - BJ))[:, None] * H + kk[None, :]
+        wug_ptrs = w1_ptr + e64 * (2 * I * H) + (jb * BJ + j2 + (j2 >= BJ) * (I - BJ))[:, None] * H + kk[None, :]
         acc = tl.zeros((2 * BJ, BM), tl.float32)
     asc_n = tl.load(hss_ptr + kb0 * T + tok)
     su_n = tl.load(su_ptr + kb0)
@@ -74,7 +74,7 @@ def w1_tile(e, jb, tok, rmask, kb0, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, T, H: tl.c
                 sg = tl.load(sg_ptr + kb)
             a = tl.load(a_ptrs + kb * BK, mask=amask, other=0.0)
             if STACK:
-                w = tl.load(w2_ptrs + kb * BK)
+                w = tl.load(wug_ptrs + kb * BK)
                 srow = tl.where(j2 < BJ, su, sg)
                 acc += tl.dot(w, a) * (asc[None, :] * srow[:, None])
             elif SWAP:

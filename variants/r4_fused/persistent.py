@@ -291,30 +291,31 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     if SWAP:  # C's operand [BK, 2 BM]: column 2m + t is term t (hi 0, lo 1) of row m; its scales likewise
         term = tl.reshape(tl.join(tl.zeros_like(rid), tl.full(rid.shape, 1, rid.dtype)), (2 * BM,))
         rid2 = tl.reshape(tl.join(rid64, rid64), (2 * BM,))
-        rmask = tl.reshape(tl.join(rmask, rmask), (2 * BM,))
+        s_mask = tl.reshape(tl.join(rmask, rmask), (2 * BM,))
         w_ptrs = w_base + hn[:, None] * I + kk[None, :]  # [BH, BK] at H block 0, K block 0
         a_ptrs = cq_ptr + (rid2 * (NT * I) + term * BK)[None, :] + kk[:, None]
-        amask = rmask[None, :]
+        amask = s_mask[None, :]
         s_ptrs = cs_ptr + rid2 * (NT * NKB) + term  # the row's scales are [NKB, NT]
         acc = tl.zeros((BH, BM), tl.float32)
     else:
         s_ptrs = cs_ptr + rid * (NT * NKB)  # the row's scales: [NKB, NT]
+        s_mask = rmask
         w_ptrs = w_base + hn[None, :] * I + kk[:, None]  # [BK, BH]
         a_ptrs = cq_ptr + rid64[:, None] * (NT * I) + kk[None, :]  # [BM, BK]
         amask = rmask[:, None]
         acc = tl.zeros((BM, BH), tl.float32)
     last = HBG * NKB - 1
-    c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, 0, NKB, BH, NT, SWAP)
+    c0n, l0n, v0n = _gemm2_scales(s_ptrs, s_mask, ws_base, hb0, 0, NKB, BH, NT, SWAP)
     if G2PAIR:  # two (H block, K block) steps per iteration, their scales loaded one iteration ahead (v3:
         # meant to hide the scale loads' latency; it measured no faster than one step, the real cost was
         # `.cg`, v4)
-        c1n, l1n, v1n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT, SWAP)
+        c1n, l1n, v1n = _gemm2_scales(s_ptrs, s_mask, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT, SWAP)
         for it in range(0, (HBG * NKB) // 2):
             c0, l0, v0 = c0n, l0n, v0n
             c1, l1, v1 = c1n, l1n, v1n
-            c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT,
+            c0n, l0n, v0n = _gemm2_scales(s_ptrs, s_mask, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT,
                                           SWAP)  # fmt: skip
-            c1n, l1n, v1n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(2 * it + 3, last), NKB, BH, NT,
+            c1n, l1n, v1n = _gemm2_scales(s_ptrs, s_mask, ws_base, hb0, tl.minimum(2 * it + 3, last), NKB, BH, NT,
                                           SWAP)  # fmt: skip
             acc = _gemm2_step(acc, 2 * it, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
@@ -323,7 +324,7 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
     else:  # one step an iteration: each pipeline stage holds one weight tile, half the shared memory
         for step in range(0, HBG * NKB):
             c0, l0, v0 = c0n, l0n, v0n
-            c0n, l0n, v0n = _gemm2_scales(s_ptrs, rmask, ws_base, hb0, tl.minimum(step + 1, last), NKB, BH, NT, SWAP)
+            c0n, l0n, v0n = _gemm2_scales(s_ptrs, s_mask, ws_base, hb0, tl.minimum(step + 1, last), NKB, BH, NT, SWAP)
             acc = _gemm2_step(acc, step, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     tl.debug_barrier()  # every thread's rows are stored before the H blocks are counted done
