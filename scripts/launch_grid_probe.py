@@ -7,7 +7,7 @@ Each launch is timed queued behind a busy GPU (`fibmoe.runner.queued_spans`: the
 harness flushes it, a spin kernel, then the events): the GPU's side of a span alone, no host time in it.
 The launches: a stamp kernel (each CTA writes `%globaltimer` at its start, nothing else; the shared memory
 of a dot whose loop runs zero times) on grids of 1, 132 and 264 CTAs with no shared memory, 80 KB (two
-CTAs an SM, as the fused kernel's 104 KB at T <= 128) and 128 KB (one). Then, bracketed by one-CTA
+CTAs an SM, as the fused kernel's 104 KB at T <= 128) and 64 KB (one, 8 warps). Then, bracketed by one-CTA
 stamps in the same queued span (stamp, kernel, stamp), each stamp grid and rung 4's fused kernel with
 its trace on: from the first stamp to the kernel's first CTA (the launch reaching the SMs), the spread
 of its CTAs' starts, and from its last exit to the closing stamp (the drain and the next launch). A
@@ -15,6 +15,7 @@ table on stdout, JSON under $OUT.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -34,7 +35,7 @@ from fibmoe.runner import queued_spans  # noqa: E402
 DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
 # (name, CTAs, (BM, BN) of the dead dot: its operands' shared memory, warps)
 GRIDS = [("1 cta", 1, (16, 16), 4), ("132 ctas", 132, (16, 16), 4), ("264 ctas", 264, (16, 16), 4),
-         ("264 ctas 80KB", 264, (128, 512), 4), ("132 ctas 128KB", 132, (256, 128), 8)]  # fmt: skip
+         ("264 ctas 80KB", 264, (128, 512), 4), ("132 ctas 64KB", 132, (256, 128), 8)]  # fmt: skip
 
 
 @triton.jit
@@ -94,6 +95,20 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", default="1,7")
     args = ap.parse_args()
+    ds = dataset.load(DEFINITION)
+    fn = variants.build(variants.pack(variants.resolve(["r4-fused-persistent"])[0], DEFINITION), ds.definition)
+    mod = variants.module_of(fn)
+    tiles_mod = sys.modules[mod.__package__ + ".tiles"]
+    # the fused kernel's workloads: the one launch this probes
+    by_t = {T: w for w in ds.workloads if (T := w.workload.axes["seq_len"]) <= tiles_mod.MAX_FUSED_T}
+    try:
+        Ts = [int(x) for x in args.T.split(",")]
+    except ValueError:
+        Ts = [None]
+    if any(T not in by_t for T in Ts):
+        ap.error(f"--T {args.T}: the fused kernel's contest T are {', '.join(map(str, sorted(by_t)))}")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (it times launches on one)")
     dev = "cuda"
     rows = []
     marks = (Stamp(1, (16, 16), 4, dev), Stamp(1, (16, 16), 4, dev))
@@ -109,19 +124,12 @@ def main() -> int:
         row = dict(name=name, ctas=ctas, smem=s.smem, warps=warps, gpu_side_us=gpu)
         rows.append(dict(row, launch_to_first_cta_us=to_first, cta_start_spread_us=spread, last_to_next_us=to_next))
 
-    ds = dataset.load(DEFINITION)
-    fn = variants.build(variants.pack(variants.resolve(["r4-fused-persistent"])[0], DEFINITION), ds.definition)
-    mod = variants.module_of(fn)
-    tiles_mod = sys.modules[mod.__package__ + ".tiles"]
     cap = mod.capability(torch.device(dev))
-    by_t = {w.workload.axes["seq_len"]: w for w in ds.workloads}
-    import dataclasses
-
-    for T in (int(x) for x in args.T.split(",")):
+    for T in Ts:
         w = by_t[T]
         torch.manual_seed(T)
         inp = inputs.generate(ds, w, dev, "contest", routing=dataset.routing_tensors(ds, w))
-        out = torch.empty(T, 7168, dtype=torch.bfloat16, device=dev)
+        out = torch.empty_like(inp[2], dtype=torch.bfloat16)  # [T, H]
         for trace in (False, True):
             runner = mod.Runner(dataclasses.replace(tiles_mod.tiles_for(T, cap), trace=trace))
             runner(*inp, out)
