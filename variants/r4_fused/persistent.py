@@ -251,22 +251,17 @@ def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid
 
 
 @triton.jit
-def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
+def _gemm2_item(tile, hb0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
                 HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
                 PF: tl.constexpr, G2PAIR: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
-    """O for (M tile, HBG consecutive H blocks), times the routing weight; items g numbered tile by tile
-    from tile `tile0`. One flattened loop over (H block, K block) keeps the weights streaming from one H
-    block into the next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul
-    tutorial)."""
+    """O for M tile `tile` and the HBG H blocks from hb0, times the routing weight. One flattened loop
+    over (H block, K block) keeps the weights streaming from one H block into the next (the epilogue of a
+    block runs inside the loop, as in Triton's persistent matmul tutorial)."""
     BK: tl.constexpr = 128
     NKB: tl.constexpr = I // BK
-    NHB: tl.constexpr = H // BH
-    NG2: tl.constexpr = NHB // HBG  # H-block groups (HBG divides NHB)
     NJ: tl.constexpr = I // 128
-    tile = tile0 + g // NG2
-    hb0 = (g % NG2) * HBG
     e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
     tok = rid // TOPK
     kk = tl.arange(0, BK)
@@ -333,23 +328,31 @@ def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_
 
 
 @triton.jit
-def _finalize_item(f, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr,
-                   H: tl.constexpr, TOPK: tl.constexpr, BH: tl.constexpr, BT: tl.constexpr, NTB: tl.constexpr,
-                   EXACT: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
-    """Output columns of H block hb for BT tokens (block tb) that have several local experts: their
-    parked rows summed in fp32 in slot order, cast to bf16. Items f = hb * NTB + tb."""
-    hb = f // NTB
-    tb = f % NTB
-    _wait_at_least(hb_done_ptr + hb, n_tiles)
-    _trace(rec_ptr, 2, _now(TRACE), TRACE)
+def _finalize_item(f, n_tiles, ntb, ids_ptr, multi_ptr, n_multi, obuf_ptr, out_ptr, hb_done_ptr, T, local_off,
+                   NL: tl.constexpr, H: tl.constexpr, TOPK: tl.constexpr, BH: tl.constexpr, BT: tl.constexpr,
+                   LISTED: tl.constexpr, EXACT: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
+    """Output columns of H block hb for the tokens of block tb that have several local experts: their
+    parked rows summed in fp32 in slot order, cast to bf16. Items f = hb * ntb + tb. LISTED: the blocks
+    are of the sort's list of such tokens (`_multi_tokens`, n_multi of them), else of all T tokens."""
+    hb = f // ntb
+    tb = f % ntb
     h = hb * BH + tl.arange(0, BH)
     k8 = tl.arange(0, TOPK)
-    t = tb * BT + tl.arange(0, BT)
-    tm = t < T
+    r = tb * BT + tl.arange(0, BT)
+    # the tokens and their experts before the wait: written before the routing / sort waits every program
+    # passed, so only the parked rows wait for the H block (two memory round trips fewer after it)
+    if LISTED:
+        tm = r < n_multi
+        t = tl.load(multi_ptr + r, mask=tm, other=0)
+    else:
+        t = r
+        tm = t < T
     lt = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1)
     loc = lt - local_off
     nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
     need = tm & (nloc > 1)
+    _wait_at_least(hb_done_ptr + hb, n_tiles)
+    _trace(rec_ptr, 2, _now(TRACE), TRACE)
     if tl.max(need.to(tl.int32), axis=0) > 0:
         t64 = t.to(tl.int64)
         acc = tl.zeros((BT, BH), tl.float32)
@@ -363,6 +366,23 @@ def _finalize_item(f, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local
         tl.store(out_ptr + t64[:, None] * H + h[None, :], acc.to(tl.bfloat16), mask=need[:, None])
 
 
+@triton.jit
+def _multi_tokens(ids_ptr, count_ptr, multi_ptr, T, local_off, NL: tl.constexpr, TOPK: tl.constexpr,
+                  BC: tl.constexpr, NCHUNK: tl.constexpr):  # fmt: skip
+    """A sort item: the tokens with several local experts (the finalize's only work) in token order at
+    multi[0 .. n), and n at count_ptr. NCHUNK = cdiv(T, BC)."""
+    k = tl.arange(0, TOPK)[None, :]
+    base = 0
+    for ci in range(0, NCHUNK):
+        t = ci * BC + tl.arange(0, BC)
+        loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=(t < T)[:, None], other=-1) - local_off
+        many = (tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1) > 1).to(tl.int32)
+        pos = base + tl.cumsum(many, axis=0) - many
+        tl.store(multi_ptr + pos, t, mask=many > 0)
+        base += tl.sum(many)
+    tl.store(count_ptr, base)
+
+
 @triton.jit(do_not_specialize=["T", "local_off"])
 def moe_kernel(
     logits_ptr, bias_ptr, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, w2_ptr, w2s_ptr, out_ptr,
@@ -374,7 +394,8 @@ def moe_kernel(
     SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
-    G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
+    G2PAIR: tl.constexpr, TAIL_HB_MAJOR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr,
+    LISTED_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
 ):  # fmt: skip
@@ -415,16 +436,28 @@ def moe_kernel(
             item = _claim(sync_ptr)
         _wait_at_least(sync_ptr + ROUTED, n_route)
 
-    # 2. sort (large T)
+    # 2. sort (large T): an item per local expert, and (LISTED_FIN) one for the finalize's tokens
     n_sort = 0
+    multi_ptr = lists_ptr + NL * T  # the list of tokens with several local experts, after the experts' rows
+    n_multi = 0
+    ntb = NTB_FIN
     if SORTED:
         n_sort = NL
-        while item < n_route + NL:
-            expert_rows(item - n_route, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK, BC_SORT, NCHUNK_SORT)
+        if LISTED_FIN:
+            n_sort += 1
+        while item < n_route + n_sort:
+            if item - n_route < NL:
+                expert_rows(item - n_route, ids_ptr, counts_ptr, lists_ptr, T, local_off, TOPK, BC_SORT,
+                            NCHUNK_SORT)  # fmt: skip
+            else:
+                _multi_tokens(ids_ptr, counts_ptr + NL, multi_ptr, T, local_off, NL, TOPK, BC_SORT, NCHUNK_SORT)
             _signal(sync_ptr + SORTED_CNT)
             item = _claim(sync_ptr)
-        _wait_at_least(sync_ptr + SORTED_CNT, NL)
+        _wait_at_least(sync_ptr + SORTED_CNT, n_sort)
         loc = None
+        if LISTED_FIN:
+            n_multi = tl.load(counts_ptr + NL)  # the wait's acquire made it visible
+            ntb = tl.cdiv(n_multi, BT_FIN)
     else:
         loc = local_ids(ids_ptr, T, local_off, TP, TOPK)
 
@@ -449,7 +482,7 @@ def moe_kernel(
     base = n_route + n_sort
     g = item - base
     _trace(prog_rec, 2, _now(TRACE), TRACE)
-    while g < n1 + n2 + NHB * NTB_FIN:
+    while g < n1 + n2 + NHB * ntb:
         g_next = _claim(sync_ptr) - base  # claimed ahead: the atomic's latency hides behind this item
         rec = trace_ptr + (g + base) * 4
         kind = tl.where(g < n1, 1, tl.where(g < n1 + n2, 2, 3))
@@ -464,18 +497,26 @@ def moe_kernel(
         elif g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                         tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, split, INLINE, SWAP, EXACT)  # fmt: skip
-        elif g < n1 + n2_big:
-            _gemm2_item(g - n1, 0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
-                        obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
-                        HBG, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
+        elif g < n1 + n2_big:  # tile by tile
+            j = g - n1
+            _gemm2_item(j // (NHB // HBG), (j % (NHB // HBG)) * HBG, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
+                        wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
+                        I, TP, TOPK, BM, BH, HBG, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
-            _gemm2_item(g - n1 - n2_big, n_tiles - n_small, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
+            j = g - n1 - n2_big
+            if TAIL_HB_MAJOR:  # H block by H block: the finalize's first H blocks are done while the last run
+                tile = n_tiles - n_small + j % n_small
+                hb0 = (j // n_small) * HBG_TAIL
+            else:
+                tile = n_tiles - n_small + j // (NHB // HBG_TAIL)
+                hb0 = (j % (NHB // HBG_TAIL)) * HBG_TAIL
+            _gemm2_item(tile, hb0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
                         I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, rec,
                         TRACE)  # fmt: skip
         else:
-            _finalize_item(g - n1 - n2, n_tiles, ids_ptr, obuf_ptr, out_ptr, hb_done_ptr, T, local_off, NL, H,
-                           TOPK, BH, BT_FIN, NTB_FIN, EXACT, rec, TRACE)  # fmt: skip
+            _finalize_item(g - n1 - n2, n_tiles, ntb, ids_ptr, multi_ptr, n_multi, obuf_ptr, out_ptr, hb_done_ptr,
+                           T, local_off, NL, H, TOPK, BH, BT_FIN, LISTED_FIN, EXACT, rec, TRACE)  # fmt: skip
         _trace(rec, 3, _now(TRACE), TRACE)
         g = g_next
 
@@ -528,8 +569,9 @@ class Workspace:
         f32 = dict(dtype=torch.float32, device=device)
         self.ids = torch.empty(T, TOP_K, **i32)
         self.wts = torch.empty(T, TOP_K, **f32)
-        self.counts = torch.empty(NL, **i32)
-        self.lists = torch.empty(NL * T if t.sorted_rows else 1, **i32)
+        listed = t.sorted_rows and t.finalize_listed
+        self.counts = torch.empty(NL + 1, **i32)  # rows per local expert, then (listed) the finalize's tokens
+        self.lists = torch.empty((NL + 1) * T if t.sorted_rows else 1, **i32)  # each expert's rows, then those
         self.cq = torch.empty(R, NT.value * I, dtype=torch.float8_e4m3fn, device=device)
         self.cs = torch.empty(R, I // BLOCK, NT.value, **f32)
         sms = sms or sm_count(device)
@@ -545,7 +587,7 @@ class Workspace:
         # the grid never needs more programs than there are work items at most
         items = (
             triton.cdiv(T, t.tokens_per_route_item)
-            + NL
+            + NL + 1
             + (max_grid if t.stream_k else tiles_max * nj * splits_max)
             + tiles_max * (nhb // min(hbg, hbg_tail))
             + nhb * triton.cdiv(T, t.tokens_per_finalize_block)
@@ -561,8 +603,8 @@ class Workspace:
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
-            G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,
-            NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), NSYNC=nsync, EXACT=INTERPRET,
+            G2PAIR=t.gemm2_step_pairs, TAIL_HB_MAJOR=t.tail_hb_major, BT_FIN=t.tokens_per_finalize_block,
+            NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), LISTED_FIN=listed, NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip
         self.kernel = Kernel(moe_kernel, (items,), consts, persistent_sms=sms,
