@@ -8,7 +8,8 @@ grid:
 1. routing (T > 4): BT tokens an item: sigmoid, group top-2, top-4 groups, top-8 experts, weights
    (`route_tokens`, bit-identical to the reference); the exact zero rows of tokens with no local expert.
    At T <= 4 every program routes all T tokens itself and there are no routing items.
-2. sort (large T): one item per local expert lists its rows in token order.
+2. sort (T > 128): one item per local expert lists its rows in token order; one more lists the tokens
+   with several local experts (the finalize's only work).
 3. GEMM1: (M tile, 128 columns of I, K split): G1 = X[rows] @ W1[e]^T on FP8 tensor cores, one dot per
    128-wide K block with its block scales applied to the fp32 partial; SwiGLU and the hi/lo FP8
    re-quantization of C in the epilogue (split-K: the last split to arrive sums the partials in split
@@ -21,7 +22,8 @@ grid:
    with one local expert gets its bf16 row here; a token with several parks one fp32 row per (token,
    slot). Then `hb_done[hb] += 1` for each of its H blocks.
 5. finalize (H block, token block): waits until every tile's GEMM2 item of that H block is done, then
-   sums the parked rows of tokens with several local experts in slot order (deterministic), bf16.
+   sums the parked rows of tokens with several local experts in slot order (deterministic), bf16. With
+   sorted rows the token blocks are of the sort's list of those tokens, else of all T tokens.
 
 Why this cannot deadlock: an item only ever waits for items with lower numbers, and every lower item
 was claimed before it by a program that is running (it claimed it) and that finishes it without
@@ -394,8 +396,8 @@ def moe_kernel(
     SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
-    G2PAIR: tl.constexpr, TAIL_HB_MAJOR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr,
-    LISTED_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
+    G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, LISTED_FIN: tl.constexpr,
+    NSYNC: tl.constexpr, EXACT: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
 ):  # fmt: skip
@@ -503,17 +505,11 @@ def moe_kernel(
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
                         I, TP, TOPK, BM, BH, HBG, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
-            j = g - n1 - n2_big
-            if TAIL_HB_MAJOR:  # H block by H block: the finalize's first H blocks are done while the last run
-                tile = n_tiles - n_small + j % n_small
-                hb0 = (j // n_small) * HBG_TAIL
-            else:
-                tile = n_tiles - n_small + j // (NHB // HBG_TAIL)
-                hb0 = (j % (NHB // HBG_TAIL)) * HBG_TAIL
-            _gemm2_item(tile, hb0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
+            j = g - n1 - n2_big  # tile by tile from tile n_tiles - n_small, HBG_TAIL H blocks an item
+            tile = n_tiles - n_small + j // (NHB // HBG_TAIL)
+            _gemm2_item(tile, (j % (NHB // HBG_TAIL)) * HBG_TAIL, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, rec,
-                        TRACE)  # fmt: skip
+                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ntb, ids_ptr, multi_ptr, n_multi, obuf_ptr, out_ptr, hb_done_ptr,
                            T, local_off, NL, H, TOPK, BH, BT_FIN, LISTED_FIN, EXACT, rec, TRACE)  # fmt: skip
@@ -603,7 +599,7 @@ class Workspace:
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
-            G2PAIR=t.gemm2_step_pairs, TAIL_HB_MAJOR=t.tail_hb_major, BT_FIN=t.tokens_per_finalize_block,
+            G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), LISTED_FIN=listed, NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip

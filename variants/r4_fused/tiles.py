@@ -25,10 +25,8 @@ class Tiles:
     # of programs better (the experts hit, hence the items, are known only there)
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
     # half the shared memory)
-    tail_hb_major: bool = True  # the tail's items H block by H block (else tile by tile): the finalize's first H
-    # blocks are complete while the tail's last items run
     finalize_listed: bool = True  # with sorted rows: finalize items over a list of the tokens with several local
-    # experts (built by one more sort item), not over all T tokens
+    # experts (built by one more sort item), not over all T tokens (v84-v85: T = 901 -13..-18 us)
     max_registers: int = 0  # registers per thread at most (the compiler spills above): more CTAs an SM; 0: its choice
     trace: bool = False  # record every work item's start, ready and end times (experiments only)
 
