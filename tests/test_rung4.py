@@ -332,6 +332,10 @@ def test_tile_table_and_geometry_checks(built):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168 + 64, 2048)
     capped = dataclasses.replace(tiles_mod.tiles_for(4), max_registers=168)  # the launch option, only when set
     assert persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048, capped).kernel.opts["maxnreg"] == 168
+    # GEMM2's own pipeline depth: 4 at 8 < T <= 128 on sm_90, else the kernel's num_stages (sm_100's 5)
+    for T, cap, depth in ((7, 90, 3), (56, 90, 4), (56, 100, 5), (901, 90, 3)):
+        ws = persistent.Workspace(torch.device("meta"), T, 256, 32, 7168, 2048, None, cap)
+        assert ws.kernel.consts["G2_STAGES"] == depth, (T, cap)
     assert "maxnreg" not in persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048).kernel.opts
 
 

@@ -257,7 +257,8 @@ def _gemm2_item(tile, hb0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
                 HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
-                PF: tl.constexpr, G2PAIR: tl.constexpr, rec_ptr, TRACE: tl.constexpr):  # fmt: skip
+                PF: tl.constexpr, G2PAIR: tl.constexpr, G2_STAGES: tl.constexpr, rec_ptr,
+                TRACE: tl.constexpr):  # fmt: skip
     """O for M tile `tile` and the HBG H blocks from hb0, times the routing weight. One flattened loop
     over (H block, K block) keeps the weights streaming from one H block into the next (the epilogue of a
     block runs inside the loop, as in Triton's persistent matmul tutorial)."""
@@ -307,7 +308,7 @@ def _gemm2_item(tile, hb0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts
         # meant to hide the scale loads' latency; it measured no faster than one step, the real cost was
         # `.cg`, v4)
         c1n, l1n, v1n = _gemm2_scales(s_ptrs, s_mask, ws_base, hb0, tl.minimum(1, last), NKB, BH, NT, SWAP)
-        for it in range(0, (HBG * NKB) // 2):
+        for it in tl.range(0, (HBG * NKB) // 2, num_stages=G2_STAGES):
             c0, l0, v0 = c0n, l0n, v0n
             c1, l1, v1 = c1n, l1n, v1n
             c0n, l0n, v0n = _gemm2_scales(s_ptrs, s_mask, ws_base, hb0, tl.minimum(2 * it + 2, last), NKB, BH, NT,
@@ -319,7 +320,7 @@ def _gemm2_item(tile, hb0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts
             acc = _gemm2_step(acc, 2 * it + 1, c1, l1, v1, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
                               multi, out_ptr, obuf_ptr, hn, H, I, BH, BK, NKB, NT, SWAP, EXACT)  # fmt: skip
     else:  # one step an iteration: each pipeline stage holds one weight tile, half the shared memory
-        for step in range(0, HBG * NKB):
+        for step in tl.range(0, HBG * NKB, num_stages=G2_STAGES):
             c0, l0, v0 = c0n, l0n, v0n
             c0n, l0n, v0n = _gemm2_scales(s_ptrs, s_mask, ws_base, hb0, tl.minimum(step + 1, last), NKB, BH, NT, SWAP)
             acc = _gemm2_step(acc, step, c0, l0, v0, w_ptrs, a_ptrs, amask, hb0, tok64, rid64, wrow, single,
@@ -338,11 +339,11 @@ def _finalize_item(f, n_tiles, ntb, ids_ptr, multi_ptr, n_multi, obuf_ptr, out_p
     are of the sort's list of such tokens (`_multi_tokens`, n_multi of them), else of all T tokens."""
     hb = f // ntb
     tb = f % ntb
+    _wait_at_least(hb_done_ptr + hb, n_tiles)
+    _trace(rec_ptr, 2, _now(TRACE), TRACE)
     h = hb * BH + tl.arange(0, BH)
     k8 = tl.arange(0, TOPK)
     r = tb * BT + tl.arange(0, BT)
-    # the tokens and their experts before the wait: written before the routing / sort waits every program
-    # passed, so only the parked rows wait for the H block (two memory round trips fewer after it)
     if LISTED:
         tm = r < n_multi
         t = tl.load(multi_ptr + r, mask=tm, other=0)
@@ -353,8 +354,6 @@ def _finalize_item(f, n_tiles, ntb, ids_ptr, multi_ptr, n_multi, obuf_ptr, out_p
     loc = lt - local_off
     nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
     need = tm & (nloc > 1)
-    _wait_at_least(hb_done_ptr + hb, n_tiles)
-    _trace(rec_ptr, 2, _now(TRACE), TRACE)
     if tl.max(need.to(tl.int32), axis=0) > 0:
         t64 = t.to(tl.int64)
         acc = tl.zeros((BT, BH), tl.float32)
@@ -396,8 +395,8 @@ def moe_kernel(
     SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
-    G2PAIR: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr, LISTED_FIN: tl.constexpr,
-    NSYNC: tl.constexpr, EXACT: tl.constexpr,
+    G2PAIR: tl.constexpr, G2_STAGES: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr,
+    LISTED_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
 ):  # fmt: skip
@@ -503,13 +502,15 @@ def moe_kernel(
             j = g - n1
             _gemm2_item(j // (NHB // HBG), (j % (NHB // HBG)) * HBG, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
+                        I, TP, TOPK, BM, BH, HBG, INLINE, SWAP, EXACT, PF, G2PAIR, G2_STAGES, rec,
+                        TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
             j = g - n1 - n2_big  # tile by tile from tile n_tiles - n_small, HBG_TAIL H blocks an item
             tile = n_tiles - n_small + j // (NHB // HBG_TAIL)
             _gemm2_item(tile, (j % (NHB // HBG_TAIL)) * HBG_TAIL, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, rec, TRACE)  # fmt: skip
+                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, G2_STAGES, rec,
+                        TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ntb, ids_ptr, multi_ptr, n_multi, obuf_ptr, out_ptr, hb_done_ptr,
                            T, local_off, NL, H, TOPK, BH, BT_FIN, LISTED_FIN, EXACT, rec, TRACE)  # fmt: skip
@@ -599,7 +600,8 @@ class Workspace:
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
-            G2PAIR=t.gemm2_step_pairs, BT_FIN=t.tokens_per_finalize_block,
+            G2PAIR=t.gemm2_step_pairs, G2_STAGES=t.gemm2_stages or t.num_stages,
+            BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), LISTED_FIN=listed, NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,
         )  # fmt: skip

@@ -25,6 +25,7 @@ class Tiles:
     # of programs better (the experts hit, hence the items, are known only there)
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
     # half the shared memory)
+    gemm2_stages: int = 0  # GEMM2's loop its own pipeline depth (0: num_stages, the kernel's; v86)
     finalize_listed: bool = True  # with sorted rows: finalize items over a list of the tokens with several local
     # experts (built by one more sort item), not over all T tokens (v84-v85: T = 901 -13..-18 us)
     max_registers: int = 0  # registers per thread at most (the compiler spills above): more CTAs an SM; 0: its choice
@@ -53,9 +54,11 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     # +2%, v40)
     # 8 < T <= 16: split-K 4 where that fills GEMM1's last wave better (T = 15's 12 tiles: split-K 4 -2.7%
     # in v44's five rounds, -2.9 / -3.3 us paired in v71; T = 14 and 16 keep 2, which v44 found faster there)
+    # 8 < T <= 128: GEMM2's loop 4 stages deep (GEMM1's 3 set the shared memory: still 104 KB): paired -3.8 /
+    # -4.2 / -5.3 us at T = 15 / 56 / 80, no change at 1, 7 and 32 (v86)
     elif T <= 128:
         t = Tiles(16, 128, 2, 2 if T <= 16 else 1, False, 1, False, True, False, 4, tokens_per_finalize_block=32,
-                  tail_waves=2, split_k_fill=T <= 16, **two_ctas)  # fmt: skip
+                  tail_waves=2, split_k_fill=T <= 16, gemm2_stages=4, **two_ctas)  # fmt: skip
     else:  # 8 warps: one CTA an SM whatever the stages (one GEMM2 step a stage at 3 stages: +6% at T = 901, v31)
         t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
     if cap // 10 == 10 and T <= 128:  # sm_100 (B200; offline compile report only, never measured): the
@@ -63,7 +66,8 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
         # T = 1 / 7 / 16 / 56: tcgen05 reads each K block's partial back into registers to scale it); 8 warps
         # spill nowhere (stack 0). 5 stages of one step keep H200's two-CTA shape's steps in flight an SM (174 KB); at
         # T <= 4 two steps a stage at 4 stages (v37)
-        t = replace(t, num_warps=8, **(dict(gemm2_step_pairs=True, num_stages=4) if T <= 4 else dict(num_stages=5)))
+        t = replace(t, num_warps=8, gemm2_stages=0,
+                    **(dict(gemm2_step_pairs=True, num_stages=4) if T <= 4 else dict(num_stages=5)))
     if interpret:
         t = replace(t, prefetch_w2=False)
     return t
