@@ -109,10 +109,12 @@ def test_one_launch_per_call(ds, built, monkeypatch):
         (3, dict(route_in_every_program=True, stream_k=True, h_block=64)),  # half a W2 scale block an H block
         (16, dict(h_block=64, h_blocks_per_item=2, swapped=False)),  # unswapped: 64 columns on the MMA's N
         (40, dict(sorted_rows=True, swapped=True, rows_per_tile=32, tokens_per_finalize_block=32)),  # 32-row tiles
+        (40, dict(sorted_rows=True, swapped=False, rows_per_tile=64, num_warps=8, gemm2_swapped=True,
+                  gemm2_step_pairs=False)),  # GEMM2 swapped under an unswapped GEMM1 (T > 128's tiles)
     ],
     ids=["route-all-split-k", "route-items", "sorted-unswapped", "sorted-split-k", "h-block-pairs", "stream-k",
          "stream-k-sorted", "gemm2-single-steps", "register-cap", "h-block-64", "h-block-64-unswapped",
-         "swapped-32-sorted"],  # fmt: skip
+         "swapped-32-sorted", "gemm2-swapped-alone"],  # fmt: skip
 )
 def test_scheduler_paths_match_the_reference(ds, built, T, changes):
     _, mod, tiles_mod, _ = built
@@ -332,6 +334,9 @@ def test_tile_table_and_geometry_checks(built):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168 + 64, 2048)
     capped = dataclasses.replace(tiles_mod.tiles_for(4), max_registers=168)  # the launch option, only when set
     assert persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048, capped).kernel.opts["maxnreg"] == 168
+    swapped2 = dataclasses.replace(tiles_mod.tiles_for(901), gemm2_swapped=True)  # GEMM2 alone swapped
+    consts = persistent.Workspace(torch.device("meta"), 901, 256, 32, 7168, 2048, swapped2).kernel.consts
+    assert consts["SWAP2"] and not consts["SWAP"]
     # GEMM2's own pipeline depth: 4 at 8 < T <= 128 on sm_90, else the kernel's num_stages (sm_100's 5)
     for T, cap, depth in ((7, 90, 3), (56, 90, 4), (56, 100, 5), (901, 90, 3)):
         ws = persistent.Workspace(torch.device("meta"), T, 256, 32, 7168, 2048, None, cap)

@@ -395,7 +395,7 @@ def moe_kernel(
     SPLIT_K: tl.constexpr, SPLIT_FILL: tl.constexpr, STREAM_K: tl.constexpr, ROUTE_ALL: tl.constexpr,
     BT_ROUTE: tl.constexpr,
     SORTED: tl.constexpr, BC_SORT: tl.constexpr, NCHUNK_SORT: tl.constexpr, SWAP: tl.constexpr, PF: tl.constexpr,
-    G2PAIR: tl.constexpr, G2_STAGES: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr,
+    G2PAIR: tl.constexpr, G2_STAGES: tl.constexpr, SWAP2: tl.constexpr, BT_FIN: tl.constexpr, NTB_FIN: tl.constexpr,
     LISTED_FIN: tl.constexpr, NSYNC: tl.constexpr, EXACT: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
     TRACE: tl.constexpr, MAX_ITEMS: tl.constexpr,
@@ -502,14 +502,14 @@ def moe_kernel(
             j = g - n1
             _gemm2_item(j // (NHB // HBG), (j % (NHB // HBG)) * HBG, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG, INLINE, SWAP, EXACT, PF, G2PAIR, G2_STAGES, rec,
+                        I, TP, TOPK, BM, BH, HBG, INLINE, SWAP2, EXACT, PF, G2PAIR, G2_STAGES, rec,
                         TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
             j = g - n1 - n2_big  # tile by tile from tile n_tiles - n_small, HBG_TAIL H blocks an item
             tile = n_tiles - n_small + j // (NHB // HBG_TAIL)
             _gemm2_item(tile, (j % (NHB // HBG_TAIL)) * HBG_TAIL, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP, EXACT, PF, G2PAIR, G2_STAGES, rec,
+                        I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP2, EXACT, PF, G2PAIR, G2_STAGES, rec,
                         TRACE)  # fmt: skip
         else:
             _finalize_item(g - n1 - n2, n_tiles, ntb, ids_ptr, multi_ptr, n_multi, obuf_ptr, out_ptr, hb_done_ptr,
@@ -600,7 +600,7 @@ class Workspace:
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
-            G2PAIR=t.gemm2_step_pairs, G2_STAGES=t.gemm2_stages or t.num_stages,
+            G2PAIR=t.gemm2_step_pairs, G2_STAGES=t.gemm2_stages or t.num_stages, SWAP2=t.swapped or t.gemm2_swapped,
             BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), LISTED_FIN=listed, NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,

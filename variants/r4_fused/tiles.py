@@ -26,6 +26,8 @@ class Tiles:
     gemm2_step_pairs: bool = True  # GEMM2 loads two (H block, K block) steps per pipeline stage (else one:
     # half the shared memory)
     gemm2_stages: int = 0  # GEMM2's loop its own pipeline depth (0: num_stages, the kernel's; v86)
+    gemm2_swapped: bool = False  # GEMM2 with swapped operands (C's hi and lo terms side by side, one dot a step)
+    # even where GEMM1's are not
     finalize_listed: bool = True  # with sorted rows: finalize items over a list of the tokens with several local
     # experts (built by one more sort item), not over all T tokens (v84-v85: T = 901 -13..-18 us)
     max_registers: int = 0  # registers per thread at most (the compiler spills above): more CTAs an SM; 0: its choice
