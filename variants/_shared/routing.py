@@ -101,12 +101,17 @@ def route_tokens(logits_ptr, bias_ptr, t, tmask, rsf, E: tl.constexpr, NG: tl.co
 
 
 @triton.jit
+def local_experts(loc, NL: tl.constexpr):
+    """How many of each token's experts are local ([BT]), from its local expert indices `loc` ([BT, TOPK]:
+    expert id minus the local offset, so out of [0, NL) where not local)."""
+    return tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
+
+
+@triton.jit
 def zero_rows(ids, t, zmask, out_ptr, local_off, NL: tl.constexpr, H: tl.constexpr, BT: tl.constexpr):
     """Exact zero bf16 output rows for the tokens (of `t`, where zmask) whose expert ids `ids`
     ([BT, TOPK]) hold no local expert: no GEMM writes those rows."""
-    loc = ids - local_off
-    nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
-    zm = zmask & (nloc == 0)
+    zm = zmask & (local_experts(ids - local_off, NL) == 0)
     hb = tl.arange(0, 1024)
     for h0 in tl.static_range(0, H, 1024):
         hh = h0 + hb
@@ -118,9 +123,7 @@ def zero_rows(ids, t, zmask, out_ptr, local_off, NL: tl.constexpr, H: tl.constex
 def zero_sum_rows(ids, t, zmask, sum_ptr, local_off, NL: tl.constexpr, H: tl.constexpr, BT: tl.constexpr):
     """Zero fp32 rows of `sum_ptr` ([T, H]) for the tokens with several local experts, whose rows a
     GEMM then sums there with atomics."""
-    loc = ids - local_off
-    nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
-    sm = zmask & (nloc > 1)
+    sm = zmask & (local_experts(ids - local_off, NL) > 1)
     hb = tl.arange(0, 1024)
     for h0 in tl.static_range(0, H, 1024):
         hh = h0 + hb

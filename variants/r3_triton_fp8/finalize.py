@@ -11,6 +11,7 @@ import triton.language as tl
 
 from .exact import round_to_bf16
 from .launch import Kernel, gdc_wait
+from .routing import local_experts
 
 
 @triton.jit(do_not_specialize=["T", "local_off"])
@@ -39,8 +40,7 @@ def finalize_kernel(
     hm = h < H
     k8 = tl.arange(0, TOPK)
     loc = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1) - local_off
-    nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
-    need = tm & (nloc > 1)
+    need = tm & (local_experts(loc, NL) > 1)
     if tl.max(need.to(tl.int32)) > 0:
         t64 = t.to(tl.int64)
         if ATOMIC:

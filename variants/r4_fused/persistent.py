@@ -46,7 +46,7 @@ from .exact import INTERPRET, round_to_bf16
 from .gemm1_tile import item_tile_major, park_partials, w1_tile
 from .launch import Kernel, next_pow2, prefetch_l2_bulk, sm_count
 from .quant import swiglu_quant_store
-from .routing import N_GROUP, TOP_K, TOPK_GROUP, route_tokens, use_libdevice, zero_rows
+from .routing import N_GROUP, TOP_K, TOPK_GROUP, local_experts, route_tokens, use_libdevice, zero_rows
 from .rows import expert_rows, hit_tiles, local_ids, max_tiles, tile_rows
 from .tiles import tiles_for
 
@@ -253,18 +253,23 @@ def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid
 
 
 @triton.jit
-def _gemm2_item(tile, hb0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
+def _gemm2_item(g, tile0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr, obuf_ptr,
                 tile_done_ptr, hb_done_ptr, T, local_off, NL: tl.constexpr, NLP: tl.constexpr, H: tl.constexpr,
                 I: tl.constexpr, TP: tl.constexpr, TOPK: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
                 HBG: tl.constexpr, INLINE: tl.constexpr, SWAP: tl.constexpr, EXACT: tl.constexpr,
                 PF: tl.constexpr, G2PAIR: tl.constexpr, G2_STAGES: tl.constexpr, rec_ptr,
                 TRACE: tl.constexpr):  # fmt: skip
-    """O for M tile `tile` and the HBG H blocks from hb0, times the routing weight. One flattened loop
-    over (H block, K block) keeps the weights streaming from one H block into the next (the epilogue of a
-    block runs inside the loop, as in Triton's persistent matmul tutorial)."""
+    """O for (M tile, HBG consecutive H blocks), times the routing weight; items g numbered tile by tile
+    from tile `tile0`. One flattened loop over (H block, K block) keeps the weights streaming from one H
+    block into the next (the epilogue of a block runs inside the loop, as in Triton's persistent matmul
+    tutorial)."""
     BK: tl.constexpr = 128
     NKB: tl.constexpr = I // BK
+    NHB: tl.constexpr = H // BH
+    NG2: tl.constexpr = NHB // HBG  # H-block groups (HBG divides NHB)
     NJ: tl.constexpr = I // 128
+    tile = tile0 + g // NG2
+    hb0 = (g % NG2) * HBG
     e, rmask, rid = tile_rows(tile, c, loc, lists_ptr, T, BM, NLP, TP, TOPK, INLINE)
     tok = rid // TOPK
     kk = tl.arange(0, BK)
@@ -274,7 +279,7 @@ def _gemm2_item(tile, hb0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts
     # the routing weights and how many local experts each row's token has (known since routing)
     wrow = tl.load(wts_ptr + rid, mask=rmask, other=0.0)
     lt = tl.load(ids_ptr + tok[:, None] * TOPK + k8[None, :], mask=rmask[:, None], other=-1)
-    nloc = tl.sum((((lt - local_off) >= 0) & ((lt - local_off) < NL)).to(tl.int32), axis=1)
+    nloc = local_experts(lt - local_off, NL)
     single = rmask & (nloc == 1)
     multi = rmask & (nloc > 1)
     tok64 = tok.to(tl.int64)
@@ -352,8 +357,7 @@ def _finalize_item(f, n_tiles, ntb, ids_ptr, multi_ptr, n_multi, obuf_ptr, out_p
         tm = t < T
     lt = tl.load(ids_ptr + t[:, None] * TOPK + k8[None, :], mask=tm[:, None], other=-1)
     loc = lt - local_off
-    nloc = tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1)
-    need = tm & (nloc > 1)
+    need = tm & (local_experts(loc, NL) > 1)
     if tl.max(need.to(tl.int32), axis=0) > 0:
         t64 = t.to(tl.int64)
         acc = tl.zeros((BT, BH), tl.float32)
@@ -377,7 +381,7 @@ def _multi_tokens(ids_ptr, count_ptr, multi_ptr, T, local_off, NL: tl.constexpr,
     for ci in range(0, NCHUNK):
         t = ci * BC + tl.arange(0, BC)
         loc = tl.load(ids_ptr + t[:, None] * TOPK + k, mask=(t < T)[:, None], other=-1) - local_off
-        many = (tl.sum(((loc >= 0) & (loc < NL)).to(tl.int32), axis=1) > 1).to(tl.int32)
+        many = (local_experts(loc, NL) > 1).to(tl.int32)
         pos = base + tl.cumsum(many, axis=0) - many
         tl.store(multi_ptr + pos, t, mask=many > 0)
         base += tl.sum(many)
@@ -498,16 +502,12 @@ def moe_kernel(
         elif g < n1:
             _gemm1_item(g, c, loc, hs_ptr, hss_ptr, w1_ptr, w1s_ptr, lists_ptr, cq_ptr, cs_ptr, part_ptr, ticket_ptr,
                         tile_done_ptr, T, H, I, NLP, TP, TOPK, BM, split, INLINE, SWAP, EXACT)  # fmt: skip
-        elif g < n1 + n2_big:  # tile by tile
-            j = g - n1
-            _gemm2_item(j // (NHB // HBG), (j % (NHB // HBG)) * HBG, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
-                        wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
-                        I, TP, TOPK, BM, BH, HBG, INLINE, SWAP2, EXACT, PF, G2PAIR, G2_STAGES, rec,
-                        TRACE)  # fmt: skip
+        elif g < n1 + n2_big:
+            _gemm2_item(g - n1, 0, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr, wts_ptr, lists_ptr, out_ptr,
+                        obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H, I, TP, TOPK, BM, BH,
+                        HBG, INLINE, SWAP2, EXACT, PF, G2PAIR, G2_STAGES, rec, TRACE)  # fmt: skip
         elif TAIL_WAVES > 0 and g < n1 + n2:
-            j = g - n1 - n2_big  # tile by tile from tile n_tiles - n_small, HBG_TAIL H blocks an item
-            tile = n_tiles - n_small + j // (NHB // HBG_TAIL)
-            _gemm2_item(tile, (j % (NHB // HBG_TAIL)) * HBG_TAIL, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
+            _gemm2_item(g - n1 - n2_big, n_tiles - n_small, c, loc, cq_ptr, cs_ptr, w2_ptr, w2s_ptr, ids_ptr,
                         wts_ptr, lists_ptr, out_ptr, obuf_ptr, tile_done_ptr, hb_done_ptr, T, local_off, NL, NLP, H,
                         I, TP, TOPK, BM, BH, HBG_TAIL, INLINE, SWAP2, EXACT, PF, G2PAIR, G2_STAGES, rec,
                         TRACE)  # fmt: skip
