@@ -186,32 +186,6 @@ def test_the_finalize_over_listed_tokens(built, monkeypatch, programs):
 
 
 @pytest.mark.parametrize("programs", [3, 5])
-def test_h_blocks_of_256_columns_match_two_of_128(built, monkeypatch, programs):
-    """`h_block=256` (unswapped GEMM2 only): one C tile load serves two W2 scale blocks' columns, each with
-    its own weight scale per column. Wide geometry (H = 512: two such H blocks, I = 256), T > 128's shape
-    (sorted rows, 64-row tiles), GEMM2 one step a stage, a tail, the listed finalize in 256-column
-    blocks: the same products in the same order as 128-column blocks, so the bits must be theirs."""
-    _, mod, tiles_mod, persistent = built
-    monkeypatch.setattr(persistent, "sm_count", lambda device: programs)
-    T, H = 40, WIDE_H
-    inp = _wide_inputs(T, seed=17)
-    base = dataclasses.replace(tiles_mod.tiles_for(T), sorted_rows=True, swapped=False, rows_per_tile=64,
-                               num_warps=8, gemm2_step_pairs=False, h_blocks_per_item=1, tail_waves=2,
-                               tokens_per_finalize_block=8)  # fmt: skip
-    outs = []
-    for bh in (256, 128):
-        runner = mod.Runner(dataclasses.replace(base, h_block=bh))
-        out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-        runner(*inp, out)
-        (ws,) = runner.workspaces.values()
-        assert ws.kernel.consts["BH"] == bh and not ws.kernel.consts["SWAP2"]
-        assert int(ws.sync.abs().sum()) == 0
-        outs.append(out)
-    assert torch.equal(outs[0], outs[1])
-    _check_output(outs[0], inp)
-
-
-@pytest.mark.parametrize("programs", [3, 5])
 def test_stream_k_shares_that_cross_column_blocks(built, monkeypatch, programs):
     """`stream_k`: GEMM1's K blocks in one equal share per program. The small definition has 2 K blocks
     per column block, so this runs a wider made-up geometry (H = 512: 4 K blocks, I = 256: 2 column
@@ -353,13 +327,9 @@ def test_tile_table_and_geometry_checks(built):
     with pytest.raises(ValueError, match="powers of two"):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
                              dataclasses.replace(tiles_mod.tiles_for(4), tokens_per_route_item=3))  # fmt: skip
-    for bad in (dict(h_block=256), dict(h_block=512, swapped=False)):  # the swapped GEMM2 applies one W2
-        # scale per H block and K block; 512: not a shape the kernel takes
-        with pytest.raises(ValueError, match="H block must be 64 or 128"):
-            persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
-                                 dataclasses.replace(tiles_mod.tiles_for(4), **bad))  # fmt: skip
-    wide = dataclasses.replace(tiles_mod.tiles_for(901), h_block=256, gemm2_step_pairs=False)
-    assert persistent.Workspace(torch.device("meta"), 901, 256, 32, 7168, 2048, wide).kernel.consts["BH"] == 256
+    with pytest.raises(ValueError, match="H block must be 64 or 128"):  # one W2 scale per H block and K block
+        persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168, 2048,
+                             dataclasses.replace(tiles_mod.tiles_for(4), h_block=256))  # fmt: skip
     with pytest.raises(ValueError, match="unsupported geometry"):
         persistent.Workspace(torch.device("meta"), 4, 256, 32, 7168 + 64, 2048)
     capped = dataclasses.replace(tiles_mod.tiles_for(4), max_registers=168)  # the launch option, only when set

@@ -204,10 +204,7 @@ def _gemm2_scales(s_ptrs, rmask, ws_base, hb0, step, NKB: tl.constexpr, BH: tl.c
         lo = c
     else:
         lo = tl.load(s_ptrs + kb * NT + 1, mask=rmask, other=0.0)
-    if BH > 128:  # the H block spans BH / 128 weight scale blocks: a scale per column
-        v = tl.load(ws_base + ((hb * BH + tl.arange(0, BH)) // 128) * NKB + kb)
-    else:
-        v = tl.load(ws_base + ((hb * BH) // 128) * NKB + kb)
+    v = tl.load(ws_base + ((hb * BH) // 128) * NKB + kb)
     return c, lo, v
 
 
@@ -230,12 +227,8 @@ def _gemm2_step(acc, step, asc, asl, wsc, w_ptrs, a_ptrs, amask, hb0, tok64, rid
         acc += lo
     else:  # hi and lo terms of C on the same weight tile, each with its own row scale
         al = tl.load(a_ptrs + kb * (NT * BK) + BK, mask=amask, other=0.0, cache_modifier=".cg")
-        if BH > 128:  # the same products as a scalar weight scale: the bits of two 128-column H blocks
-            acc += tl.dot(a, w) * (asc[:, None] * wsc[None, :])
-            acc += tl.dot(al, w) * (asl[:, None] * wsc[None, :])
-        else:
-            acc += tl.dot(a, w) * (asc * wsc)[:, None]
-            acc += tl.dot(al, w) * (asl * wsc)[:, None]
+        acc += tl.dot(a, w) * (asc * wsc)[:, None]
+        acc += tl.dot(al, w) * (asl * wsc)[:, None]
     if kb == NKB - 1:
         h = hb * BH + hn
         if SWAP:
@@ -546,22 +539,19 @@ class Workspace:
         split_k = 1 if t.stream_k else t.split_k
         while (H // BLOCK) % split_k:  # the splits must divide the K blocks
             split_k -= 1
-        swap2 = t.swapped or t.gemm2_swapped
-        if t.h_block not in (64, BLOCK, 2 * BLOCK) or (swap2 and t.h_block > BLOCK) or H % t.h_block:
-            # an H block of 64 or 128 rows lies inside one W2 scale block (64: the swapped MMA's smallest M);
-            # 256 (unswapped GEMM2 only) takes a scale per column (v27: 256 with one scale gave rel L2 1.0)
-            raise ValueError(f"h_block={t.h_block}: the H block must be 64 or 128 rows (256 with GEMM2 unswapped), "
-                             f"dividing H={H}")  # fmt: skip
+        if t.h_block not in (64, BLOCK):  # GEMM2 applies one W2 scale per (H block, K block), so an H block
+            # lies inside one 128-row scale block (v27: 256 was accepted here and gave rel L2 1.0); 64: the
+            # swapped MMA's smallest M
+            raise ValueError(f"h_block={t.h_block}: the H block must be 64 or 128 rows, inside one W2 scale block")
         hbg = t.h_blocks_per_item
         while (H // t.h_block) % hbg or hbg & (hbg - 1):  # whole groups, a power of two H blocks
             hbg -= 1
-        odd = (I // BLOCK) % 2 and t.gemm2_step_pairs  # pairs: an item runs its (H block, K block) steps two at a time
-        if odd and hbg % 2:
+        if (hbg * (I // BLOCK)) % 2:  # a GEMM2 item runs its (H block, K block) steps two at a time
             hbg *= 2
             if (H // t.h_block) % hbg:
                 raise ValueError("GEMM2 needs an even number of (H block, K block) steps per item")
         # the tail's items: one H block where that is an even number of steps
-        hbg_tail = 2 if odd else 1
+        hbg_tail = 1 if (I // BLOCK) % 2 == 0 else 2
         if hbg_tail >= hbg:
             t = dataclasses.replace(t, tail_waves=0)  # the items are as small as the tail's already
         # split-K doubled on the GPU where that fills the last wave better: the splits must divide the K blocks
@@ -610,7 +600,7 @@ class Workspace:
             STREAM_K=t.stream_k, ROUTE_ALL=t.route_in_every_program,
             BT_ROUTE=t.tokens_per_route_item, SORTED=t.sorted_rows, BC_SORT=bc_sort,
             NCHUNK_SORT=triton.cdiv(T, bc_sort), SWAP=t.swapped, PF=t.prefetch_w2,
-            G2PAIR=t.gemm2_step_pairs, G2_STAGES=t.gemm2_stages or t.num_stages, SWAP2=swap2,
+            G2PAIR=t.gemm2_step_pairs, G2_STAGES=t.gemm2_stages or t.num_stages, SWAP2=t.swapped or t.gemm2_swapped,
             BT_FIN=t.tokens_per_finalize_block,
             NTB_FIN=triton.cdiv(T, t.tokens_per_finalize_block), LISTED_FIN=listed, NSYNC=nsync, EXACT=INTERPRET,
             USE_LIBDEVICE=use_libdevice(device), TRACE=t.trace, MAX_ITEMS=items,

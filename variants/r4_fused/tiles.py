@@ -8,7 +8,7 @@ MAX_FUSED_T = 1024  # up to this T one persistent launch does the whole layer; a
 @dataclass(frozen=True)
 class Tiles:
     rows_per_tile: int  # BM: (token, slot) rows of one expert per M tile, shared by both GEMMs
-    h_block: int  # BH: output columns of one GEMM2 accumulator (128: one W2 scale block; 64; 256 unswapped, v90)
+    h_block: int  # BH: output columns of one GEMM2 accumulator (128: one W2 scale block; 64. 256: v90, slower)
     h_blocks_per_item: int  # H blocks one GEMM2 item streams back to back (a power of two dividing H / BH)
     split_k: int  # GEMM1 K splits (small T: few experts are hit, so each weight panel is split)
     route_in_every_program: bool  # tiny T: every program routes all tokens itself (no wait on routing)
