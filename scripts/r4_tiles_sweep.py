@@ -44,7 +44,7 @@ from fibmoe.runner import queued_spans  # noqa: E402
 DEFINITION = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
 # the large-T workspace's own arguments (`--large-try`), beside rung 3's tile fields
 GLUON_FIELDS = {"gemm2_columns": int, "group_m": int, "shared_lo_scale": bool, "skip_padding_halves": bool,
-                "gemm2_under_gemm1": bool, "dynamic_items": bool, "gather_rows": bool, "finalize_in_gemm2": bool}
+                "gemm2_under_gemm1": bool, "dynamic_items": bool, "gather_rows": bool}
 LARGE_T_PATHS = [("rung3-path", {"large_t_gluon": False}), ("gluon-gemms", {"large_t_gluon": True})]  # Runner arguments
 
 

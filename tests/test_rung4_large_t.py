@@ -84,16 +84,14 @@ def grouped_gemm1_model(a_desc, w_desc, sa_desc, w1s, tile_expert, n_tiles, rid_
         tile_done[t] += 2 * nj
 
 
-def grouped_gemm2_model(c_desc, w_desc, cs_desc, w2s, tile_expert, n_tiles, rid_perm, ids, w, out, obuf, tickets,
-                        tile_done, claims, H, inter, NL, local_off, fused_finalize=True):  # fmt: skip
+def grouped_gemm2_model(c_desc, w_desc, cs_desc, w2s, tile_expert, n_tiles, rid_perm, ids, w, out, obuf, tile_done,
+                        claims, H, inter, NL, local_off):  # fmt: skip
     """What the Gluon GEMM2 writes, from its launch arguments: per tile, O = sum over C's K blocks (hi and
     lo of each I block) of (C @ W2[e]^T) * c_scale * w2_scale, times the routing weight; the bf16 row at
     the token's output row (one local expert) or parked at its row id (several). A tile is read only when
     tile_done holds all of GEMM1's signals for it, as the kernel waits for them (the count the permute
     zeroed plus GEMM1's: a count left from an earlier call would let the kernel read C too early). Its item
-    counter starts at 0 too. `fused_finalize` (`Workspace(finalize_in_gemm2=True)`, the default): then the
-    rows of the tokens with several local experts, their parked rows summed in fp32 in slot order, as
-    the kernel's last row per token does; its tickets are zero before and after (each call resets them)."""
+    counter starts at 0 too."""
     assert int(claims[0]) == 0
     nkb = inter // BLOCK
     w2 = w_desc.base.view(-1, H, inter)
@@ -116,16 +114,6 @@ def grouped_gemm2_model(c_desc, w_desc, cs_desc, w2s, tile_expert, n_tiles, rid_
         single = n_local[rid // 8] == 1
         out[rid[single] // 8] = o[single]
         obuf.view(-1, H)[rid[~single]] = o[~single]
-    if fused_finalize:
-        assert tickets.shape == (ids.shape[0] * (H // BLOCK),) and not tickets.any()
-        loc = ids - local_off
-        use = (loc >= 0) & (loc < NL)
-        parked = obuf.view(-1, H)[: ids.numel()].view(ids.shape[0], ids.shape[1], H)  # bf16 rows at their ids
-        total = torch.zeros(ids.shape[0], H)
-        for k in range(ids.shape[1]):  # slot order, fp32
-            total += torch.where(use[:, k, None], parked[:, k].float(), 0.0)
-        many = n_local > 1
-        out[many] = total[many].to(torch.bfloat16)
 
 
 class StandIn:
@@ -197,25 +185,20 @@ def test_permute_lays_out_each_experts_rows_in_padded_tiles(small, T, seed, gath
         assert ws.a_perm.shape[0] == BLOCK and (ws.a_perm.view(torch.uint8) == NAN_E4M3).all()
 
 
-@pytest.mark.parametrize("style,T,seed,shared_lo,fused_fin", [("contest", 40, 21, True, True),
-                                                              ("quantized", 64, 22, True, False),
-                                                              ("contest", 64, 23, False, True)])  # fmt: skip
-def test_a_call_through_the_permuted_gemms_passes_rung3s_bounds(small, style, T, seed, shared_lo, fused_fin):
+@pytest.mark.parametrize("style,T,seed,shared_lo", [("contest", 40, 21, True), ("quantized", 64, 22, True),
+                                                    ("contest", 64, 23, False)])  # fmt: skip
+def test_a_call_through_the_permuted_gemms_passes_rung3s_bounds(small, style, T, seed, shared_lo):
     """A whole call through the large-T workspace's launches, with the torch models in the Gluon kernels'
     places: the layer's output passes rung 3's bounds (tests/test_rung3.py; the rows of tokens with
     several local experts are parked in bf16, as at large T), with offsets 0 and the last rank among the
     workloads; a second call on fresh inputs, every buffer poisoned again, too. `shared_lo`: C's lo term
-    in its hi term's scale (`Workspace(shared_lo_scale=True)`, the default) or in its own (rung 3's).
-    `fused_fin`: the finalize in GEMM2 (the default; no finalize launch) or rung 3's finalize launch."""
+    in its hi term's scale (`Workspace(shared_lo_scale=True)`, the default) or in its own (rung 3's)."""
     ds, large_t = small
-    ws = _workspace(large_t, _inputs(ds, T, seed, style), shared_lo_scale=shared_lo, finalize_in_gemm2=fused_fin)
+    ws = _workspace(large_t, _inputs(ds, T, seed, style), shared_lo_scale=shared_lo)
     gemm1 = functools.partial(grouped_gemm1_model, shared_lo=shared_lo)
-    gemm2 = functools.partial(grouped_gemm2_model, fused_finalize=fused_fin)
-    launches = [k for k, _ in ws.large_t_launches(*_inputs(ds, T, seed, style), torch.empty(0))]
-    assert (ws.k_fin in launches) != fused_fin and len(launches) == 6 - fused_fin
     for call in range(2):
         inp = _inputs(ds, T, seed + call, style)
-        ws.k_gemm1_gluon, ws.k_gemm2_gluon = StandIn(gemm1), StandIn(gemm2)
+        ws.k_gemm1_gluon, ws.k_gemm2_gluon = StandIn(gemm1), StandIn(grouped_gemm2_model)
         ws.cq_perm.view(torch.uint8).fill_(NAN_E4M3)
         ws.cs_perm.fill_(float("nan"))
         ws.obuf.fill_(float("nan"))

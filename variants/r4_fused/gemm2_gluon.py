@@ -16,14 +16,8 @@ pair of A blocks. The structure is GEMM1's (GEMM_NOTES.md, version (b)):
   partial, one wait, one promotion (scale c_hi_scale[row] * w2_scale[hb, k]); otherwise (rung 3's
   pair) the hi wgmma, wait, promote, and the lo wgmma on the same W2 tile likewise;
 - epilogue: times the routing weight, bf16; a token with one local expert gets its output row
-  written here, a token with several has its rows parked in bf16 at their row ids (rung 3's
-  `bf16_partial_rows` layout), exactly as rung 3's GEMM2 does; with FUSED_FIN
-  (`large_t.Workspace.finalize_in_gemm2`, the default) the finalize is done here too: each parked row
-  adds one to its (token, 128 columns) ticket (a warpgroup barrier after the stores, then a release
-  atomic per row), and the row that brings it to the token's local-expert count sums the token's
-  parked rows in slot order in fp32, writes the bf16 row and resets the ticket to 0 (the finalize
-  launch's sums, bit for bit, without its pass over the parked rows); otherwise rung 3's finalize
-  launch does it;
+  written here, a token with several has its rows parked in bf16 at their row ids for rung 3's
+  finalize launch (its `bf16_partial_rows` layout), exactly as rung 3's GEMM2 does;
 - with WAIT_TILES (`large_t.Workspace.gemm2_under_gemm1`) the kernel is launched with PDL while GEMM1
   runs: its CTAs start in the SMs GEMM1's finished CTAs leave, and the producer loads a tile's C only once
   tile_done[tile] holds GEMM1's 2 x I/128 signals (a volatile spin, an acquire fence, and a proxy fence:
@@ -62,10 +56,6 @@ if HAVE_GLUON:
 TOPK = tl.constexpr(TOP_K)
 
 if HAVE_GLUON:
-    # a warpgroup's 128 threads, one element each: the per-row ticket atomics, whose old values each thread
-    # must get back (no replicated element), for the 64 rows of a consumer in the first 64
-    ROW_TICKETS = gl.constexpr(gl.BlockedLayout([1], [32], [4], [0]))
-    FLAGS = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
     @gluon.jit
     def wait_for_count(ptr, target):
@@ -131,61 +121,20 @@ if HAVE_GLUON:
         item_ring.publish(items, item_ready, item_empty, j, -1)  # no more items
 
     @gluon.jit
-    def _rows_of(rid_ptr, ids_ptr, p, NL, local_off, n: gl.constexpr, layout: gl.constexpr):
-        """The permuted rows p (n of them in `layout`): whether each is a routed row (padding: -1), its row
-        id (0 for padding), its token and its token's local-expert count."""
-        rid = gl.load(rid_ptr + p, mask=p >= 0, other=-1)
-        ok = rid >= 0
-        rid = gl.where(ok, rid, 0)
-        tok = rid // TOPK
-        n_local = gl.zeros([n], gl.int32, layout)
-        for k in gl.static_range(TOPK):
-            loc = gl.load(ids_ptr + tok * TOPK + k, mask=ok, other=-1) - local_off
-            n_local += ((loc >= 0) & (loc < NL)).to(gl.int32)
-        return ok, rid, tok, n_local
-
-    @gluon.jit
     def _epilogue(acc, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off):
         """Rows p of the permuted tile, columns h: times the routing weight, bf16; the token's output row
         (one local expert) or the row parked at its id (several), as rung 3's GEMM2 writes them."""
-        ok, rid, tok, n_local = _rows_of(rid_ptr, ids_ptr, p, NL, local_off, HALF_M, ACC_ROWS)
+        rid = gl.load(rid_ptr + p)
+        ok = rid >= 0  # padding rows: -1
+        rid = gl.where(ok, rid, 0)
+        tok = rid // TOPK
+        n_local = gl.zeros([HALF_M], gl.int32, ACC_ROWS)
+        for k in gl.static_range(TOPK):
+            loc = gl.load(ids_ptr + tok * TOPK + k, mask=ok, other=-1) - local_off
+            n_local += ((loc >= 0) & (loc < NL)).to(gl.int32)
         o = (acc * gl.load(w_ptr + rid, mask=ok, other=0.0)[:, None]).to(gl.bfloat16)
         gl.store(out_ptr + tok.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local == 1))[:, None])
         gl.store(obuf_ptr + rid.to(gl.int64)[:, None] * H + h[None, :], o, mask=(ok & (n_local > 1))[:, None])
-
-    @gluon.jit
-    def _finalize_last_rows(p, h, rid_ptr, ids_ptr, out_ptr, obuf_ptr, tickets_ptr, flags, H, NL, local_off,
-                            NB: gl.constexpr, WG: gl.constexpr):  # fmt: skip
-        """After the epilogue of rows p and NB blocks of 128 columns from h[0] (h: the first block's
-        columns): the finalize of each token whose last parked row for a block this was (module docstring).
-        `flags`: [4, 128] int32 of shared memory, row 2 WG + c for warpgroup WG's block c."""
-        gl.thread_barrier()  # every thread's parked stores before the rows' release
-        r = gl.arange(0, 2 * HALF_M, layout=ROW_TICKETS)
-        p1 = gl.where(r < HALF_M, gl.min(p, axis=0) + r, -1)  # the warpgroup's rows, one a thread
-        ok1, rid1, tok1, n1 = _rows_of(rid_ptr, ids_ptr, p1, NL, local_off, 2 * HALF_M, ROW_TICKETS)
-        multi1 = ok1 & (n1 > 1)
-        for c in gl.static_range(NB):
-            ticket = tickets_ptr + tok1 * (H // 128) + gl.min(h, axis=0) // 128 + c
-            old = gl.atomic_add(ticket, gl.full([2 * HALF_M], 1, gl.int32, ROW_TICKETS), mask=multi1,
-                                sem="acq_rel", scope="gpu")  # fmt: skip
-            last1 = multi1 & (old == n1 - 1)
-            gl.store(ticket, gl.zeros([2 * HALF_M], gl.int32, ROW_TICKETS), mask=last1)  # for the next call
-            flags.index(2 * WG + c).store(last1.to(gl.int32))
-        gl.thread_barrier()  # the flags (and with them the acquires) to every thread of the warpgroup
-        ok, rid, tok, n_local = _rows_of(rid_ptr, ids_ptr, p, NL, local_off, HALF_M, ACC_ROWS)
-        tok64 = tok.to(gl.int64)
-        for c in gl.static_range(NB):
-            last = flags.index(2 * WG + c).slice(0, HALF_M).load(ACC_ROWS) != 0
-            if gl.max(last.to(gl.int32), axis=0) > 0:
-                hc = h + c * BJ
-                total = gl.zeros([HALF_M, BJ], gl.float32, ACC)
-                for k in gl.static_range(TOPK):  # the finalize launch's sum: fp32, in slot order
-                    lk = gl.load(ids_ptr + tok * TOPK + k, mask=last, other=-1) - local_off
-                    use = last & (lk >= 0) & (lk < NL)
-                    offs = (tok64 * TOPK + k)[:, None] * H + hc[None, :]
-                    total += gl.load(obuf_ptr + offs, mask=use[:, None], other=0.0, cache_modifier=".cg").to(gl.float32)
-                gl.store(out_ptr + tok64[:, None] * H + hc[None, :], total.to(gl.bfloat16), mask=last[:, None])
-        gl.thread_barrier()  # the flags read before the next item's epilogue writes them again
 
     @gluon.jit
     def _promote_c(c_hi, c_lo, w_smem, spare, acc, s_hi, s_lo, sw, SHARED_LO: gl.constexpr):
@@ -200,8 +149,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty, w2s_ptr, tile_expert_ptr,
-                  n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, tickets_ptr, flag_bufs, GROUP_M, H, I, NL,
-                  local_off, SHARED_LO: gl.constexpr, FUSED_FIN: gl.constexpr, WG: gl.constexpr):  # fmt: skip
+                  n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off,
+                  SHARED_LO: gl.constexpr, WG: gl.constexpr):  # fmt: skip
         """One warpgroup: rows [WG*64, WG*64+64) of every item's tile, items as the producer hands them
         over; BN = 256 columns as two 128-column accumulators on the two halves of the W2 tile (three fp32
         tiles with the partial, as GEMM1). No MMA where the rows are all padding (the epilogue then stores
@@ -254,30 +203,25 @@ if HAVE_GLUON:
             _epilogue(acc0, p, h, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off)
             if TWO:
                 _epilogue(acc1, p, h + BJ, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, H, NL, local_off)
-            if FUSED_FIN:  # after both accumulators are stored (their registers free for the sums)
-                _finalize_last_rows(p, h, rid_ptr, ids_ptr, out_ptr, obuf_ptr, tickets_ptr, flag_bufs, H, NL, local_off,
-                                    BN // BJ, WG)  # fmt: skip
             j += 1
             value = item_ring.take(items, item_ready, item_empty, j)
 
     @gluon.jit
     def _consumer_1(c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty, w2s_ptr, tile_expert_ptr,
-                    n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, tickets_ptr, flag_bufs, GROUP_M, H, I, NL,
-                    local_off, SHARED_LO, FUSED_FIN):  # fmt: skip
+                    n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off,
+                    SHARED_LO):  # fmt: skip
         # a worker partition takes no literal arguments (Triton 3.6), hence this wrapper (GEMM_NOTES.md)
         _consumer(c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty, w2s_ptr, tile_expert_ptr,
-                  n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, tickets_ptr, flag_bufs, GROUP_M, H, I, NL,
-                  local_off, SHARED_LO, FUSED_FIN, 1)  # fmt: skip
+                  n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off, SHARED_LO,
+                  1)  # fmt: skip
 
     @gluon.jit(do_not_specialize=["local_off"])  # `Kernel.fast` reuses the first compile for every offset
     def gemm2_gluon_kernel(c_desc, w_desc, cs_desc, w2s_ptr, tile_expert_ptr, n_tiles_ptr, rid_ptr, ids_ptr, w_ptr,
-                           out_ptr, obuf_ptr, tickets_ptr, tile_done_ptr, claims_ptr, H, I, NL, local_off,
-                           GROUP_M: gl.constexpr, STAGES: gl.constexpr, SHARED_LO: gl.constexpr,
-                           SKIP_PADDING: gl.constexpr, WAIT_TILES: gl.constexpr, DYNAMIC: gl.constexpr,
-                           FUSED_FIN: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           out_ptr, obuf_ptr, tile_done_ptr, claims_ptr, H, I, NL, local_off, GROUP_M: gl.constexpr,
+                           STAGES: gl.constexpr, SHARED_LO: gl.constexpr, SKIP_PADDING: gl.constexpr,
+                           WAIT_TILES: gl.constexpr, DYNAMIC: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            PRODUCER_REGS: gl.constexpr):  # fmt: skip
-        if WAIT_TILES and not FUSED_FIN:  # the finalize may take the SMs of finished CTAs (it waits for this
-            # kernel's end)
+        if WAIT_TILES:  # the finalize may take the SMs of finished CTAs (it waits for this kernel's end)
             launch_dependents()
         c_bufs = gl.allocate_shared_memory(c_desc.dtype, [4 * STAGES, HALF_M, 128], c_desc.layout)
         cs_bufs = gl.allocate_shared_memory(cs_desc.dtype, [4 * STAGES, 1, HALF_M], cs_desc.layout)
@@ -287,11 +231,10 @@ if HAVE_GLUON:
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)  # the producer's expect, then the TMA bytes
             mbarrier.init(empty.index(i), count=2)  # one arrive per consumer warpgroup
-        flag_bufs = gl.allocate_shared_memory(gl.int32, [4, 2 * HALF_M], FLAGS)  # [consumer x 2 + 128-column block]
         items, item_ready, item_empty = item_ring.allocate()
         consumer_args = (c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty, w2s_ptr, tile_expert_ptr,
-                         n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, tickets_ptr, flag_bufs, GROUP_M, H, I,
-                         NL, local_off, SHARED_LO, FUSED_FIN)  # fmt: skip
+                         n_tiles_ptr, rid_ptr, ids_ptr, w_ptr, out_ptr, obuf_ptr, GROUP_M, H, I, NL, local_off,
+                         SHARED_LO)  # fmt: skip
         producer_args = (c_desc, w_desc, cs_desc, c_bufs, w_bufs, cs_bufs, ready, empty, items, item_ready, item_empty,
                          tile_expert_ptr, n_tiles_ptr, rid_ptr, tile_done_ptr, claims_ptr, GROUP_M, H, I, SHARED_LO,
                          SKIP_PADDING, WAIT_TILES, DYNAMIC)  # fmt: skip
@@ -309,7 +252,7 @@ def launch_for(ws, sms, *, stages=None, group_m=8, consumer_regs=240, producer_r
     items = ws.perm_max_tiles * (ws.H // n)
     consts = dict(GROUP_M=group_m, STAGES=stages or (4 if n == BJ else 3), SHARED_LO=ws.shared_lo_scale,
                   SKIP_PADDING=ws.skip_padding_halves, WAIT_TILES=ws.gemm2_under_gemm1, DYNAMIC=ws.dynamic_items,
-                  FUSED_FIN=ws.finalize_in_gemm2, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
+                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)  # fmt: skip
     pdl = dict(launch_pdl=True) if ws.gemm2_under_gemm1 else {}
     return Kernel(gemm2_gluon_kernel, (min(sms, items),), consts, num_warps=4, maxnreg=maxnreg, **pdl)
 
@@ -328,4 +271,4 @@ def arguments(ws, gemm2_weights, gemm2_weights_scale, output, local_off) -> tupl
     f = ws.gemm2_fixed
     w_desc = GluonTensorDescriptor.from_tensor(gemm2_weights.view(NL * H, I), [ws.gemm2_columns, 128], f["w_layout"])
     return (f["c"], w_desc, f["cs"], gemm2_weights_scale, ws.tile_expert, ws.n_tiles, ws.rid_perm, ws.ids, ws.w, output,
-            ws.obuf_bf16, ws.fin_tickets, ws.tile_done, ws.gemm2_claims, H, I, NL, local_off)  # fmt: skip
+            ws.obuf_bf16, ws.tile_done, ws.gemm2_claims, H, I, NL, local_off)  # fmt: skip

@@ -1,20 +1,19 @@
 """Rung 4 above the fused path's T on Hopper (issue 8): both GEMMs as grouped Gluon kernels over the
 permuted rows, between rung 3's routing, sort and finalize launches:
 
-    routing -> sort -> permute -> GEMM1 (Gluon) -> GEMM2 (Gluon) + finalize      (`permute.py`,
-                                                                                    `gemm1_gluon.py`,
-                                                                                    `gemm2_gluon.py`)
+    routing -> sort -> permute -> GEMM1 (Gluon) -> GEMM2 (Gluon) -> finalize      (`permute.py`,
+                                                                                  `gemm1_gluon.py`,
+                                                                                  `gemm2_gluon.py`)
 
 The permute launch numbers each expert's rows in tile-padded 128-row tiles (row ids, each tile's expert,
 the tile count) and copies each tile's activation rows and scales into contiguous tiles, which GEMM1
 loads by TMA (Hopper's TMA cannot gather rows; with `gather_rows` GEMM1's producer gathers them from
 hidden_states by cp.async instead, measured slower, v66); GEMM1 writes C in that row order, so GEMM2 loads C's
 tiles with TMA too; GEMM2 writes output rows and parks the rows of multi-expert tokens exactly as rung
-3's GEMM2 does, and the last parked row of a token (per 128 columns) sums them as rung 3's finalize
-would (`finalize_in_gemm2`; without it rung 3's finalize launch runs after GEMM2). GEMM2 is launched
-with PDL while GEMM1 runs (`gemm2_under_gemm1`): its CTAs take the SMs of GEMM1's finished ones and
-start a tile once GEMM1 has signalled all of its C (`tile_done`, zeroed by the permute). Elsewhere
-(sm_100, the CPU interpreter) a call is rung 3's as it is.
+3's GEMM2 does, for rung 3's finalize. GEMM2 is launched with PDL while GEMM1 runs
+(`gemm2_under_gemm1`): its CTAs take the SMs of GEMM1's finished ones and start a tile once GEMM1 has
+signalled all of its C (`tile_done`, zeroed by the permute). Elsewhere (sm_100, the CPU interpreter) a
+call is rung 3's as it is.
 
 Host path: the first call goes through Triton's dispatcher (compiles, and prepares each launch's C
 launcher); later calls launch every kernel straight through its C launcher (`Kernel.fast`, tensors as
@@ -39,7 +38,7 @@ class Workspace(Rung3Workspace):
 
     def __init__(self, device, T, E, NL, H, I, cap, sms=None, tiles=None, gemm2_columns=256, group_m=8,
                  shared_lo_scale=True, skip_padding_halves=True, gemm2_under_gemm1=True,
-                 dynamic_items=True, gather_rows=False, finalize_in_gemm2=True):  # fmt: skip
+                 dynamic_items=True, gather_rows=False):  # fmt: skip
         super().__init__(device, T, E, NL, H, I, tiles or tiles_for(T, cap), sms)
         t = self.tiles
         if t.inline_rows or t.fused_routing or self.n_terms != 2 or not t.bf16_partial_rows:
@@ -82,11 +81,6 @@ class Workspace(Rung3Workspace):
         # and GEMM1 loads the copy by TMA (v66: the layer -1..-2% at T = 14107, the same at 11948, since the
         # fence that cp.async's rows need before each wgmma costs GEMM1 ~5% and the copy ~3..5% of the layer)
         self.gather_rows = gather_rows
-        # the finalize in GEMM2's epilogue: per (token, 128 columns) a ticket that the token's last parked row
-        # brings to its local-expert count and resets (zero once, here; every call leaves it zero); False:
-        # rung 3's finalize launch after GEMM2 (the same bits)
-        self.finalize_in_gemm2 = finalize_in_gemm2
-        self.fin_tickets = torch.zeros(T * (H // 128) if finalize_in_gemm2 else 1, dtype=torch.int32, device=device)
         self.k_permute = permute.launch_for(self)
         # group_m: M tiles per group of the GEMMs' grouped item order (tiles of a group share weight panels)
         self.k_gemm1_gluon = gemm1_gluon.launch_for(self, self.sms, group_m=group_m)
@@ -103,10 +97,9 @@ class Workspace(Rung3Workspace):
     def large_t_launches(self, *inputs_and_output):
         """(kernel, arguments) of each launch of a call (the contest's 11 arguments; local_off and the
         scaling factor as the launches pass them, an int and a float), in order: rung 3's routing and
-        sort, permute, the two Gluon GEMMs, and (without `finalize_in_gemm2`) rung 3's finalize. A
-        generator: each launch's arguments are built when it is reached, so a caller that launches as it
-        goes has the routing running on the GPU while the GEMMs' weight descriptors are made (~15 us of
-        host time, v62)."""
+        sort, permute, the two Gluon GEMMs, rung 3's finalize. A generator: each launch's arguments are
+        built when it is reached, so a caller that launches as it goes has the routing running on the GPU
+        while the GEMMs' weight descriptors are made (~15 us of host time, v62)."""
         args = list(inputs_and_output)
         args[8], args[9] = int(args[8]), float(args[9])
         route, sort, _gemm1, _gemm2, finalize = self.launches(*args)
@@ -116,8 +109,7 @@ class Workspace(Rung3Workspace):
         yield self.k_permute, self.permute_arguments(hidden_states, hidden_states_scale)
         yield self.k_gemm1_gluon, gemm1_gluon.arguments(self, hidden_states, hidden_states_scale, w1, w1s)
         yield self.k_gemm2_gluon, gemm2_gluon.arguments(self, w2, w2s, args[10], local_off)
-        if not self.finalize_in_gemm2:
-            yield finalize
+        yield finalize
 
     def run(self, *inputs_and_output):
         """One call (the contest's 11 arguments). The kernels read through TMA descriptors and 16-byte
