@@ -61,8 +61,11 @@ def tiles_for(T: int, cap: int = 90, interpret: bool = False) -> Tiles:
     elif T <= 128:
         t = Tiles(16, 128, 2, 2 if T <= 16 else 1, False, 1, False, True, False, 4, tokens_per_finalize_block=32,
                   tail_waves=2, split_k_fill=T <= 16, gemm2_stages=4, **two_ctas)  # fmt: skip
-    else:  # 8 warps: one CTA an SM whatever the stages (one GEMM2 step a stage at 3 stages: +6% at T = 901, v31)
-        t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 64, tail_waves=2)
+    else:  # 8 warps: one CTA an SM whatever the stages (one GEMM2 step a stage at 3 stages: +6% at T = 901, v31);
+        # sm_90: the finalize in 32-token blocks (64 spilled its [64, 128] sum: stack 112 -> 32 B at T = 901;
+        # -0.5..-2.6 us on the GPU side in four pairings, v91, v95); sm_100 keeps 64 (offline at 32: loop
+        # spills 12 -> 16, never measured)
+        t = Tiles(64, 128, 4, 1, False, 8, True, False, False, 8, 3, 32 if cap // 10 == 9 else 64, tail_waves=2)
     if cap // 10 == 10 and T <= 128:  # sm_100 (B200; offline compile report only, never measured): the
         # 4-warp shapes spill there (stack 32-280 B; 3 / 1 / 20 / 21 LDL/STL in the K loops' listing at
         # T = 1 / 7 / 16 / 56: tcgen05 reads each K block's partial back into registers to scale it); 8 warps
